@@ -1,0 +1,400 @@
+"""Configuration: TOML -> frozen dataclasses.
+
+The flow is defaults -> parse -> validate: the user's tables are laid over ``DEFAULTS``,
+every value is type- and range-checked as it is read, and the cross-field rules (overlap
+below size, watched folders that would double-index, a store inside a watched folder) run
+last on the finished ``Config``. Every problem raises ``ConfigError`` naming the dotted key
+(``model.threads``, ``watch[1].include[0]``), the value and what is allowed.
+
+Nothing here touches the disk beyond reading the config file and looking up symlinks
+to compare folders: whether the model, folders and store exist is checked by the code that
+uses them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path, PurePath
+from types import MappingProxyType
+
+from daemon.errors import ConfigError
+
+_MIB = 1024 * 1024
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")  # as daemon.log.LEVELS
+
+DEFAULTS: Mapping[str, Mapping[str, object]] = MappingProxyType(
+    {
+        "model": MappingProxyType(
+            {
+                "path": "models/all-MiniLM-L6-v2.f16.gguf",
+                "threads": 0,
+                "normalize": True,
+                "query_prefix": "",
+                "batch_tokens": 512,
+            }
+        ),
+        "chunking": MappingProxyType({"size": 500, "overlap": 50}),
+        "store": MappingProxyType({"path": "data/embeddings.json"}),
+        "daemon": MappingProxyType(
+            {
+                "debounce_ms": 500,
+                "rescan_interval_s": 300,
+                "log_format": "auto",
+                "log_level": "info",
+                "max_file_mb": 100,
+                "pdf_timeout_s": 60,
+                "pdf_memory_mb": 1024,
+            }
+        ),
+    }
+)
+"""Every key of every plain table with its default; a key not listed here is rejected."""
+
+WATCH_DEFAULTS: Mapping[str, object] = MappingProxyType(
+    {
+        "path": None,  # required
+        "include": ("*.txt", "*.md", "*.pdf"),
+        "exclude": (".*", "*~", "*.tmp", "*.part"),
+        "recursive": True,
+    }
+)
+"""Every key of a ``[[watch]]`` table with its default; ``path`` has none and is required."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The GGUF embedding model and how llama.cpp runs it."""
+
+    path: Path
+    threads: int
+    normalize: bool
+    query_prefix: str
+    batch_tokens: int
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    """Chunk size and overlap, in characters."""
+
+    size: int
+    overlap: int
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the JSON embedding store lives."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """One watched folder and the glob patterns that select its files."""
+
+    path: Path
+    name: str
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    recursive: bool
+
+    def matches(self, relpath: str) -> bool:
+        """Tell whether the file at ``relpath`` ('/'-separated, relative to ``path``) is indexed.
+
+        Exclude patterns are tested against every component, so ``.*`` also drops files
+        inside hidden folders; include patterns are tested against the file name only.
+        Matching ignores case (``*.pdf`` takes ``SCAN.PDF``). Without ``recursive`` only
+        files directly inside the folder match.
+        """
+        parts = [part for part in relpath.split("/") if part not in ("", ".")]
+        if not parts or (not self.recursive and len(parts) > 1):
+            return False
+        if any(_matches_any(part, self.exclude) for part in parts):
+            return False
+        return _matches_any(parts[-1], self.include)
+
+    def skips_dir(self, name: str) -> bool:
+        """Tell whether a folder called ``name`` below ``path`` is excluded (never descended into)."""
+        return not self.recursive or _matches_any(name, self.exclude)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Service behaviour: timing, logging and the limits on one file."""
+
+    debounce_ms: int
+    rescan_interval_s: float
+    log_format: str
+    log_level: str
+    max_file_bytes: int
+    pdf_timeout_s: float
+    pdf_memory_bytes: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``source_path`` is the file it came from, if any."""
+
+    model: ModelConfig
+    chunking: ChunkingConfig
+    store: StoreConfig
+    watches: tuple[WatchConfig, ...]
+    daemon: DaemonConfig
+    source_path: Path | None = None
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the TOML file at ``path``; relative paths in it resolve against its folder.
+
+    Raises ``ConfigError`` for every problem, with field ``"<file>"`` when the file cannot be
+    read or is not valid TOML.
+    """
+    source = _absolute(path)
+    try:
+        with source.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError("<file>", str(path), "no such file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("<file>", str(path), f"cannot read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("<file>", str(path), f"invalid TOML: {exc}") from exc
+    return parse_config(data, source.parent, source_path=source)
+
+
+def parse_config(data: Mapping[str, object], base_dir: Path, *, source_path: Path | None = None) -> Config:
+    """Build a validated ``Config`` from parsed TOML; relative paths resolve against ``base_dir``."""
+    base = _absolute(base_dir)
+    _reject_unknown(data, "", (*DEFAULTS, "watch"))
+    model, chunking, store, daemon = (
+        _section(data, name, base) for name in ("model", "chunking", "store", "daemon")
+    )
+    store_written, store_path = store.path("path")
+    config = Config(
+        model=ModelConfig(
+            path=model.path("path")[1],
+            threads=model.integer("threads", minimum=0),
+            normalize=model.boolean("normalize"),
+            query_prefix=model.string("query_prefix"),
+            batch_tokens=model.integer("batch_tokens", minimum=1),
+        ),
+        chunking=ChunkingConfig(
+            size=chunking.integer("size", minimum=1),
+            overlap=chunking.integer("overlap", minimum=0),
+        ),
+        store=StoreConfig(path=store_path),
+        watches=_parse_watches(data.get("watch"), base),
+        daemon=DaemonConfig(
+            debounce_ms=daemon.integer("debounce_ms", minimum=1),
+            rescan_interval_s=daemon.number("rescan_interval_s"),
+            log_format=daemon.choice("log_format", LOG_FORMATS),
+            log_level=daemon.choice("log_level", LOG_LEVELS),
+            max_file_bytes=int(daemon.number("max_file_mb") * _MIB),
+            pdf_timeout_s=daemon.number("pdf_timeout_s"),
+            # Python and pypdf alone take about 45 MB of address space in the PDF worker.
+            pdf_memory_bytes=int(daemon.number("pdf_memory_mb", minimum=64) * _MIB),
+        ),
+        source_path=source_path,
+    )
+    _validate(config, store_written)
+    return config
+
+
+def _parse_watches(raw: object, base: Path) -> tuple[WatchConfig, ...]:
+    if raw is None or raw == []:
+        raise ConfigError("watch", raw, "at least one [[watch]] table is required")
+    if not isinstance(raw, list):
+        raise ConfigError("watch", raw, "must be an array of tables: write [[watch]]")
+    watches = []
+    for index, item in enumerate(raw):
+        field = f"watch[{index}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(field, item, "must be a table: write [[watch]] with path = ...")
+        table = _Table(item, field, WATCH_DEFAULTS, base)
+        written, path = table.path("path")
+        watches.append(
+            WatchConfig(
+                path=path,
+                name=PurePath(written).as_posix(),
+                include=table.patterns("include", allow_empty=False),
+                exclude=table.patterns("exclude", allow_empty=True),
+                recursive=table.boolean("recursive"),
+            )
+        )
+    return tuple(watches)
+
+
+def _validate(config: Config, store_written: str) -> None:
+    """Cross-field rules, run once every single value is known to be well-formed."""
+    if config.chunking.overlap >= config.chunking.size:
+        raise ConfigError(
+            "chunking.overlap",
+            config.chunking.overlap,
+            f"must be less than chunking.size ({config.chunking.size})",
+        )
+    # Resolve symlinks only for comparing, so a folder reached two ways is still caught
+    # while the Config keeps the paths as the user wrote them.
+    real = [watch.path.resolve() for watch in config.watches]
+    written = [watch.name for watch in config.watches]
+    for j, inner in enumerate(real):
+        for i, outer in enumerate(real):
+            if i < j and inner == outer:
+                raise ConfigError(
+                    f"watch[{j}].path",
+                    written[j],
+                    f"same folder as watch[{i}].path ({written[i]!r}); watch each folder once",
+                )
+            if (
+                inner != outer
+                and inner.is_relative_to(outer)
+                and _covers(config.watches[i], inner.relative_to(outer))
+            ):
+                raise ConfigError(
+                    f"watch[{j}].path",
+                    written[j],
+                    f"inside watch[{i}].path ({written[i]!r}), which is recursive, so its "
+                    f"files would be indexed twice; drop one, or exclude the subfolder "
+                    f"in watch[{i}].exclude",
+                )
+    store_real = config.store.path.resolve()
+    for i, folder in enumerate(real):
+        if store_real.is_relative_to(folder):
+            raise ConfigError(
+                "store.path",
+                store_written,
+                f"inside watch[{i}].path ({written[i]!r}), so the daemon would index its "
+                f"own output; put the store outside every watched folder",
+            )
+
+
+def _covers(outer: WatchConfig, inner_rel: PurePath) -> bool:
+    """Tell whether ``outer`` already indexes files of a folder at ``inner_rel`` below it."""
+    return outer.recursive and not any(_matches_any(part, outer.exclude) for part in inner_rel.parts)
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute with '.' and '..' folded away lexically.
+
+    Not ``resolve()``: symlinks stay as the user wrote them, so logs show familiar paths.
+    """
+    return Path(os.path.normpath(path.absolute()))
+
+
+def _matches_any(name: str, patterns: Sequence[str]) -> bool:
+    folded = name.casefold()
+    return any(fnmatchcase(folded, pattern.casefold()) for pattern in patterns)
+
+
+def _reject_unknown(data: Mapping[str, object], prefix: str, allowed: Sequence[str]) -> None:
+    for key, value in data.items():
+        if key not in allowed:
+            raise ConfigError(
+                f"{prefix}{key}",
+                value,
+                f"unknown key; allowed here: {', '.join(sorted(allowed))}",
+            )
+
+
+def _section(data: Mapping[str, object], name: str, base: Path) -> _Table:
+    raw = data.get(name, {})
+    if not isinstance(raw, Mapping):
+        raise ConfigError(name, raw, f"must be a table: write [{name}]")
+    return _Table(raw, name, DEFAULTS[name], base)
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+class _Table:
+    """One TOML table laid over its defaults; each getter checks type and range."""
+
+    def __init__(
+        self,
+        raw: Mapping[str, object],
+        field: str,
+        defaults: Mapping[str, object],
+        base: Path,
+    ) -> None:
+        _reject_unknown(raw, f"{field}.", tuple(defaults))
+        self._values: Mapping[str, object] = {**defaults, **raw}
+        self._field = field
+        self._base = base
+
+    def _get(self, key: str) -> tuple[str, object]:
+        return f"{self._field}.{key}", self._values[key]
+
+    def integer(self, key: str, *, minimum: int) -> int:
+        field, value = self._get(key)
+        # bool is a subclass of int, and `threads = true` is a mistake, not 1.
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(field, value, f"must be an integer, not {_type_name(value)}")
+        if value < minimum:
+            raise ConfigError(field, value, f"must be an integer >= {minimum}")
+        return value
+
+    def number(self, key: str, *, minimum: float = 0.0) -> float:
+        """A finite number > 0 and >= ``minimum`` (integer or float)."""
+        field, value = self._get(key)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(field, value, f"must be a number, not {_type_name(value)}")
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(field, value, "must be a finite number > 0")
+        if value < minimum:
+            raise ConfigError(field, value, f"must be at least {minimum:g}")
+        return float(value)
+
+    def boolean(self, key: str) -> bool:
+        field, value = self._get(key)
+        if not isinstance(value, bool):
+            raise ConfigError(field, value, f"must be true or false, not {_type_name(value)}")
+        return value
+
+    def string(self, key: str) -> str:
+        field, value = self._get(key)
+        if not isinstance(value, str):
+            raise ConfigError(field, value, f"must be a string, not {_type_name(value)}")
+        return value
+
+    def choice(self, key: str, allowed: Sequence[str]) -> str:
+        field = f"{self._field}.{key}"
+        value = self.string(key)
+        if value.lower() not in allowed:
+            raise ConfigError(field, value, f"must be one of: {', '.join(allowed)}")
+        return value.lower()
+
+    def path(self, key: str) -> tuple[str, Path]:
+        """The path as written, and as an absolute path ('~' expanded, relative to the base)."""
+        field, value = self._get(key)
+        if value is None:
+            raise ConfigError(field, value, "required; it has no default")
+        written = self.string(key)
+        if not written.strip():
+            raise ConfigError(field, written, "must be a non-empty path")
+        try:
+            expanded = Path(written).expanduser()
+        except RuntimeError as exc:
+            raise ConfigError(field, written, f"cannot expand '~': {exc}") from exc
+        return written, _absolute(self._base / expanded)
+
+    def patterns(self, key: str, *, allow_empty: bool) -> tuple[str, ...]:
+        field, value = self._get(key)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(field, value, "must be an array of glob patterns")
+        if not value and not allow_empty:
+            raise ConfigError(field, value, "must hold at least one glob pattern")
+        for index, pattern in enumerate(value):
+            if not isinstance(pattern, str) or not pattern:
+                raise ConfigError(f"{field}[{index}]", pattern, "must be a non-empty string")
+            if "/" in pattern:
+                raise ConfigError(
+                    f"{field}[{index}]",
+                    pattern,
+                    "must not contain '/': patterns match one file or folder name",
+                )
+        return tuple(value)

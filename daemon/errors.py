@@ -1,0 +1,83 @@
+"""Exception types raised by embedd's library code.
+
+Lower layers raise these; only ``daemon.cli`` turns them into exit codes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class EmbeddError(Exception):
+    """Base class of every error embedd raises on purpose."""
+
+
+class ConfigError(EmbeddError):
+    """A configuration value is missing, unknown or out of range."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"config {field} = {value!r}: {reason}")
+
+
+class ModelError(EmbeddError):
+    """A model file is missing, unreadable or not a usable GGUF embedding model."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"model {self.path}: {reason}")
+
+
+class ConversionError(EmbeddError):
+    """A Hugging Face model directory cannot be converted to GGUF."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot convert {self.path}: {reason}")
+
+
+class EmbedError(EmbeddError):
+    """A text cannot be embedded (empty, too long for the context, or the backend failed)."""
+
+
+class TextTooLongError(EmbedError):
+    """A text holds more tokens than the model's context; it must be split upstream."""
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        self.tokens = tokens
+        self.limit = limit
+        super().__init__(f"text has {tokens} tokens, the model's context holds {limit}")
+
+
+class ExtractError(EmbeddError):
+    """A file's text cannot be extracted (binary, corrupt, encrypted, too large, ...)."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class StoreError(EmbeddError):
+    """The embedding store cannot be read or written."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the store's lock."""
+
+
+class FingerprintMismatchError(StoreError):
+    """The store was built with another model or chunking than the one configured."""
+
+
+class StoreCorruptError(StoreError):
+    """The store file is not a readable embedding store (empty, truncated, garbage, bad shape)."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"store {self.path} is corrupt: {reason}")

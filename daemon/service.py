@@ -1,0 +1,573 @@
+"""Lifecycle of the daemon: startup reconcile, worker loop, signals, periodic rescan, final flush.
+
+Data flow: watchdog thread -> Watcher -> Debouncer -> this worker: extract, chunk, embed what is
+new, apply to the store, coalesced atomic save. The startup scan and the periodic rescan feed
+the same Debouncer as live events, so there is one way in.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Protocol
+
+import structlog
+
+from daemon.config import Config, WatchConfig
+from daemon.debounce import Debouncer
+from daemon.embedder import Embedder, EmbedderSettings, LlamaEmbedder
+from daemon.errors import ExtractError, StoreError
+from daemon.extract import ExtractLimits
+from daemon.pipeline import ChunkingParams, Pipeline
+from daemon.progress import Progress
+from daemon.sdnotify import Notifier
+from daemon.store import FileState, Fingerprint, Store
+from daemon.watcher import EventKind, FileEvent, Watcher
+
+log = structlog.get_logger("embedd")
+
+# How long a burst of changes may keep the store dirty before it is written anyway.
+MAX_DIRTY_S = 10.0
+THROUGHPUT_EVERY_S = 60.0
+SAVE_RETRY_S = (1.0, 5.0, 30.0, 60.0)
+BULK_PROGRESS_MIN_FILES = 5
+
+
+class StopFlag(Protocol):
+    """Anything with ``is_set()``: a threading.Event, for instance."""
+
+    def is_set(self) -> bool: ...
+
+
+def fingerprint_for(config: Config, embedder: Embedder) -> Fingerprint:
+    """The store fingerprint a configuration and model produce: vectors from two never mix."""
+    return Fingerprint(
+        model_sha256=embedder.fingerprint,
+        pooling=embedder.pooling,
+        normalize=config.model.normalize,
+        chunk_size=config.chunking.size,
+        chunk_overlap=config.chunking.overlap,
+    )
+
+
+def file_state(st: os.stat_result) -> FileState:
+    """The cheap signature that tells a file changed without reading it."""
+    return FileState(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+
+
+@dataclass
+class Counters:
+    """Work done since the last throughput report."""
+
+    files: int = 0
+    chunks: int = 0
+    embedded: int = 0
+    tokens: int = 0
+    since: float = field(default_factory=time.monotonic)
+
+
+class Service:
+    """The running daemon: owns the pipeline, the debouncer and the watcher for one store."""
+
+    def __init__(
+        self,
+        config: Config,
+        embedder: Embedder,
+        store: Store,
+        *,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.notifier = notifier or Notifier()
+        self._clock = clock
+        self.pipeline = Pipeline(
+            embedder,
+            store,
+            ChunkingParams(config.chunking.size, config.chunking.overlap),
+            ExtractLimits(
+                max_bytes=config.daemon.max_file_bytes,
+                pdf_timeout_s=config.daemon.pdf_timeout_s,
+                pdf_memory_bytes=config.daemon.pdf_memory_bytes,
+            ),
+        )
+        self.debouncer = Debouncer(config.daemon.debounce_ms / 1000.0, clock=clock)
+        self._wake = threading.Event()
+        self.watcher = Watcher([(w.path, w.recursive) for w in config.watches], self._on_event)
+        # Files that failed, by source, with the state they failed in: retried once they change.
+        self._failed: dict[str, FileState] = {}
+        self._counters = Counters(since=clock())
+        self._dirty_since: float | None = None
+        self._save_failures = 0
+        self._next_save_try = 0.0
+        self._bulk: Progress | None = None
+        self._bulk_left = 0
+
+    # -- events -------------------------------------------------------------------------
+
+    def _on_event(self, event: FileEvent) -> None:
+        """Watcher sink, on watchdog's thread: queue and wake the worker."""
+        self.debouncer.push(event)
+        self._wake.set()
+
+    def _locate(self, path: Path) -> tuple[WatchConfig, str] | None:
+        """The watch that indexes ``path`` and its source name, or None if none does."""
+        for watch in self.config.watches:
+            try:
+                rel = path.relative_to(watch.path)
+            except ValueError:
+                continue
+            relpath = rel.as_posix()
+            if relpath in ("", "."):
+                return None
+            if watch.matches(relpath):
+                return watch, f"{watch.name}/{relpath}"
+            return None
+        return None
+
+    def _sources_under(self, path: Path) -> list[str]:
+        """Stored sources at or below ``path`` (a deleted or moved folder)."""
+        for watch in self.config.watches:
+            try:
+                rel = path.relative_to(watch.path).as_posix()
+            except ValueError:
+                continue
+            prefix = watch.name + "/" if rel in ("", ".") else f"{watch.name}/{rel}/"
+            return [s for s in self.store.sources() if s.startswith(prefix)]
+        return []
+
+    def _path_of(self, source: str) -> Path | None:
+        for watch in self.config.watches:
+            if source.startswith(watch.name + "/"):
+                return watch.path / source[len(watch.name) + 1 :]
+        return None
+
+    def handle(self, event: FileEvent) -> None:
+        """Apply one coalesced event to the store."""
+        if event.kind is EventKind.CHANGED:
+            self._changed(event.path)
+        elif event.kind is EventKind.DELETED:
+            self._deleted(event.path)
+        elif event.kind is EventKind.MOVED:
+            assert event.dest is not None
+            self._moved(event.path, event.dest)
+        elif event.kind is EventKind.RESCAN:
+            self.reconcile(event.path)
+
+    def _changed(self, path: Path) -> None:
+        located = self._locate(path)
+        if located is None:
+            return
+        _, source = located
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            self._remove(source, reason="file vanished")
+            return
+        except OSError as exc:
+            self._skip(source, path, None, f"cannot stat: {exc.strerror or exc}")
+            return
+        state = file_state(st)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "symlink (never followed)" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            self._skip(source, path, state, kind)
+            return
+        if self.store.file_state(source) == state or self._failed.get(source) == state:
+            return
+        self._index(path, source, state)
+
+    def _index(self, path: Path, source: str, state: FileState) -> None:
+        try:
+            result = self.pipeline.index_file(path, source, state)
+        except ExtractError as exc:
+            self._skip(source, path, state, exc.reason)
+            return
+        self._failed.pop(source, None)
+        self._mark_dirty()
+        for warning in result.warnings:
+            log.warning("file_warning", path=str(path), reason=warning)
+        log.info(
+            "file_indexed",
+            path=str(path),
+            source=source,
+            chunks=result.chunks,
+            embedded=result.embedded,
+            reused=result.reused,
+            quarantined=result.quarantined,
+            tokens=result.tokens,
+            seconds=round(result.seconds, 3),
+        )
+        c = self._counters
+        c.files += 1
+        c.chunks += result.chunks
+        c.embedded += result.embedded
+        c.tokens += result.tokens
+
+    def _skip(self, source: str, path: Path, state: FileState | None, reason: str) -> None:
+        """Log once per file state why a file is not indexed; what is stored for it stays."""
+        if state is not None and self._failed.get(source) == state:
+            return
+        if state is not None:
+            self._failed[source] = state
+        log.warning(
+            "file_skipped",
+            path=str(path),
+            source=source,
+            reason=reason,
+            kept_entries=len(self.store.entries_for(source)),
+        )
+
+    def _remove(self, source: str, *, reason: str) -> None:
+        self._failed.pop(source, None)
+        if self.store.file_state(source) is None:
+            return
+        self.pipeline.remove(source)
+        self._mark_dirty()
+        log.info("file_removed", source=source, reason=reason)
+
+    def _deleted(self, path: Path) -> None:
+        located = self._locate(path)
+        if located is not None:
+            self._remove(located[1], reason="deleted")
+        for source in self._sources_under(path):
+            self._remove(source, reason="folder deleted")
+
+    def _moved(self, src: Path, dest: Path) -> None:
+        old = self._locate(src)
+        if old is not None and self.store.file_state(old[1]) is not None:
+            self._rename_or_reindex(old[1], dest)
+            return
+        under = self._sources_under(src)
+        if under:
+            for source in under:
+                old_path = self._path_of(source)
+                if old_path is not None:
+                    self._rename_or_reindex(source, dest / old_path.relative_to(src))
+            return
+        # The source was never indexed (an editor's temp file, a download): a plain change.
+        self._changed(dest)
+
+    def _rename_or_reindex(self, old_source: str, dest: Path) -> None:
+        new = self._locate(dest)
+        if new is None:
+            self._remove(old_source, reason=f"moved to {dest}, which is not indexed")
+            return
+        try:
+            st = dest.lstat()
+        except OSError:
+            self._remove(old_source, reason="moved, then vanished")
+            return
+        if not stat.S_ISREG(st.st_mode):
+            self._remove(old_source, reason="moved to something that is not a regular file")
+            return
+        self.pipeline.rename(old_source, new[1], file_state(st))
+        self._failed.pop(old_source, None)
+        self._mark_dirty()
+        log.info("file_renamed", source=old_source, to=new[1])
+
+    # -- scanning ------------------------------------------------------------------------
+
+    def _walk(self, watch: WatchConfig, top: Path) -> Iterator[tuple[Path, str, os.stat_result]]:
+        """Files below ``top`` that ``watch`` indexes, with lstat results; symlinks never followed."""
+        stack = [top]
+        while stack:
+            folder = stack.pop()
+            try:
+                with os.scandir(folder) as it:
+                    entries = list(it)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("folder_unreadable", path=str(folder), reason=exc.strerror or str(exc))
+                continue
+            for entry in entries:
+                path = Path(entry.path)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    if not watch.skips_dir(entry.name):
+                        stack.append(path)
+                    continue
+                located = self._locate(path)
+                if located is not None and located[0] is watch:
+                    yield path, located[1], st
+
+    def reconcile(self, top: Path | None = None) -> int:
+        """Bring the store in line with the disk below ``top`` (every watch when None).
+
+        Unchanged files (size, mtime, inode) cost nothing; files that vanished leave the store,
+        unless the same inode shows up under another name, which is a rename. Changed files are
+        queued through the debouncer. Returns how many files were queued.
+        """
+        queued = 0
+        for watch in self.config.watches:
+            if top is not None and top != watch.path and watch.path not in top.parents:
+                continue
+            start = top if top is not None else watch.path
+            present = start.is_dir()
+            if not present and top is None:
+                log.warning(
+                    "watch_folder_missing",
+                    path=str(watch.path),
+                    hint="it is watched again as soon as it exists",
+                )
+            seen: set[str] = set()
+            new: dict[tuple[int, int, int], tuple[Path, str]] = {}
+            changed: list[Path] = []
+            for path, source, st in self._walk(watch, start) if present else ():
+                seen.add(source)
+                state = file_state(st)
+                stored = self.store.file_state(source)
+                if stored == state:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    kind = "symlink (never followed)" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                    self._skip(source, path, state, kind)
+                    continue
+                if self._failed.get(source) == state:
+                    continue
+                if stored is None:
+                    new[(state.inode, state.size, state.mtime_ns)] = (path, source)
+                else:
+                    changed.append(path)
+            for source in self._sources_under(start):
+                if source in seen:
+                    continue
+                old = self.store.file_state(source)
+                key = (old.inode, old.size, old.mtime_ns) if old is not None else None
+                if key is not None and key in new:
+                    path, _ = new.pop(key)
+                    self._rename_or_reindex(source, path)
+                else:
+                    self._remove(source, reason="gone from disk")
+            for path in [*changed, *(p for p, _ in new.values())]:
+                self.debouncer.push(FileEvent(EventKind.CHANGED, path))
+                queued += 1
+        if queued:
+            self._start_bulk(queued)
+            self._wake.set()
+        return queued
+
+    def _start_bulk(self, files: int) -> None:
+        if files < BULK_PROGRESS_MIN_FILES:
+            return
+        if self._bulk is None:
+            self._bulk = Progress("indexing", 0, unit="files")
+            self._bulk_left = 0
+        self._bulk_left += files
+        self._bulk.total += files
+        log.info("bulk_index_queued", files=files)
+
+    def _advance_bulk(self, n: int) -> None:
+        if self._bulk is None:
+            return
+        self._bulk.advance(n)
+        self._bulk_left -= n
+        if self._bulk_left <= 0 or self.debouncer.pending() == 0:
+            self._bulk.close()
+            self._bulk = None
+            self._report_throughput(force=True)
+
+    # -- saving and reporting ---------------------------------------------------------
+
+    def _mark_dirty(self) -> None:
+        if self._dirty_since is None:
+            self._dirty_since = self._clock()
+
+    def maybe_save(self, *, force: bool = False) -> None:
+        """Write the store when the burst is over (nothing due) or it has been dirty too long."""
+        if self._dirty_since is None or not self.store.dirty:
+            self._dirty_since = None
+            return
+        now = self._clock()
+        if not force and now < self._next_save_try:
+            return
+        quiet = self.debouncer.pending() == 0
+        if not (force or quiet or now - self._dirty_since >= MAX_DIRTY_S):
+            return
+        try:
+            stats = self.store.save()
+        except StoreError as exc:
+            delay = SAVE_RETRY_S[min(self._save_failures, len(SAVE_RETRY_S) - 1)]
+            self._save_failures += 1
+            self._next_save_try = now + delay
+            log.error(
+                "store_save_failed",
+                path=str(self.store.path),
+                reason=str(exc),
+                retry_in_s=delay,
+                hint="the previous store file is intact; changes are kept in memory",
+            )
+            return
+        self._save_failures = 0
+        self._dirty_since = None
+        log.info(
+            "store_saved",
+            path=str(self.store.path),
+            entries=stats.entries,
+            written=stats.entries_written,
+            reused=stats.entries_reused,
+            mib_written=round(stats.bytes_written / 2**20, 2),
+            mib_reused=round(stats.bytes_reused / 2**20, 2),
+            durable_s=round(stats.durable_seconds, 3),
+        )
+        self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        return (
+            f"{len(self.store.sources())} files, {self.store.count} chunks, {self.debouncer.pending()} queued"
+        )
+
+    def _report_throughput(self, *, force: bool = False) -> None:
+        c = self._counters
+        elapsed = self._clock() - c.since
+        if not force and elapsed < THROUGHPUT_EVERY_S:
+            return
+        if c.files:
+            secs = max(elapsed, 1e-9)
+            log.info(
+                "throughput",
+                files=c.files,
+                chunks=c.chunks,
+                embedded=c.embedded,
+                seconds=round(elapsed, 1),
+                files_per_s=round(c.files / secs, 2),
+                chunks_per_s=round(c.chunks / secs, 1),
+                tokens_per_s=round(c.tokens / secs, 1),
+                queue_depth=self.debouncer.pending(),
+            )
+        self._counters = Counters(since=self._clock())
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self, stop: StopFlag, wake: threading.Event | None = None) -> None:
+        """Scan, then process events until ``stop`` is set; always writes the store before returning."""
+        if wake is not None:
+            self._wake = wake
+        self.watcher.start()
+        try:
+            self.reconcile()
+            self.notifier.ready(self._status_line())
+            log.info(
+                "daemon_ready",
+                files=len(self.store.sources()),
+                chunks=self.store.count,
+                queued=self.debouncer.pending(),
+                watches=[str(w.path) for w in self.config.watches],
+            )
+            next_rescan = self._clock() + self.config.daemon.rescan_interval_s
+            while not stop.is_set():
+                for event in self.debouncer.due():
+                    if stop.is_set():
+                        break
+                    self.handle(event)
+                    if event.kind is EventKind.CHANGED:
+                        self._advance_bulk(1)
+                self.maybe_save()
+                self._report_throughput()
+                now = self._clock()
+                if now >= next_rescan:
+                    self.reconcile()
+                    next_rescan = now + self.config.daemon.rescan_interval_s
+                deadlines = [next_rescan, now + 1.0]
+                due = self.debouncer.next_deadline()
+                if due is not None:
+                    deadlines.append(due)
+                if self._dirty_since is not None:
+                    deadlines.append(max(self._next_save_try, now + 0.05))
+                timeout = max(0.0, min(deadlines) - self._clock())
+                self._wake.wait(timeout)
+                self._wake.clear()
+        finally:
+            self.notifier.stopping()
+            self.watcher.stop()
+            if self._bulk is not None:
+                self._bulk.close()
+            self.maybe_save(force=True)
+            self._report_throughput(force=True)
+
+
+def _install_signals(stop: threading.Event, wake: threading.Event) -> Callable[[], None]:
+    """SIGTERM and SIGINT ask for a clean stop; a second one kills at once (default action)."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info(
+            "stop_requested",
+            signal=signal.Signals(signum).name,
+            hint="finishing the current batch and writing the store; send again to kill",
+        )
+        stop.set()
+        wake.set()
+        for sig in previous:
+            signal.signal(sig, signal.SIG_DFL)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def run_service(config: Config, *, reembed: bool = False, stop: threading.Event | None = None) -> None:
+    """Load the model, open (lock) the store and run until SIGTERM/SIGINT or ``stop`` is set."""
+    stop = stop or threading.Event()
+    wake = threading.Event()
+    restore = _install_signals(stop, wake) if threading.current_thread() is threading.main_thread() else None
+    try:
+        started = time.monotonic()
+        embedder = LlamaEmbedder(
+            config.model.path,
+            EmbedderSettings(
+                threads=config.model.threads,
+                normalize=config.model.normalize,
+                batch_tokens=config.model.batch_tokens,
+            ),
+        )
+        log.info(
+            "model_loaded",
+            path=str(config.model.path),
+            model=embedder.name,
+            dimensions=embedder.dimension,
+            pooling=embedder.pooling,
+            threads=embedder.threads,
+            context=embedder.max_tokens,
+            seconds=round(time.monotonic() - started, 2),
+        )
+        try:
+            store = Store.open(
+                config.store.path,
+                model=embedder.name,
+                dimensions=embedder.dimension,
+                fingerprint=fingerprint_for(config, embedder),
+                rebuild=reembed,
+            )
+            try:
+                log.info(
+                    "store_opened",
+                    path=str(config.store.path),
+                    files=len(store.sources()),
+                    chunks=store.count,
+                )
+                Service(config, embedder, store).run(stop, wake)
+            finally:
+                store.close()
+        finally:
+            embedder.close()
+        log.info("daemon_stopped")
+    finally:
+        if restore is not None:
+            restore()

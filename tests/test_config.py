@@ -1,0 +1,303 @@
+"""Tests of daemon.config: parsing, defaults, path resolution, errors and file matching."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.config import (
+    DEFAULTS,
+    WATCH_DEFAULTS,
+    Config,
+    WatchConfig,
+    load_config,
+    parse_config,
+)
+from daemon.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
+
+
+def minimal(**sections: Any) -> dict[str, Any]:
+    """The smallest valid config (one watched folder), with ``sections`` laid over it."""
+    data: dict[str, Any] = {"watch": [{"path": "inbox"}]}
+    data.update(sections)
+    return data
+
+
+def error_of(data: dict[str, Any], base: Path = Path("/srv/embedd")) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, base)
+    return caught.value
+
+
+def watch(**overrides: Any) -> WatchConfig:
+    values: dict[str, Any] = {
+        "path": Path("/w"),
+        "name": "w",
+        "include": ("*.txt", "*.md", "*.pdf"),
+        "exclude": (".*", "*~", "*.tmp", "*.part"),
+        "recursive": True,
+    }
+    values.update(overrides)
+    return WatchConfig(**values)
+
+
+# --- defaults and the example file ---------------------------------------------------
+
+
+def as_defaults(table: dict[str, Any]) -> dict[str, Any]:
+    """A TOML table in the shape of ``DEFAULTS`` (arrays as tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+
+
+def test_example_file_shows_every_key_with_its_default() -> None:
+    data = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    (example_watch,) = data.pop("watch")
+    assert {name: as_defaults(table) for name, table in data.items()} == {
+        name: dict(table) for name, table in DEFAULTS.items()
+    }
+    assert as_defaults(example_watch) == {**WATCH_DEFAULTS, "path": "inbox"}
+
+
+def test_example_file_loads_and_equals_the_defaults() -> None:
+    loaded = load_config(EXAMPLE)
+    defaults = parse_config(minimal(), EXAMPLE.parent)
+    assert loaded.source_path == EXAMPLE
+    assert replace(loaded, source_path=None) == defaults
+
+
+def test_defaults_are_converted_to_units() -> None:
+    cfg = parse_config(minimal(), Path("/srv/embedd"))
+    assert cfg.daemon.max_file_bytes == 100 * 1024 * 1024
+    assert cfg.daemon.pdf_memory_bytes == 1024 * 1024 * 1024
+    assert cfg.daemon.rescan_interval_s == 300.0
+    assert cfg.model.threads == 0
+    assert cfg.chunking.size == 500
+    assert cfg.chunking.overlap == 50
+    assert cfg.source_path is None
+
+
+def test_values_override_defaults() -> None:
+    cfg = parse_config(
+        minimal(
+            model={"threads": 2, "normalize": False, "query_prefix": "q: "},
+            daemon={"log_level": "DEBUG", "log_format": "json", "max_file_mb": 0.5},
+        ),
+        Path("/srv"),
+    )
+    assert cfg.model.threads == 2
+    assert cfg.model.normalize is False
+    assert cfg.model.query_prefix == "q: "
+    assert cfg.daemon.log_level == "debug"
+    assert cfg.daemon.log_format == "json"
+    assert cfg.daemon.max_file_bytes == 512 * 1024
+
+
+# --- paths ---------------------------------------------------------------------------
+
+
+def test_relative_paths_resolve_against_the_config_file_not_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf_dir = tmp_path / "etc"
+    conf_dir.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (conf_dir / "embedd.toml").write_text(
+        '[model]\npath = "../models/m.gguf"\n'
+        '[store]\npath = "data/store.json"\n'
+        '[[watch]]\npath = "./notes/"\n'
+        f'[[watch]]\npath = "{tmp_path / "abs"}"\n',
+        encoding="utf-8",
+    )
+    cfg = load_config(Path("../etc/embedd.toml"))
+    assert cfg.source_path == conf_dir / "embedd.toml"
+    assert cfg.model.path == tmp_path / "models" / "m.gguf"
+    assert cfg.store.path == conf_dir / "data" / "store.json"
+    assert [w.path for w in cfg.watches] == [conf_dir / "notes", tmp_path / "abs"]
+    # The name keeps the path as written (normalised), since the store names sources by it.
+    assert [w.name for w in cfg.watches] == ["notes", (tmp_path / "abs").as_posix()]
+
+
+def test_home_is_expanded_but_the_name_keeps_the_tilde(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", "/home/ada")
+    cfg = parse_config({"watch": [{"path": "~/papers"}]}, Path("/srv"))
+    assert cfg.watches[0].path == Path("/home/ada/papers")
+    assert cfg.watches[0].name == "~/papers"
+
+
+# --- errors name the key -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"modle": {}, "watch": [{"path": "a"}]}, "modle"),
+        (minimal(model={"thread": 1}), "model.thread"),
+        (minimal(daemon={"debounce": 1}), "daemon.debounce"),
+        ({"watch": [{"path": "a", "recursve": False}]}, "watch[0].recursve"),
+        (minimal(model=3), "model"),
+        (minimal(model={"threads": True}), "model.threads"),
+        (minimal(model={"threads": "4"}), "model.threads"),
+        (minimal(model={"threads": 1.5}), "model.threads"),
+        (minimal(model={"threads": -1}), "model.threads"),
+        (minimal(model={"batch_tokens": 0}), "model.batch_tokens"),
+        (minimal(model={"normalize": 1}), "model.normalize"),
+        (minimal(model={"query_prefix": 5}), "model.query_prefix"),
+        (minimal(model={"path": ""}), "model.path"),
+        (minimal(model={"path": 5}), "model.path"),
+        (minimal(chunking={"size": 0}), "chunking.size"),
+        (minimal(chunking={"overlap": -1}), "chunking.overlap"),
+        (minimal(chunking={"size": 100, "overlap": 100}), "chunking.overlap"),
+        (minimal(chunking={"size": 50}), "chunking.overlap"),  # against the default 50
+        (minimal(daemon={"debounce_ms": 0}), "daemon.debounce_ms"),
+        (minimal(daemon={"rescan_interval_s": 0}), "daemon.rescan_interval_s"),
+        (minimal(daemon={"pdf_timeout_s": float("inf")}), "daemon.pdf_timeout_s"),
+        (minimal(daemon={"pdf_timeout_s": False}), "daemon.pdf_timeout_s"),
+        (minimal(daemon={"max_file_mb": -5}), "daemon.max_file_mb"),
+        (minimal(daemon={"pdf_memory_mb": "1G"}), "daemon.pdf_memory_mb"),
+        (minimal(daemon={"log_format": "text"}), "daemon.log_format"),
+        (minimal(daemon={"log_level": "verbose"}), "daemon.log_level"),
+        ({}, "watch"),
+        ({"watch": []}, "watch"),
+        ({"watch": {"path": "a"}}, "watch"),
+        ({"watch": ["a"]}, "watch[0]"),
+        ({"watch": [{"include": ["*.md"]}]}, "watch[0].path"),
+        ({"watch": [{"path": "a"}, {"path": "b", "include": []}]}, "watch[1].include"),
+        ({"watch": [{"path": "a", "include": "*.md"}]}, "watch[0].include"),
+        ({"watch": [{"path": "a", "exclude": ["*~", ""]}]}, "watch[0].exclude[1]"),
+        ({"watch": [{"path": "a", "exclude": [3]}]}, "watch[0].exclude[0]"),
+        ({"watch": [{"path": "a", "include": ["docs/*.md"]}]}, "watch[0].include[0]"),
+        ({"watch": [{"path": "a", "recursive": "yes"}]}, "watch[0].recursive"),
+    ],
+)
+def test_every_error_names_its_key(data: dict[str, Any], field: str) -> None:
+    error = error_of(data)
+    assert error.field == field
+    assert field in str(error)
+
+
+def test_error_says_what_is_allowed() -> None:
+    error = error_of(minimal(model={"threads": True}))
+    assert error.value is True
+    assert "integer" in error.reason and "bool" in error.reason
+
+    error = error_of(minimal(model={"thread": 1}))
+    assert "threads" in error.reason  # lists the keys that are allowed
+
+    error = error_of(minimal(daemon={"log_format": "text"}))
+    assert "auto, json, console" in error.reason
+
+
+@pytest.mark.parametrize(
+    ("watches", "field"),
+    [
+        (["a", "a"], "watch[1].path"),
+        (["a", "./a/"], "watch[1].path"),
+        (["a", "/srv/embedd/a"], "watch[1].path"),
+        (["a", "a/sub"], "watch[1].path"),
+        (["a/sub", "a"], "watch[0].path"),
+    ],
+)
+def test_watched_folders_that_would_double_index_are_rejected(watches: list[str], field: str) -> None:
+    error = error_of({"watch": [{"path": path} for path in watches]})
+    assert error.field == field
+
+
+def test_nested_folders_are_fine_when_the_parent_does_not_reach_them() -> None:
+    base = Path("/srv")
+    flat = {"watch": [{"path": "a", "recursive": False}, {"path": "a/sub"}]}
+    excluded = {"watch": [{"path": "a", "exclude": ["sub"]}, {"path": "a/sub"}]}
+    siblings = {"watch": [{"path": "a"}, {"path": "ab"}]}
+    for data in (flat, excluded, siblings):
+        assert len(parse_config(data, base).watches) == 2
+
+
+def test_a_symlinked_duplicate_folder_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    error = error_of({"watch": [{"path": "real"}, {"path": "link"}]}, tmp_path)
+    assert error.field == "watch[1].path"
+
+
+@pytest.mark.parametrize("store", ["inbox/embeddings.json", "inbox/deep/store.json"])
+def test_store_inside_a_watched_folder_is_rejected(store: str) -> None:
+    error = error_of(minimal(store={"path": store}))
+    assert error.field == "store.path"
+    assert error.value == store
+    assert "watch[0]" in error.reason
+
+
+def test_missing_file_and_bad_toml_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "absent.toml")
+    assert caught.value.field == "<file>"
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\npath = 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad)
+    assert caught.value.field == "<file>"
+    assert "invalid TOML" in caught.value.reason
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)  # a directory
+    assert caught.value.field == "<file>"
+
+
+def test_config_is_frozen() -> None:
+    cfg = parse_config(minimal(), Path("/srv"))
+    assert isinstance(cfg, Config)
+    with pytest.raises(AttributeError):
+        cfg.model.threads = 3  # type: ignore[misc]
+
+
+# --- matches() -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("relpath", "expected"),
+    [
+        ("notes.md", True),
+        ("a/b/c/report.pdf", True),
+        ("SCAN.PDF", True),
+        ("readme.txt", True),
+        ("image.png", False),
+        ("notes.md.tmp", False),
+        ("notes.md~", False),
+        (".notes.md", False),
+        (".#notes.md", False),  # emacs lock file
+        ("#notes.md#", False),  # emacs autosave
+        (".notes.md.swp", False),  # vim swap
+        ("notes.md.swp", False),
+        ("4913", False),  # vim's write test file
+        ("paper.pdf.part", False),  # unfinished download
+        (".git/description.md", False),  # hidden folders are excluded at any depth
+        ("a/.obsidian/b/notes.md", False),
+        ("./notes.md", True),
+    ],
+)
+def test_matches_uses_include_on_names_and_exclude_on_every_component(relpath: str, expected: bool) -> None:
+    assert watch().matches(relpath) is expected
+
+
+def test_matches_without_recursion_takes_only_top_level_files() -> None:
+    flat = watch(recursive=False)
+    assert flat.matches("notes.md")
+    assert not flat.matches("sub/notes.md")
+
+
+def test_matches_with_custom_patterns() -> None:
+    custom = watch(include=("*",), exclude=("drafts", "*.log"))
+    assert custom.matches("anything")
+    assert custom.matches(".hidden")  # nothing excludes it any more
+    assert not custom.matches("drafts/x.md")
+    assert not custom.matches("a/drafts/x.md")
+    assert not custom.matches("server.LOG")
+    assert not custom.matches("")
