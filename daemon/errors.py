@@ -81,3 +81,7 @@ class StoreCorruptError(StoreError):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"store {self.path} is corrupt: {reason}")
+
+
+class IndexingInterrupted(EmbeddError):
+    """Indexing a file was abandoned because the daemon is stopping; the store keeps the old entries."""

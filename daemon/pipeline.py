@@ -17,7 +17,7 @@ import structlog
 
 from daemon.chunker import Chunk, chunk_units
 from daemon.embedder import Embedder, FloatMatrix
-from daemon.errors import EmbedError
+from daemon.errors import EmbedError, IndexingInterrupted
 from daemon.extract import ExtractLimits, extract
 from daemon.store import FileState, NewEntry, Store
 
@@ -73,11 +73,17 @@ class Pipeline:
         self._clock = clock
 
     def index_file(
-        self, path: Path, source: str, state: FileState, on_embedded: EmbedProgress | None = None
+        self,
+        path: Path,
+        source: str,
+        state: FileState,
+        on_embedded: EmbedProgress | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> IndexResult:
         """Extract, chunk, embed what is new and replace ``source``'s entries in the store.
 
-        Raises ExtractError when the file cannot be read; the store is then left as it was.
+        Raises ExtractError when the file cannot be read, and IndexingInterrupted when
+        ``should_stop`` turns true between two embedding batches; the store is then left as it was.
         """
         start = self._clock()
         extracted = extract(path, self.limits)
@@ -101,7 +107,7 @@ class Pipeline:
                 missing.append(chunk)
                 seen_missing.add(chunk.hash)
         reused = sum(1 for c in chunks if c.hash in known)
-        fresh, tokens, quarantined = self._embed(source, missing, on_embedded)
+        fresh, tokens, quarantined = self._embed(source, missing, on_embedded, should_stop)
         known.update(fresh)
         entries = [
             NewEntry(
@@ -128,13 +134,19 @@ class Pipeline:
         )
 
     def _embed(
-        self, source: str, chunks: Sequence[Chunk], on_embedded: EmbedProgress | None
+        self,
+        source: str,
+        chunks: Sequence[Chunk],
+        on_embedded: EmbedProgress | None,
+        should_stop: Callable[[], bool] | None,
     ) -> tuple[dict[str, tuple[np.ndarray, int]], int, int]:
         """Vectors for ``chunks`` by hash; chunks the embedder rejects are quarantined (logged, left out)."""
         out: dict[str, tuple[np.ndarray, int]] = {}
         tokens = 0
         quarantined = 0
         for i in range(0, len(chunks), self.batch_size):
+            if should_stop is not None and should_stop():
+                raise IndexingInterrupted(f"{source}: stopped after {i} of {len(chunks)} new chunks")
             batch = chunks[i : i + self.batch_size]
             texts = [c.text for c in batch]
             try:

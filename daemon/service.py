@@ -23,7 +23,7 @@ import structlog
 from daemon.config import Config, WatchConfig
 from daemon.debounce import Debouncer
 from daemon.embedder import Embedder, EmbedderSettings, LlamaEmbedder
-from daemon.errors import ExtractError, StoreError
+from daemon.errors import ExtractError, IndexingInterrupted, StoreError
 from daemon.extract import ExtractLimits
 from daemon.pipeline import ChunkingParams, Pipeline
 from daemon.progress import Progress
@@ -38,6 +38,8 @@ MAX_DIRTY_S = 10.0
 THROUGHPUT_EVERY_S = 60.0
 SAVE_RETRY_S = (1.0, 5.0, 30.0, 60.0)
 BULK_PROGRESS_MIN_FILES = 5
+# A file with this many new chunks gets a progress report of its own.
+BIG_FILE_CHUNKS = 256
 
 
 class StopFlag(Protocol):
@@ -110,6 +112,7 @@ class Service:
         self._next_save_try = 0.0
         self._bulk: Progress | None = None
         self._bulk_left = 0
+        self._stop: StopFlag = threading.Event()
 
     # -- events -------------------------------------------------------------------------
 
@@ -185,11 +188,31 @@ class Service:
         self._index(path, source, state)
 
     def _index(self, path: Path, source: str, state: FileState) -> None:
+        bar: Progress | None = None
+
+        def on_embedded(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None and total >= BIG_FILE_CHUNKS:
+                bar = Progress(f"embedding {source}", total, unit="chunks")
+            if bar is not None:
+                bar.advance(done)
+
         try:
-            result = self.pipeline.index_file(path, source, state)
+            result = self.pipeline.index_file(path, source, state, on_embedded, self._stop.is_set)
         except ExtractError as exc:
             self._skip(source, path, state, exc.reason)
             return
+        except IndexingInterrupted as exc:
+            log.info(
+                "file_abandoned",
+                path=str(path),
+                reason=str(exc),
+                hint="indexed again at the next start; its stored entries are unchanged",
+            )
+            return
+        finally:
+            if bar is not None:
+                bar.close()
         self._failed.pop(source, None)
         self._mark_dirty()
         for warning in result.warnings:
@@ -454,6 +477,7 @@ class Service:
         """Scan, then process events until ``stop`` is set; always writes the store before returning."""
         if wake is not None:
             self._wake = wake
+        self._stop = stop
         self.watcher.start()
         try:
             self.reconcile()

@@ -253,6 +253,9 @@ class Watcher:
         # Read without the lock by the overflow hook (watchdog's thread); replaced, never mutated.
         self._native_roots: tuple[Path, ...] = ()
         self._overflow_hook = _OverflowHook(self._on_overflow)
+        # Events decided under the lock are delivered after releasing it: a sink that asks
+        # the watcher something (modes, say) must not deadlock against the supervisor.
+        self._outbox: list[FileEvent] = []
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._started = False
@@ -282,6 +285,7 @@ class Watcher:
             for root in self._roots.values():
                 self._try_schedule(root)
             self._refresh_native_roots()
+        self._flush()
         self._supervisor = threading.Thread(
             target=self._supervise_loop, name="embedd-watch-supervisor", daemon=True
         )
@@ -316,24 +320,50 @@ class Watcher:
             if existing is not None:
                 if existing.scope.recursive == recursive:
                     return
-                self.remove_root(root)
+                self._remove_root(root)
             new = self._new_root(root, recursive)
             self._roots[root] = new
             if self._started and not self._stopping.is_set():
                 self._try_schedule(new)
-                self._refresh_native_roots()
+            self._refresh_native_roots()
+        self._flush()
 
     def remove_root(self, root: Path) -> None:
         """Stop watching ``root``; unknown roots are ignored."""
         with self._lock:
-            gone = self._roots.pop(root, None)
-            if gone is None:
-                return
-            self._unschedule(gone)
+            self._remove_root(root)
             self._refresh_native_roots()
-            log.info("watch_root_removed", root=str(root))
+
+    def supervise(self) -> None:
+        """Re-watch roots whose observer or watch died, and roots that were missing.
+
+        Called periodically by the supervisor thread; callable directly (tests).
+        """
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._revive_observers()
+            self._revive_watches()
+            for root in self._roots.values():
+                if root.mode is None:
+                    self._try_schedule(root)
+            self._refresh_native_roots()
+        self._flush()
 
     # -- internals; everything below runs under self._lock unless it says otherwise --
+
+    def _flush(self) -> None:
+        """Deliver what the locked sections decided; call without holding the lock."""
+        with self._lock:
+            events, self._outbox = self._outbox, []
+        for event in events:
+            _deliver(self._sink, event)
+
+    def _remove_root(self, root: Path) -> None:
+        gone = self._roots.pop(root, None)
+        if gone is not None:
+            self._unschedule(gone)
+            log.info("watch_root_removed", root=str(root))
 
     def _new_root(self, root: Path, recursive: bool) -> _Root:
         scope = _Scope(root, recursive)
@@ -394,7 +424,7 @@ class Watcher:
         log.info("watch_root_scheduled", root=str(root.scope.root), recursive=root.scope.recursive, mode=mode)
         if root.rescan_on_schedule:
             root.rescan_on_schedule = False
-            _deliver(self._sink, FileEvent(EventKind.RESCAN, root.scope.root))
+            self._outbox.append(FileEvent(EventKind.RESCAN, root.scope.root))
 
     def _unavailable(self, root: _Root, reason: str) -> None:
         root.mode, root.watch = None, None
@@ -432,33 +462,33 @@ class Watcher:
             except Exception:
                 log.exception("watch_supervisor_failed")
 
-    def supervise(self) -> None:
-        """Re-watch roots whose observer or watch died, and roots that were missing.
-
-        Called periodically by the supervisor thread; callable directly (tests).
-        """
-        with self._lock:
-            if self._stopping.is_set():
-                return
-            for mode, observer in list(self._observers.items()):
-                if observer.is_alive():
-                    continue
-                log.error("observer_died", mode=mode, action="restarting it and rescanning its roots")
-                del self._observers[mode]
-                for root in self._roots.values():
-                    if root.mode == mode:
-                        root.mode, root.watch = None, None
-                        root.rescan_on_schedule = True
+    def _revive_observers(self) -> None:
+        for mode, observer in list(self._observers.items()):
+            if observer.is_alive():
+                continue
+            log.error("observer_died", mode=mode, action="restarting it and rescanning its roots")
+            del self._observers[mode]
+            try:
+                observer.stop()  # its emitter threads may outlive the dispatcher
+            except Exception:
+                log.exception("observer_cleanup_failed", mode=mode)
             for root in self._roots.values():
-                if root.mode is not None and not self._emitter_alive(root):
-                    # watchdog stops a watch whose root was deleted; other deaths are bugs.
-                    log.warning("watch_lost", root=str(root.scope.root), mode=root.mode)
-                    self._unschedule(root)
+                if root.mode == mode:
+                    root.mode, root.watch = None, None
                     root.rescan_on_schedule = True
-            for root in self._roots.values():
-                if root.mode is None:
-                    self._try_schedule(root)
-            self._refresh_native_roots()
+
+    def _revive_watches(self) -> None:
+        for root in self._roots.values():
+            if root.mode is None or self._emitter_alive(root):
+                continue
+            # watchdog stops a watch whose root was deleted; other deaths are bugs.
+            log.warning("watch_lost", root=str(root.scope.root), mode=root.mode)
+            self._unschedule(root)
+            root.rescan_on_schedule = True
+            if not root.scope.root.is_dir():
+                # The emitter's own DirDeletedEvent can still sit in watchdog's queue, and
+                # unscheduling drops it: say it again (a duplicate delete is harmless).
+                self._outbox.append(FileEvent(EventKind.DELETED, root.scope.root))
 
     def _on_overflow(self) -> None:
         """Runs on watchdog's inotify thread, without the lock."""

@@ -6,6 +6,7 @@ import errno
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,14 @@ class Sink:
     def mark(self) -> int:
         with self._cond:
             return len(self.events)
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll a condition that no event announces."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not met within {DEADLINE_S} s"
+        time.sleep(0.01)
 
 
 def changed(path: Path) -> FileEvent:
@@ -186,10 +195,11 @@ def test_deleted_root_is_reported_and_watched_again_when_it_returns(
     sink.wait_event(changed(root / "a.md"))
     shutil.rmtree(root)
     sink.wait_event(deleted(root))
-    sink.wait_for(lambda _: started.modes[root] is None)
+    wait_until(lambda: started.modes[root] is None)
+    mark = sink.mark()
     root.mkdir()
     (root / "b.md").write_text("while unwatched")
-    sink.wait_event(rescan(root))
+    sink.wait_for(lambda events: rescan(root) in events[mark:])
     (root / "c.md").write_text("watched again")
     sink.wait_event(changed(root / "c.md"))
 
