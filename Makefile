@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 CONFIG ?= config.example.toml
 BIN := $(VENV)/bin
-MODEL := models/all-MiniLM-L6-v2.f16.gguf
+MODEL := models/all-MiniLM-L6-v2.f32.gguf
 STAMP := $(VENV)/.embedd-installed
 
 .PHONY: run setup model test check bench clean

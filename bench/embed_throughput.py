@@ -14,6 +14,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,12 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--reference", type=int, default=40, help="chunks checked against the numpy reference"
     )
+    parser.add_argument(
+        "--contention",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure with a busy process on one core",
+    )
     args = parser.parse_args(argv)
 
     texts = make_chunks(args.chunks)
     threads = physical_cores()
     src = default_model_source()
     tmp = Path(tempfile.mkdtemp(prefix="embedd-bench-"))
+    f32 = convert(src, tmp / "m.f32.gguf", "f32").path
     f16 = convert(src, tmp / "m.f16.gguf", "f16").path
     q8 = convert(src, tmp / "m.q8_0.gguf", "q8_0").path
 
@@ -122,10 +130,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"  {name}: {len(texts) / secs:.1f} chunks/s", file=sys.stderr)
 
+    bench_embedd("embedd f32 (default: flash attention, batched)", f32, EmbedderSettings(threads=threads))
     bench_embedd("embedd f16 (flash attention, batched)", f16, EmbedderSettings(threads=threads))
     bench_embedd("embedd q8_0 (flash attention, batched)", q8, EmbedderSettings(threads=threads))
-    bench_embedd("embedd f16, flash attention off", f16, EmbedderSettings(threads=threads, flash_attn=False))
-    bench_embedd("embedd f16, one call per text", f16, EmbedderSettings(threads=threads), per_text=True)
+    bench_embedd("embedd f32, flash attention off", f32, EmbedderSettings(threads=threads, flash_attn=False))
+    bench_embedd("embedd f32, one call per text", f32, EmbedderSettings(threads=threads), per_text=True)
+    if args.contention and threads > 1:
+        # Another busy process on one core: llama.cpp's OpenMP workers spin and wait on each other.
+        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            bench_embedd(
+                f"embedd f32, {threads} threads, one core busy elsewhere",
+                f32,
+                EmbedderSettings(threads=threads),
+            )
+            bench_embedd(
+                f"embedd f32, {threads - 1} thread(s), one core busy elsewhere",
+                f32,
+                EmbedderSettings(threads=threads - 1),
+            )
+        finally:
+            hog.kill()
+            hog.wait()
 
     st_row: Row | None = None
     try:
@@ -169,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if st_row is not None:
         agree = cosines(rows[0].vectors, st_row.vectors)
         print(
-            f"\nembedd f16 vs sentence-transformers on all {len(texts)} chunks: "
+            f"\n{rows[0].name} vs sentence-transformers on all {len(texts)} chunks: "
             f"min cosine {agree.min():.5f}, mean {agree.mean():.6f}"
         )
     return 0

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -22,6 +23,9 @@ from daemon.errors import (
     ModelError,
     StoreLockedError,
 )
+
+if TYPE_CHECKING:
+    from daemon.model import OutType
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -99,7 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--out", type=Path, help="output GGUF path (default: [model] path or models/NAME.TYPE.gguf)"
     )
-    build.add_argument("--type", dest="out_type", choices=("f32", "f16", "q8_0"), default="f16")
+    build.add_argument(
+        "--type",
+        dest="out_type",
+        choices=("f32", "f16", "q8_0"),
+        default=None,
+        help="weight type (default f32: exact, and the fastest on AVX-512 CPUs; see docs/benchmarks.md)",
+    )
     build.add_argument("--name", help="model name recorded in the file (default: the directory name)")
     build.add_argument("--force", action="store_true", help="overwrite an existing output file")
     build.add_argument("--config", type=Path, help="take the output path from this configuration")
@@ -155,12 +165,12 @@ def _model_build(args: argparse.Namespace) -> int:
 
         out = load_config(args.config).model.path
     else:
-        out = Path("models") / model.default_model_filename(args.out_type)
+        out = Path("models") / model.default_model_filename(args.out_type or model.DEFAULT_OUT_TYPE)
     if out.exists() and not args.force:
         log.info("model_exists", path=str(out), hint="pass --force to rebuild it")
         return EXIT_OK
     source = args.source if args.source is not None else model.default_model_source()
-    log.info("model_build_started", source=str(source), out=str(out), type=args.out_type)
+    log.info("model_build_started", source=str(source), out=str(out))
     bar: Progress | None = None
 
     def on_progress(done: int, total: int) -> None:
@@ -169,7 +179,8 @@ def _model_build(args: argparse.Namespace) -> int:
             bar = Progress("converting", total, unit="tensors")
         bar.advance(done - bar.done)
 
-    result = model.convert(source, out, args.out_type, name=args.name, progress=on_progress)
+    out_type = args.out_type or _type_from_name(out) or model.DEFAULT_OUT_TYPE
+    result = model.convert(source, out, out_type, name=args.name, progress=on_progress)
     if bar is not None:
         bar.close()
     log.info(
@@ -181,6 +192,17 @@ def _model_build(args: argparse.Namespace) -> int:
         mib=round(result.bytes / 2**20, 1),
     )
     return EXIT_OK
+
+
+def _type_from_name(path: Path) -> OutType | None:
+    """The weight type a file name asks for (``name.q8_0.gguf``), so --config paths build what they say."""
+    from daemon.model import OUT_TYPES
+
+    suffixes = path.name.split(".")
+    for kind in OUT_TYPES:
+        if kind in suffixes[1:-1]:
+            return kind
+    return None
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ DEFAULTS: Mapping[str, Mapping[str, object]] = MappingProxyType(
     {
         "model": MappingProxyType(
             {
-                "path": "models/all-MiniLM-L6-v2.f16.gguf",
+                "path": "models/all-MiniLM-L6-v2.f32.gguf",
                 "threads": 0,
                 "normalize": True,
                 "query_prefix": "",

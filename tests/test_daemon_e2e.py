@@ -66,12 +66,12 @@ def _assert_valid_store(store: dict[str, Any], model_sha: str | None = None) -> 
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, f16_model: Path) -> tuple[Path, Path]:
-    return tmp_path, write_config(tmp_path, f16_model)
+def workdir(tmp_path: Path, default_model: Path) -> tuple[Path, Path]:
+    return tmp_path, write_config(tmp_path, default_model)
 
 
 def test_daemon_follows_the_folder(
-    workdir: tuple[Path, Path], cli_env: dict[str, str], f16_model: Path
+    workdir: tuple[Path, Path], cli_env: dict[str, str], default_model: Path
 ) -> None:
     root, cfg = workdir
     inbox, store_path = root / "inbox", root / "data" / "embeddings.json"
@@ -218,8 +218,10 @@ def test_missing_model_exits_3_before_writing_anything(tmp_path: Path, cli_env: 
     assert not (tmp_path / "data").exists()
 
 
-def test_bad_config_exits_2_naming_the_key(tmp_path: Path, f16_model: Path, cli_env: dict[str, str]) -> None:
-    cfg = write_config(tmp_path, f16_model, extra="[chunking]\nsize = 100\noverlap = 200\n")
+def test_bad_config_exits_2_naming_the_key(
+    tmp_path: Path, default_model: Path, cli_env: dict[str, str]
+) -> None:
+    cfg = write_config(tmp_path, default_model, extra="[chunking]\nsize = 100\noverlap = 200\n")
     daemon = Daemon(cfg, cli_env)
     code = daemon.proc.wait(timeout=120)
     daemon.stop()
@@ -229,7 +231,7 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path, f16_model: Path, cli_
 
 
 def test_changed_chunking_is_refused_then_reembedded_on_request(
-    workdir: tuple[Path, Path], cli_env: dict[str, str], f16_model: Path
+    workdir: tuple[Path, Path], cli_env: dict[str, str], default_model: Path
 ) -> None:
     root, cfg = workdir
     store_path = root / "data" / "embeddings.json"
@@ -238,7 +240,7 @@ def test_changed_chunking_is_refused_then_reembedded_on_request(
     _store_where(store_path, lambda s: s["count"] > 0)
     assert daemon.stop() == 0
 
-    cfg = write_config(root, f16_model, extra="[chunking]\nsize = 300\noverlap = 30\n")
+    cfg = write_config(root, default_model, extra="[chunking]\nsize = 300\noverlap = 30\n")
     refused = Daemon(cfg, cli_env)
     assert refused.proc.wait(timeout=120) == 5
     refused.stop()

@@ -169,7 +169,9 @@ def test_rename_and_remove(tmp_path: Path, store: Store) -> None:
     assert store.sources() == set() and store.count == 0
 
 
-def test_a_stop_between_batches_abandons_the_file_and_keeps_the_old_entries(tmp_path: Path, store: Store) -> None:
+def test_a_stop_between_batches_abandons_the_file_and_keeps_the_old_entries(
+    tmp_path: Path, store: Store
+) -> None:
     emb = FakeEmbedder()
     pipe = _pipeline(store, emb, batch_size=2)
     state = _write(tmp_path / "a.md", PARAS[:2])

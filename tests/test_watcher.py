@@ -7,7 +7,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -301,7 +301,7 @@ def test_forced_polling_logs_the_mode(root: Path, make_watcher: Callable[..., Wa
     sink.wait_event(changed(root / "a.md"))
 
 
-def _limit_warning(logs: list[dict[str, Any]]) -> dict[str, Any]:
+def _limit_warning(logs: list[MutableMapping[str, Any]]) -> MutableMapping[str, Any]:
     warnings = [entry for entry in logs if entry["event"] == "inotify_limit_reached"]
     assert len(warnings) == 1, logs
     assert warnings[0]["log_level"] == "warning"
@@ -314,7 +314,8 @@ def test_watch_limit_falls_back_to_polling(
     def no_watches_left(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "inotify watch limit reached")
 
-    monkeypatch.setattr(watcher_mod.Observer, "schedule", no_watches_left)
+    native_cls = watcher_mod.Observer  # type: ignore[attr-defined]  # watchdog's, as imported there
+    monkeypatch.setattr(native_cls, "schedule", no_watches_left)
     watcher = make_watcher([(root, True)])
     with structlog.testing.capture_logs() as logs:
         watcher.start()
