@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ DEFAULTS: Mapping[str, Mapping[str, object]] = MappingProxyType(
                 "max_file_mb": 100,
                 "pdf_timeout_s": 60,
                 "pdf_memory_mb": 1024,
+                "name": "",
             }
         ),
     }
@@ -65,6 +67,18 @@ WATCH_DEFAULTS: Mapping[str, object] = MappingProxyType(
     }
 )
 """Every key of a ``[[watch]]`` table with its default; ``path`` has none and is required."""
+
+SINK_TYPES = ("milvus",)
+SINK_DEFAULTS: Mapping[str, object] = MappingProxyType(
+    {
+        "type": None,  # required
+        "uri": None,  # required
+        "name": "",  # default: the collection name
+        "collection": "embedd",
+        "token": "",
+    }
+)
+"""Every key of a ``[[sink]]`` table with its default; ``type`` and ``uri`` are required."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +148,18 @@ class DaemonConfig:
     max_file_bytes: int
     pdf_timeout_s: float
     pdf_memory_bytes: int
+    name: str = ""  # this daemon's name in shared sinks; the host name when not set
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """One vector database the store is mirrored into."""
+
+    name: str
+    type: str
+    uri: str  # a server URI, or an absolute path to a Milvus Lite file
+    collection: str
+    token: str
 
 
 @dataclass(frozen=True)
@@ -146,6 +172,7 @@ class Config:
     watches: tuple[WatchConfig, ...]
     daemon: DaemonConfig
     source_path: Path | None = None
+    sinks: tuple[SinkConfig, ...] = ()
 
 
 def load_config(path: Path) -> Config:
@@ -170,7 +197,7 @@ def load_config(path: Path) -> Config:
 def parse_config(data: Mapping[str, object], base_dir: Path, *, source_path: Path | None = None) -> Config:
     """Build a validated ``Config`` from parsed TOML; relative paths resolve against ``base_dir``."""
     base = _absolute(base_dir)
-    _reject_unknown(data, "", (*DEFAULTS, "watch"))
+    _reject_unknown(data, "", (*DEFAULTS, "watch", "sink"))
     model, chunking, store, daemon = (
         _section(data, name, base) for name in ("model", "chunking", "store", "daemon")
     )
@@ -198,8 +225,10 @@ def parse_config(data: Mapping[str, object], base_dir: Path, *, source_path: Pat
             pdf_timeout_s=daemon.number("pdf_timeout_s"),
             # Python and pypdf alone take about 45 MB of address space in the PDF worker.
             pdf_memory_bytes=int(daemon.number("pdf_memory_mb", minimum=64) * _MIB),
+            name=daemon.string("name").strip() or socket.gethostname(),
         ),
         source_path=source_path,
+        sinks=_parse_sinks(data.get("sink"), base),
     )
     _validate(config, store_written)
     return config
@@ -227,6 +256,46 @@ def _parse_watches(raw: object, base: Path) -> tuple[WatchConfig, ...]:
             )
         )
     return tuple(watches)
+
+
+def _parse_sinks(raw: object, base: Path) -> tuple[SinkConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("sink", raw, "must be an array of tables: write [[sink]]")
+    sinks: list[SinkConfig] = []
+    for index, item in enumerate(raw):
+        field = f"sink[{index}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(field, item, "must be a table: write [[sink]] with type and uri")
+        table = _Table(item, field, SINK_DEFAULTS, base)
+        if item.get("type") is None:
+            raise ConfigError(f"{field}.type", None, f"required; one of: {', '.join(SINK_TYPES)}")
+        kind = table.choice("type", SINK_TYPES)
+        if item.get("uri") is None:
+            raise ConfigError(
+                f"{field}.uri", None, "required: a server URI (http://host:19530) or a .db file"
+            )
+        uri = table.string("uri").strip()
+        if not uri:
+            raise ConfigError(f"{field}.uri", uri, "must not be empty")
+        if "://" not in uri:
+            # A Milvus Lite database file: relative to the config file like every other path.
+            uri = str(table.path("uri")[1])
+        collection = table.string("collection").strip()
+        if not collection or not collection.replace("_", "a").isalnum() or collection[0].isdigit():
+            raise ConfigError(
+                f"{field}.collection",
+                collection,
+                "must be letters, digits and '_', not starting with a digit",
+            )
+        name = table.string("name").strip() or collection
+        if any(s.name == name for s in sinks):
+            raise ConfigError(f"{field}.name", name, "another [[sink]] has this name; names must be unique")
+        sinks.append(
+            SinkConfig(name=name, type=kind, uri=uri, collection=collection, token=table.string("token"))
+        )
+    return tuple(sinks)
 
 
 def _validate(config: Config, store_written: str) -> None:

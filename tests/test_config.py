@@ -301,3 +301,49 @@ def test_matches_with_custom_patterns() -> None:
     assert not custom.matches("a/drafts/x.md")
     assert not custom.matches("server.LOG")
     assert not custom.matches("")
+
+
+def test_daemon_name_defaults_to_the_host_name() -> None:
+    import socket
+
+    assert parse_config(minimal(), Path("/srv/embedd")).daemon.name == socket.gethostname()
+    named = parse_config(minimal(daemon={"name": "fileserver-2"}), Path("/srv/embedd"))
+    assert named.daemon.name == "fileserver-2"
+
+
+def test_sinks_parse_with_defaults_and_resolve_lite_files() -> None:
+    cfg = parse_config(
+        minimal(
+            sink=[
+                {"type": "milvus", "uri": "data/milvus.db"},
+                {"type": "milvus", "uri": "http://milvus:19530", "collection": "docs", "token": "t"},
+            ]
+        ),
+        Path("/srv/embedd"),
+    )
+    lite, server = cfg.sinks
+    assert (lite.name, lite.uri, lite.collection) == ("embedd", "/srv/embedd/data/milvus.db", "embedd")
+    assert (server.name, server.uri, server.token) == ("docs", "http://milvus:19530", "t")
+    assert parse_config(minimal(), Path("/srv")).sinks == ()
+
+
+@pytest.mark.parametrize(
+    ("sink", "field"),
+    [
+        ({"uri": "x.db"}, "sink[0].type"),
+        ({"type": "qdrant", "uri": "x.db"}, "sink[0].type"),
+        ({"type": "milvus"}, "sink[0].uri"),
+        ({"type": "milvus", "uri": "  "}, "sink[0].uri"),
+        ({"type": "milvus", "uri": "x.db", "collection": "9bad"}, "sink[0].collection"),
+        ({"type": "milvus", "uri": "x.db", "collection": "has-dash"}, "sink[0].collection"),
+        ({"type": "milvus", "uri": "x.db", "colection": "typo"}, "sink[0].colection"),
+    ],
+)
+def test_sink_errors_name_the_key(sink: dict[str, Any], field: str) -> None:
+    assert error_of(minimal(sink=[sink])).field == field
+
+
+def test_sink_names_must_be_unique() -> None:
+    same = {"type": "milvus", "uri": "x.db"}
+    assert error_of(minimal(sink=[same, same])).field == "sink[1].name"
+    assert error_of(minimal(sink={"type": "milvus"})).field == "sink"
