@@ -6,12 +6,14 @@ This is the only module that turns exceptions into exit codes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import orjson
 import structlog
 
 from daemon import log as logsetup
@@ -22,9 +24,11 @@ from daemon.errors import (
     FingerprintMismatchError,
     ModelError,
     StoreLockedError,
+    UsageError,
 )
 
 if TYPE_CHECKING:
+    from daemon.config import Config
     from daemon.model import OutType
 
 EXIT_OK = 0
@@ -33,17 +37,26 @@ EXIT_USAGE = 2
 EXIT_MODEL = 3
 EXIT_STORE_LOCKED = 4
 EXIT_FINGERPRINT = 5
+EXIT_INTERRUPTED = 130
 
 EPILOG = """\
 examples:
-  embedd --config config.toml                 run the daemon in the foreground
-  embedd model build                          build the default model into models/
-  embedd model build --source ~/bge-small-en-v1.5 --type q8_0 --out models/bge-small.q8_0.gguf
+  embedd init ~/notes                         write config.toml watching ~/notes
+  embedd model build --config config.toml     build the default model where the config wants it
+  embedd --config config.toml                 run the daemon in the foreground (= embedd run)
+  embedd status --config config.toml          what the store holds, and whether a daemon runs on it
+  embedd search --config config.toml "how long does bread dough rise" -k 3
+  embedd export --config config.toml --output vectors.jsonl
+  embedd verify --config config.toml          compare the store with the folders and the config
+  embedd COMMAND --help                       options and examples of one command
 
 exit codes:
-  0 success   1 runtime failure   2 bad usage or configuration
+  0 success (verify: the store matches)
+  1 runtime failure (verify: differences found; search/export: no store or a corrupt one)
+  2 bad usage or configuration (init: the file exists)
   3 model missing or unusable     4 store locked by another daemon
-  5 store built with another model or chunking (see --reembed)
+  5 store built with another model or chunking (run: see --reembed; search refuses it)
+  130 interrupted (Ctrl-C) in init, status, search, export or verify
 """
 
 
@@ -63,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"embedd {_version()}")
-    parser.add_argument("--config", type=Path, help="the TOML configuration file (runs the daemon)")
+    parser.add_argument(
+        "--config", type=Path, help="the TOML configuration file (without a COMMAND: run the daemon)"
+    )
     parser.add_argument(
         "--reembed",
         action="store_true",
@@ -81,10 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  embedd run --config config.toml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--config", type=Path, required=True, help="the TOML configuration file")
-    run.add_argument("--reembed", action="store_true", help="re-embed everything if the fingerprint changed")
+    _config_argument(run)
+    run.add_argument(
+        "--reembed",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="re-embed everything if the fingerprint changed",
+    )
+    run.add_argument("--version", action="version", version=f"embedd {_version()}")
 
-    model = sub.add_parser("model", help="build GGUF embedding models")
+    model = sub.add_parser(
+        "model",
+        help="build GGUF embedding models",
+        epilog="example:\n  embedd model build --config config.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    model.add_argument("--version", action="version", version=f"embedd {_version()}")
     model_sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     build = model_sub.add_parser(
         "build",
@@ -113,13 +140,114 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--name", help="model name recorded in the file (default: the directory name)")
     build.add_argument("--force", action="store_true", help="overwrite an existing output file")
     build.add_argument("--config", type=Path, help="take the output path from this configuration")
+    build.add_argument("--version", action="version", version=f"embedd {_version()}")
+    _add_tool_parsers(sub)
     return parser
+
+
+def _tool_parser(sub: Any, name: str, help_: str, description: str, examples: str) -> argparse.ArgumentParser:
+    """A subcommand with examples in its epilog and --version, like every other."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_,
+        description=description,
+        epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"embedd {_version()}")
+    return p
+
+
+def _config_argument(
+    p: argparse.ArgumentParser, help_: str = "the TOML configuration file (required)"
+) -> None:
+    # SUPPRESS keeps a --config given before the command (`embedd --config c status`).
+    p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=help_)
+
+
+def _add_tool_parsers(sub: Any) -> None:
+    init = _tool_parser(
+        sub,
+        "init",
+        "write a commented starter configuration",
+        "Write a commented starter configuration watching FOLDERs (default: inbox). Every key is "
+        "written with its default; relative paths are relative to the configuration file. An "
+        "existing file is never overwritten.",
+        "  embedd init                                  config.toml watching ./inbox\n"
+        "  embedd init ~/notes ~/papers                 watch two folders\n"
+        "  embedd init /srv/docs --config /etc/embedd/config.toml --store /var/lib/embedd/embeddings.json",
+    )
+    init.add_argument("folders", nargs="*", type=Path, metavar="FOLDER", help="folders to watch")
+    _config_argument(init, "where to write the configuration (default: config.toml)")
+    init.add_argument("--model", type=Path, help="the GGUF model path to write (default: models/...)")
+    init.add_argument("--store", type=Path, help="the store path to write (default: data/embeddings.json)")
+
+    status = _tool_parser(
+        sub,
+        "status",
+        "show what the store holds and whether a daemon runs on it",
+        "Show the store's files, chunks, model, fingerprint, size and last update, whether a "
+        "daemon holds it, and whether the configured model and chunking match it. Reads only the "
+        "store's first line and never takes its lock.",
+        "  embedd status --config config.toml\n"
+        "  embedd status --config config.toml --json | jq .store.chunks",
+    )
+    _config_argument(status)
+    status.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+
+    search = _tool_parser(
+        sub,
+        "search",
+        "find the chunks closest to a query",
+        "Embed QUERY with the configured model (prefixed with [model] query_prefix) and print the "
+        "K most similar chunks by cosine similarity. The store is read without its lock, so this "
+        "works while the daemon runs; a store built with another model file is refused (exit 5).",
+        '  embedd search --config config.toml "how long does bread dough rise"\n'
+        "  embedd search --config config.toml -k 10 --json volcanic eruptions | jq '.results[].source'",
+    )
+    _config_argument(search)
+    search.add_argument("query", nargs="+", metavar="QUERY", help="the query (several words are joined)")
+    search.add_argument("-k", "--top", dest="k", type=int, default=5, help="how many results (default 5)")
+    search.add_argument("--json", action="store_true", help="print one JSON object with full chunk texts")
+
+    export = _tool_parser(
+        sub,
+        "export",
+        "write the store as JSON lines for a vector database",
+        "Write one JSON object per entry: "
+        '{"id", "vector": [...], "metadata": {"content", "source", "page", "chunk", "timestamp", '
+        '"hash"}}. The store is read line by line, so memory stays constant at any size; a file '
+        "is written atomically (a temp file renamed into place).",
+        "  embedd export --config config.toml > vectors.jsonl\n"
+        "  embedd export --config config.toml --format jsonl --output vectors.jsonl",
+    )
+    _config_argument(export)
+    export.add_argument("--format", choices=("jsonl",), default="jsonl", help="output format (jsonl)")
+    export.add_argument(
+        "-o", "--output", default="-", metavar="FILE", help="where to write; - is stdout (the default)"
+    )
+
+    verify = _tool_parser(
+        sub,
+        "verify",
+        "check the store against the folders and the configuration",
+        "Check that every indexed file still exists unchanged (size, mtime, inode), every file the "
+        "configuration selects is indexed, every entry's hash is the sha256 of its text, ids are "
+        "unique, the declared count is right and the fingerprint matches the configured model and "
+        "chunking. Exits 1 listing the differences, 0 when there are none.",
+        "  embedd verify --config config.toml\n"
+        "  embedd verify --config config.toml --json | jq '.differences[].kind'",
+    )
+    _config_argument(verify)
+    verify.add_argument("--json", action="store_true", help="print one JSON object for scripts")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``embedd`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in _TOOLS:
+        return _run_tool(args)
     log = structlog.get_logger("embedd")
     try:
         if args.command == "model":
@@ -150,6 +278,140 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     return EXIT_OK
+
+
+def exit_code(exc: EmbeddError) -> int:
+    """The documented exit code of an error."""
+    if isinstance(exc, ConfigError | UsageError):
+        return EXIT_USAGE
+    if isinstance(exc, ModelError | ConversionError):
+        return EXIT_MODEL
+    if isinstance(exc, StoreLockedError):
+        return EXIT_STORE_LOCKED
+    if isinstance(exc, FingerprintMismatchError):
+        return EXIT_FINGERPRINT
+    return EXIT_FAILURE
+
+
+def _run_tool(args: argparse.Namespace) -> int:
+    """Run a user-facing command: results on stdout, one plain error line on stderr."""
+    # Library warnings (a foreign store layout, an unreadable folder) still reach stderr.
+    logsetup.configure(args.log_format or "auto", args.log_level or "warning")
+    try:
+        return _TOOLS[args.command](args)
+    except EmbeddError as exc:
+        message = str(exc)
+        config = getattr(args, "config", None)
+        # Name the file, unless the message already does (it cannot be read) or it is init's own.
+        if (
+            isinstance(exc, ConfigError)
+            and exc.field != "<file>"
+            and config is not None
+            and args.command != "init"
+        ):
+            message = f"{config}: {message}"
+        print(f"embedd {args.command}: error: {message}", file=sys.stderr)
+        return exit_code(exc)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python from complaining at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _load(args: argparse.Namespace) -> Config:
+    from daemon.config import load_config
+
+    path: Path | None = getattr(args, "config", None)
+    if path is None:
+        raise UsageError(f"--config is required: embedd {args.command} --config config.toml")
+    return load_config(path)
+
+
+def _print_json(doc: object) -> None:
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _init(args: argparse.Namespace) -> int:
+    from daemon import starter
+
+    path: Path = getattr(args, "config", None) or Path("config.toml")
+    starter.refuse_existing(path)
+    try:
+        built = starter.build(path, args.folders, model_path=args.model, store_path=args.store)
+    except ConfigError as exc:
+        raise UsageError(
+            f"the configuration would not load: {exc}; choose other folders, or other paths with "
+            "--store and --model"
+        ) from exc
+    starter.write(built)
+    starter.render_next_steps(built, sys.stdout)
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from daemon.status import render_status, store_status
+
+    status = store_status(_load(args))
+    if args.json:
+        _print_json(status.to_json())
+    else:
+        render_status(status, sys.stdout)
+    return EXIT_OK
+
+
+def _search(args: argparse.Namespace) -> int:
+    from daemon.search import render_result, run_search
+
+    if args.k < 1:
+        raise UsageError(f"-k must be at least 1, not {args.k}")
+    config = _load(args)
+    result = run_search(config, " ".join(args.query), args.k)
+    for note in result.notes:
+        print(f"embedd search: note: {note}", file=sys.stderr)
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        render_result(result, sys.stdout)
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from daemon.export import export_jsonl, export_to_file
+
+    config = _load(args)
+    if args.output == "-":
+        sys.stdout.flush()
+        export_jsonl(config.store.path, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    target = Path(args.output)
+    stats = export_to_file(config.store.path, target)
+    how = "streamed" if stats.streamed else "loaded whole (not in embedd's line layout)"
+    print(f"exported {stats.entries} entries to {target} ({how})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from daemon.verify import render_report, verify
+
+    report = verify(_load(args))
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        render_report(report, sys.stdout)
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+_TOOLS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "init": _init,
+    "status": _status,
+    "search": _search,
+    "export": _export,
+    "verify": _verify,
+}
 
 
 def _model_build(args: argparse.Namespace) -> int:
