@@ -22,6 +22,10 @@ Rules (``q`` = ``quiet_s``):
   :meth:`push`, so a complete file costs no extra latency, while a file still being copied
   keeps moving and is held back. DELETED and plain MOVED need no stat. A CHANGED whose file
   is gone when it comes due is reported as DELETED.
+- A file a writer may still hold open (a CHANGED with ``writer_open`` True: written, no
+  close seen since) waits for the close, which makes it due after ``q`` as usual; a writer
+  that never closes (a log kept open) gets it indexed after ``open_quiet_s`` without events.
+  A copy that pauses longer than ``q`` between pieces is therefore still indexed once, whole.
 - RESCAN(dir) passes through after ``q``; a pending RESCAN of an ancestor absorbs it, and it
   follows its directory when that is moved.
 - Order: due events come out in the order their paths first became pending, and an event is
@@ -53,6 +57,9 @@ Sample = tuple[int, int]
 
 StatFn = Callable[[Path], Sample | None]
 """(size, mtime_ns) of a path, or None if it does not exist."""
+
+# How long a file a writer still holds open must be quiet before it is due anyway.
+OPEN_QUIET_S: Final = 30.0
 
 # An unreadable path is "stable" at once: the consumer's read then reports the real error,
 # naming the file, instead of the file waiting here forever.
@@ -87,6 +94,7 @@ class _Entry:
     token: int = 0  # identifies its live heap item; older items are stale
     scheduled: bool = False
     alive: bool = True
+    writer_open: bool = False  # written through a descriptor whose close was not seen yet
     # str forms of path and src: the ancestor indexes hash strings, far cheaper than Paths.
     key: str = field(init=False)
     src_key: str | None = field(init=False)
@@ -127,10 +135,18 @@ def _rebase(path: Path, old: Path, new: Path) -> Path:
 class Debouncer:
     """Coalesces events per path until each is quiet (and, for content, size-stable)."""
 
-    def __init__(self, quiet_s: float, *, clock: Clock = time.monotonic, stat: StatFn = default_stat) -> None:
+    def __init__(
+        self,
+        quiet_s: float,
+        *,
+        clock: Clock = time.monotonic,
+        stat: StatFn = default_stat,
+        open_quiet_s: float = OPEN_QUIET_S,
+    ) -> None:
         if quiet_s < 0:
             raise ValueError(f"quiet_s must be >= 0, got {quiet_s}")
         self._quiet_s = quiet_s
+        self._open_quiet_s = max(quiet_s, open_quiet_s)
         self._clock = clock
         self._stat = stat
         self._lock = threading.Lock()
@@ -153,7 +169,7 @@ class Debouncer:
         with self._lock:
             now = self._clock()
             if event.kind is EventKind.CHANGED:
-                self._push_changed(event.path, sample, now)
+                self._push_changed(event.path, sample, now, event.writer_open)
             elif event.kind is EventKind.DELETED:
                 self._push_deleted(event.path, now)
             elif event.kind is EventKind.MOVED:
@@ -203,15 +219,21 @@ class Debouncer:
 
     # -- coalescing (all under self._lock) --
 
-    def _push_changed(self, path: Path, sample: Sample | None, now: float) -> None:
+    def _push_changed(
+        self, path: Path, sample: Sample | None, now: float, writer_open: bool | None = None
+    ) -> None:
         entry = self._files.get(path)
         if entry is None:
-            self._add(_Entry(EventKind.CHANGED, path, None, next(self._seq), now, True, sample, now))
+            entry = _Entry(EventKind.CHANGED, path, None, next(self._seq), now, True, sample, now)
+            entry.writer_open = bool(writer_open)
+            self._add(entry)
             return
         if entry.kind is EventKind.DELETED:
             entry.kind = EventKind.CHANGED  # deleted and recreated: index the new file
         # CHANGED stays CHANGED; a MOVED stays a MOVED whose destination must be checked.
         entry.needs_stable, entry.sample, entry.sampled_at, entry.last = True, sample, now, now
+        if writer_open is not None:
+            entry.writer_open = writer_open
         self._schedule(entry, self._ready_at(entry))
 
     def _push_deleted(self, path: Path, now: float) -> None:
@@ -227,6 +249,7 @@ class Debouncer:
             self._vacate(entry.src, now)
             return
         entry.kind, entry.needs_stable, entry.sample, entry.last = EventKind.DELETED, False, None, now
+        entry.writer_open = False
         self._schedule(entry, self._ready_at(entry))
 
     def _push_moved(self, src: Path, dest: Path, sample: Sample | None, now: float) -> None:
@@ -238,9 +261,9 @@ class Debouncer:
         if moved is not None:
             self._remove(moved)
         self._take_over(dest, src, vacated)
-        origin, needs_stable = src, False
+        origin, needs_stable, writer_open = src, False, False
         if moved is not None:
-            needs_stable = moved.needs_stable
+            needs_stable, writer_open = moved.needs_stable, moved.writer_open
             if moved.kind is EventKind.MOVED:
                 assert moved.src is not None
                 origin = moved.src
@@ -250,6 +273,7 @@ class Debouncer:
             entry = _Entry(EventKind.CHANGED, dest, None, next(self._seq), now, True, sample, now)
         else:
             entry = _Entry(EventKind.MOVED, dest, origin, next(self._seq), now, needs_stable, sample, now)
+        entry.writer_open = writer_open  # a writer's descriptor follows the file's new name
         self._add(entry)
         self._rekey_below(src, dest, now, vacated)
         for path in vacated:
@@ -285,18 +309,18 @@ class Debouncer:
                 if kind is EventKind.MOVED and child_src == path:
                     kind, child_src = EventKind.CHANGED, None
                 # Same inode, same size and mtime: the old sample stays valid at the new path.
-                self._add(
-                    _Entry(
-                        kind,
-                        path,
-                        child_src,
-                        next(self._seq),
-                        now,
-                        child.needs_stable,
-                        child.sample,
-                        child.sampled_at,
-                    )
+                rekeyed = _Entry(
+                    kind,
+                    path,
+                    child_src,
+                    next(self._seq),
+                    now,
+                    child.needs_stable,
+                    child.sample,
+                    child.sampled_at,
                 )
+                rekeyed.writer_open = child.writer_open
+                self._add(rekeyed)
         for rescan in [e for p, e in self._rescans.items() if p.is_relative_to(src)]:
             if not rescan.alive:
                 continue
@@ -354,9 +378,10 @@ class Debouncer:
                     del self._moves[key]
 
     def _ready_at(self, entry: _Entry) -> float:
+        quiet = self._open_quiet_s if entry.writer_open else self._quiet_s
         if entry.needs_stable:
-            return max(entry.last, entry.sampled_at) + self._quiet_s
-        return entry.last + self._quiet_s
+            return max(entry.last, entry.sampled_at) + quiet
+        return entry.last + quiet
 
     def _stable(self, entry: _Entry, now: float) -> bool:
         if now - entry.sampled_at < self._quiet_s:

@@ -86,8 +86,8 @@ def extract(path: Path, limits: ExtractLimits) -> Extracted:
 # --- opening -----------------------------------------------------------------
 
 
-def _file_kind(mode: int) -> str | None:
-    """Names a non-regular file type, or None for a regular file."""
+def file_kind(mode: int) -> str | None:
+    """Names a non-regular file type ("a FIFO (named pipe)"), or None for a regular file."""
     if stat.S_ISREG(mode):
         return None
     kinds = (
@@ -122,7 +122,7 @@ def _reject_special_file(path: Path) -> None:
         st = os.lstat(path)
     except OSError as exc:
         raise ExtractError(path, _os_error_reason(exc)) from exc
-    kind = _file_kind(st.st_mode)
+    kind = file_kind(st.st_mode)
     if kind is not None:
         raise ExtractError(path, f"is {kind}; only regular files are indexed")
 
@@ -141,7 +141,7 @@ def _open_regular_file(path: Path, max_bytes: int) -> int:
         raise ExtractError(path, _os_error_reason(exc)) from exc
     try:
         st = os.fstat(fd)
-        kind = _file_kind(st.st_mode)
+        kind = file_kind(st.st_mode)
         if kind is not None:
             raise ExtractError(path, f"is {kind}; only regular files are indexed")
         if st.st_size > max_bytes:

@@ -24,12 +24,12 @@ from daemon.config import Config, WatchConfig
 from daemon.debounce import Debouncer
 from daemon.embedder import Embedder, EmbedderSettings, LlamaEmbedder
 from daemon.errors import ExtractError, IndexingInterrupted, StoreError
-from daemon.extract import ExtractLimits
+from daemon.extract import ExtractLimits, file_kind
 from daemon.pipeline import ChunkingParams, Pipeline
 from daemon.progress import Progress
 from daemon.sdnotify import Notifier
 from daemon.store import FileState, Fingerprint, Store
-from daemon.watcher import EventKind, FileEvent, Watcher
+from daemon.watcher import EventKind, FileEvent, Watcher, display_path
 
 log = structlog.get_logger("embedd")
 
@@ -62,6 +62,35 @@ def fingerprint_for(config: Config, embedder: Embedder) -> Fingerprint:
 def file_state(st: os.stat_result) -> FileState:
     """The cheap signature that tells a file changed without reading it."""
     return FileState(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+
+
+# A file that failed, as it was when it failed: its FileState plus its ctime, because a
+# chmod or chown (which moves only the ctime) can be exactly what makes it readable.
+FailedAs = tuple[FileState, int]
+
+
+def failed_as(st: os.stat_result) -> FailedAs:
+    """The signature under which a failed file is not tried again until it changes."""
+    return file_state(st), st.st_ctime_ns
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+NOT_UTF8 = (
+    "file name is not valid UTF-8, and the store keeps names as UTF-8 text; "
+    "rename the file (or its folder) to index it"
+)
+IN_SYMLINKED_FOLDER = "inside a symlinked folder (symlinks are never followed)"
+
+
+def _not_regular(st: os.stat_result) -> str:
+    return f"is {file_kind(st.st_mode) or 'not a regular file'}; only regular files are indexed"
 
 
 @dataclass
@@ -105,7 +134,7 @@ class Service:
         self._wake = threading.Event()
         self.watcher = Watcher([(w.path, w.recursive) for w in config.watches], self._on_event)
         # Files that failed, by source, with the state they failed in: retried once they change.
-        self._failed: dict[str, FileState] = {}
+        self._failed: dict[str, FailedAs] = {}
         self._counters = Counters(since=clock())
         self._dirty_since: float | None = None
         self._save_failures = 0
@@ -147,6 +176,22 @@ class Service:
             return [s for s in self.store.sources() if s.startswith(prefix)]
         return []
 
+    def _unindexable(self, watch: WatchConfig, source: str, path: Path) -> str | None:
+        """Why ``path`` (at ``source``) must not be indexed whatever it holds, or None.
+
+        The walk never descends into a symlinked folder, but an event or a rescan racing a
+        folder swapped for a symlink could still name a path through one; lstat() and
+        O_NOFOLLOW only guard the last component, so the folders are checked here.
+        """
+        if not _is_utf8(source):
+            return NOT_UTF8
+        parent = path.parent
+        if parent != watch.path:
+            expected = Path(os.path.realpath(watch.path)) / parent.relative_to(watch.path)
+            if Path(os.path.realpath(parent)) != expected:
+                return IN_SYMLINKED_FOLDER
+        return None
+
     def _path_of(self, source: str) -> Path | None:
         for watch in self.config.watches:
             if source.startswith(watch.name + "/"):
@@ -169,7 +214,7 @@ class Service:
         located = self._locate(path)
         if located is None:
             return
-        _, source = located
+        watch, source = located
         try:
             st = path.lstat()
         except FileNotFoundError:
@@ -180,14 +225,18 @@ class Service:
             return
         state = file_state(st)
         if not stat.S_ISREG(st.st_mode):
-            kind = "symlink (never followed)" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-            self._skip(source, path, state, kind)
+            self._skip(source, path, failed_as(st), _not_regular(st))
             return
-        if self.store.file_state(source) == state or self._failed.get(source) == state:
+        if self.store.file_state(source) == state or self._failed.get(source) == failed_as(st):
             return
-        self._index(path, source, state)
+        why_not = self._unindexable(watch, source, path)
+        if why_not is not None:
+            self._skip(source, path, failed_as(st), why_not)
+            return
+        self._index(path, source, st)
 
-    def _index(self, path: Path, source: str, state: FileState) -> None:
+    def _index(self, path: Path, source: str, st: os.stat_result) -> None:
+        state = file_state(st)
         bar: Progress | None = None
 
         def on_embedded(done: int, total: int) -> None:
@@ -200,12 +249,12 @@ class Service:
         try:
             result = self.pipeline.index_file(path, source, state, on_embedded, self._stop.is_set)
         except ExtractError as exc:
-            self._skip(source, path, state, exc.reason)
+            self._skip(source, path, failed_as(st), exc.reason)
             return
         except IndexingInterrupted as exc:
             log.info(
                 "file_abandoned",
-                path=str(path),
+                path=display_path(path),
                 reason=str(exc),
                 hint="indexed again at the next start; its stored entries are unchanged",
             )
@@ -216,7 +265,7 @@ class Service:
         self._failed.pop(source, None)
         self._mark_dirty()
         for warning in result.warnings:
-            log.warning("file_warning", path=str(path), reason=warning)
+            log.warning("file_warning", path=display_path(path), reason=warning)
         log.info(
             "file_indexed",
             path=str(path),
@@ -234,7 +283,7 @@ class Service:
         c.embedded += result.embedded
         c.tokens += result.tokens
 
-    def _skip(self, source: str, path: Path, state: FileState | None, reason: str) -> None:
+    def _skip(self, source: str, path: Path, state: FailedAs | None, reason: str) -> None:
         """Log once per file state why a file is not indexed; what is stored for it stays."""
         if state is not None and self._failed.get(source) == state:
             return
@@ -242,8 +291,8 @@ class Service:
             self._failed[source] = state
         log.warning(
             "file_skipped",
-            path=str(path),
-            source=source,
+            path=display_path(path),
+            source=display_path(source),
             reason=reason,
             kept_entries=len(self.store.entries_for(source)),
         )
@@ -281,7 +330,7 @@ class Service:
     def _rename_or_reindex(self, old_source: str, dest: Path) -> None:
         new = self._locate(dest)
         if new is None:
-            self._remove(old_source, reason=f"moved to {dest}, which is not indexed")
+            self._remove(old_source, reason=f"moved to {display_path(dest)}, which is not indexed")
             return
         try:
             st = dest.lstat()
@@ -290,6 +339,11 @@ class Service:
             return
         if not stat.S_ISREG(st.st_mode):
             self._remove(old_source, reason="moved to something that is not a regular file")
+            return
+        why_not = self._unindexable(new[0], new[1], dest)
+        if why_not is not None:
+            self._remove(old_source, reason=f"moved to {display_path(dest)}, which is not indexed")
+            self._changed(dest)  # says why, once
             return
         self.pipeline.rename(old_source, new[1], file_state(st))
         self._failed.pop(old_source, None)
@@ -309,7 +363,7 @@ class Service:
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                log.warning("folder_unreadable", path=str(folder), reason=exc.strerror or str(exc))
+                log.warning("folder_unreadable", path=display_path(folder), reason=exc.strerror or str(exc))
                 continue
             for entry in entries:
                 path = Path(entry.path)
@@ -337,7 +391,8 @@ class Service:
             if top is not None and top != watch.path and watch.path not in top.parents:
                 continue
             start = top if top is not None else watch.path
-            present = start.is_dir()
+            # The root may be a symlink the user chose; a folder below it never is followed.
+            present = start.is_dir() and (start == watch.path or not start.is_symlink())
             if not present and top is None:
                 log.warning(
                     "watch_folder_missing",
@@ -354,10 +409,9 @@ class Service:
                 if stored == state:
                     continue
                 if not stat.S_ISREG(st.st_mode):
-                    kind = "symlink (never followed)" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-                    self._skip(source, path, state, kind)
+                    self._skip(source, path, failed_as(st), _not_regular(st))
                     continue
-                if self._failed.get(source) == state:
+                if self._failed.get(source) == failed_as(st):
                     continue
                 if stored is None:
                     new[(state.inode, state.size, state.mtime_ns)] = (path, source)
@@ -501,7 +555,8 @@ class Service:
                 self._report_throughput()
                 now = self._clock()
                 if now >= next_rescan:
-                    self.reconcile()
+                    queued = self.reconcile()
+                    log.debug("rescan_done", queued=queued, seconds=round(self._clock() - now, 3))
                     next_rescan = now + self.config.daemon.rescan_interval_s
                 deadlines = [next_rescan, now + 1.0]
                 due = self.debouncer.next_deadline()

@@ -16,6 +16,13 @@ What the events mean to a consumer (``path`` is always under a watched root):
 - ``RESCAN(p)``: events below directory ``p`` may have been lost (queue overflow, a dead
   watch, a directory that appeared with files already in it); reconcile ``p`` with the disk.
 
+A ``CHANGED`` from inotify also says whether a writer may still hold the file open
+(``writer_open``): True after a write (IN_MODIFY), False once a writer closed it
+(IN_CLOSE_WRITE), None when unknown (creation, attributes, and everything polling reports).
+
+Symlinks are never followed, also not by the polling fallback: a symlinked folder is not
+descended into, so a link loop cannot make it walk forever.
+
 No include/exclude filtering happens here; the consumer decides what it indexes.
 """
 
@@ -27,7 +34,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Final, Literal
@@ -36,7 +43,7 @@ import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
 log = structlog.get_logger(__name__)
 
@@ -59,11 +66,17 @@ class EventKind(Enum):
 
 @dataclass(frozen=True)
 class FileEvent:
-    """One filesystem change; ``dest`` is set for ``MOVED`` and only for it."""
+    """One filesystem change; ``dest`` is set for ``MOVED`` and only for it.
+
+    ``writer_open`` (``CHANGED`` only, a hint that takes no part in equality): True when the
+    file was just written through a descriptor that may still be open, False when a writer
+    just closed it, None when unknown.
+    """
 
     kind: EventKind
     path: Path
     dest: Path | None = None
+    writer_open: bool | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if (self.kind is EventKind.MOVED) != (self.dest is not None):
@@ -88,12 +101,32 @@ class _Scope:
         return path.parent == self.root
 
 
+def display_path(path: Path | str) -> str:
+    """``path`` for logs: the bytes of a name that is not valid UTF-8 as ``\\xNN`` escapes.
+
+    The OS hands such names over as lone surrogates (PEP 383), which UTF-8 JSON cannot carry.
+    """
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _as_path(raw: bytes | str) -> Path | None:
     return Path(os.fsdecode(raw)) if raw else None
 
 
-def _translate(event: FileSystemEvent, scope: _Scope) -> list[FileEvent]:
-    """Map one watchdog event to zero or more FileEvents for ``scope``."""
+def _translate(event: FileSystemEvent, scope: _Scope, *, reports_close: bool = False) -> list[FileEvent]:
+    """Map one watchdog event to zero or more FileEvents for ``scope``.
+
+    ``reports_close``: the observer reports IN_CLOSE_WRITE (inotify), so a write can be taken
+    as "still being written" until the close arrives.
+    """
     # watchdog synthesizes events for the contents of a moved or moved-in directory; the
     # directory's own MOVED (a prefix for the consumer) or RESCAN already covers them.
     src = _as_path(event.src_path)
@@ -110,7 +143,13 @@ def _translate(event: FileSystemEvent, scope: _Scope) -> list[FileEvent]:
         return [FileEvent(EventKind.DELETED, src)]
     # attrib counts: a chmod can make an unreadable file readable, and `touch` is a cheap
     # recheck for the consumer. Directory mtimes change with every entry: no content.
-    if event.event_type in {"modified", "closed", "attrib"} and not event.is_directory:
+    if event.is_directory:
+        return []
+    if event.event_type == "modified":
+        return [FileEvent(EventKind.CHANGED, src, writer_open=True if reports_close else None)]
+    if event.event_type == "closed":
+        return [FileEvent(EventKind.CHANGED, src, writer_open=False)]
+    if event.event_type == "attrib":
         return [FileEvent(EventKind.CHANGED, src)]
     return []
 
@@ -141,7 +180,7 @@ def _deliver(sink: EventSink, event: FileEvent) -> None:
         sink(event)
     except Exception:
         # A raising sink must not kill watchdog's dispatcher thread (all roots would go deaf).
-        log.exception("event_sink_failed", kind=event.kind.value, path=str(event.path))
+        log.exception("event_sink_failed", kind=event.kind.value, path=display_path(event.path))
 
 
 class _Handler(FileSystemEventHandler):
@@ -151,9 +190,11 @@ class _Handler(FileSystemEventHandler):
         super().__init__()
         self._scope = scope
         self._sink = sink
+        # Set before each (re)schedule: only inotify reports that a writer closed a file.
+        self.reports_close = False
 
     def dispatch(self, event: FileSystemEvent) -> None:
-        for file_event in _translate(event, self._scope):
+        for file_event in _translate(event, self._scope, reports_close=self.reports_close):
             _deliver(self._sink, file_event)
 
 
@@ -374,10 +415,16 @@ class Watcher:
         if observer is None:
             # Started before any watch is scheduled so that schedule() adds the watch right
             # away and raises the inotify limit errors to us, root by root.
-            observer = Observer() if mode == "native" else PollingObserver(timeout=self._poll_interval_s)
+            observer = Observer() if mode == "native" else self._polling_observer()
             observer.start()
             self._observers[mode] = observer
         return observer
+
+    def _polling_observer(self) -> BaseObserver:
+        # watchdog's PollingObserver walks with os.stat: it descends into symlinked folders,
+        # indexes what lies outside the root under aliases, and two links to "." make one
+        # snapshot take 2**40 steps. lstat() sees a link as a link and never follows it.
+        return PollingObserverVFS(os.lstat, os.scandir, polling_interval=self._poll_interval_s)
 
     def _try_schedule(self, root: _Root) -> None:
         path = root.scope.root
@@ -418,6 +465,7 @@ class Watcher:
 
     def _schedule_on(self, root: _Root, mode: WatchMode) -> None:
         observer = self._observer(mode)
+        root.handler.reports_close = mode == "native"
         root.watch = observer.schedule(root.handler, str(root.scope.root), recursive=root.scope.recursive)
         root.mode = mode
         root.problem = None

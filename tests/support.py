@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +30,72 @@ def make_pdf(pages: list[str], *, user_password: str | None = None) -> bytes:
     if user_password is not None:
         pdf.set_encryption(owner_password="owner-secret", user_password=user_password)
     return bytes(pdf.output())
+
+
+def zeros_flate(n_mib: int) -> bytes:
+    """A zlib stream that inflates to ``n_mib`` MiB of zeros, built without holding them.
+
+    After a full flush deflate restarts from an empty window, so every further
+    MiB of zeros compresses to the same bytes: compress two, repeat the second.
+    """
+    mib = 1024 * 1024
+    block = bytes(mib)
+    co = zlib.compressobj(9)
+    head = co.compress(block) + co.flush(zlib.Z_FULL_FLUSH)
+    body = co.compress(block) + co.flush(zlib.Z_FULL_FLUSH)
+    final_block = co.flush()[:-4]  # drop the checksum over the 3 MiB actually fed
+    # Adler-32 of n zero bytes: a stays 1, b grows by 1 per byte.
+    adler = (((n_mib * mib) % 65521) << 16) | 1
+    return head + body * (n_mib - 1) + final_block + adler.to_bytes(4, "big")
+
+
+def pdf_stream(data: bytes, *, compressed: bytes | None = None) -> bytes:
+    """A FlateDecode stream object holding ``data`` (or the ready-made zlib bytes ``compressed``)."""
+    body = compressed if compressed is not None else zlib.compress(data, 9)
+    return b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(body) + body + b"\nendstream"
+
+
+def raw_pdf(objects: Sequence[bytes], *, prev_xref_to_itself: bool = False) -> bytes:
+    """A PDF written by hand: object ``i + 1`` is ``objects[i]``, object 1 is the catalog.
+
+    ``prev_xref_to_itself`` makes the trailer's ``/Prev`` point back at its own xref table,
+    a loop a naive parser follows forever.
+    """
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    prev = b" /Prev %d" % xref if prev_xref_to_itself else b""
+    out += b"trailer\n<< /Size %d /Root 1 0 R%s >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, prev, xref)
+    return bytes(out)
+
+
+def text_pdf(pages: Sequence[bytes], *, kids: Sequence[int] | None = None, **kwargs: bool) -> bytes:
+    """A hand-written PDF whose page ``i`` shows the content stream ``pages[i]`` (Helvetica as /F1).
+
+    Objects: 1 catalog, 2 page tree, 3 font, then one content stream and one page per entry.
+    ``kids`` overrides the page tree's /Kids (object numbers), e.g. to build a cycle.
+    """
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"",  # the page tree, filled in once the pages are numbered
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    page_numbers = []
+    for content in pages:
+        objects.append(pdf_stream(content))
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            b"/Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % (len(objects))
+        )
+        page_numbers.append(len(objects))
+    refs = b" ".join(b"%d 0 R" % n for n in (kids if kids is not None else page_numbers))
+    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (refs, len(page_numbers))
+    return raw_pdf(objects, **kwargs)
 
 
 def wait_for(predicate: Callable[[], T | None], *, timeout: float = DEADLINE_S, what: str = "condition") -> T:
@@ -71,12 +138,13 @@ log_format = "json"
 class Daemon:
     """The real ``embedd`` CLI running in a subprocess, with its JSON log captured to a file."""
 
-    def __init__(self, config: Path, env: dict[str, str], *args: str) -> None:
+    def __init__(self, config: Path, env: dict[str, str], *args: str, prefix: Sequence[str] = ()) -> None:
+        """Start the daemon; ``prefix`` runs it through a wrapper (``setpriv ...``, ``unshare ...``)."""
         self.config = config
         self.log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "--config", str(config), *args],
+            [*prefix, sys.executable, "-m", "daemon.cli", "--config", str(config), *args],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -109,6 +177,10 @@ class Daemon:
             return hits if len(hits) >= count else None
 
         return wait_for(found, timeout=timeout, what=f"{count} x {name} {fields}")
+
+    def events_matching(self, name: str, **fields: Any) -> list[dict[str, Any]]:
+        """Events named ``name`` so far whose fields equal ``fields``."""
+        return self._matching(name, fields)
 
     def _matching(self, name: str, fields: dict[str, Any]) -> list[dict[str, Any]]:
         return [e for e in self.events(name) if all(e.get(k) == v for k, v in fields.items())]
