@@ -469,11 +469,11 @@ def _type_from_name(path: Path) -> OutType | None:
 
 def _run(args: argparse.Namespace) -> int:
     from daemon.config import load_config
-    from daemon.service import run_service
+    from daemon.runner import run_service
 
     config = load_config(args.config)
     logsetup.configure(args.log_format or config.daemon.log_format, args.log_level or config.daemon.log_level)
-    run_service(config, reembed=args.reembed)
+    run_service(config, reembed=args.reembed, log_format=args.log_format, log_level=args.log_level)
     return EXIT_OK
 
 

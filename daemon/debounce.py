@@ -146,6 +146,7 @@ class Debouncer:
         if quiet_s < 0:
             raise ValueError(f"quiet_s must be >= 0, got {quiet_s}")
         self._quiet_s = quiet_s
+        self._open_quiet_base = open_quiet_s
         self._open_quiet_s = max(quiet_s, open_quiet_s)
         self._clock = clock
         self._stat = stat
@@ -157,6 +158,14 @@ class Debouncer:
         self._heap: list[tuple[float, int, int, _Entry]] = []
         self._seq = itertools.count()
         self._tiebreak = itertools.count()
+
+    def set_quiet(self, quiet_s: float) -> None:
+        """Change the quiet period (a configuration reload); events already pending keep their times."""
+        if quiet_s < 0:
+            raise ValueError(f"quiet_s must be >= 0, got {quiet_s}")
+        with self._lock:
+            self._quiet_s = quiet_s
+            self._open_quiet_s = max(quiet_s, self._open_quiet_base)
 
     def push(self, event: FileEvent) -> None:
         """Record an event. Thread-safe; stats the file for CHANGED and MOVED."""

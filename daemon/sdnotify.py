@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable
 
 import structlog
 
@@ -13,8 +15,24 @@ log = structlog.get_logger(__name__)
 class Notifier:
     """Sends ``READY=1``, ``STATUS=...``, ``WATCHDOG=1`` and ``STOPPING=1`` to systemd."""
 
-    def __init__(self, address: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        watchdog_usec: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         addr = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
+        # systemd sets WATCHDOG_USEC (and WATCHDOG_PID) when the unit has WatchdogSec=.
+        if watchdog_usec is None:
+            pid = os.environ.get("WATCHDOG_PID")
+            watchdog_usec = os.environ.get("WATCHDOG_USEC", "") if pid in (None, str(os.getpid())) else ""
+        try:
+            self._watchdog_s = int(watchdog_usec) / 1e6 if watchdog_usec else 0.0
+        except ValueError:
+            self._watchdog_s = 0.0
+        self._clock = clock
+        self._last_keepalive = float("-inf")
         # A leading '@' names a socket in the abstract namespace.
         self._address = "\0" + addr[1:] if addr.startswith("@") else addr
         self._sock: socket.socket | None = None
@@ -43,6 +61,20 @@ class Notifier:
 
     def watchdog(self) -> None:
         self.send("WATCHDOG=1")
+
+    @property
+    def watchdog_interval_s(self) -> float:
+        """systemd's watchdog timeout, 0 when the unit has none."""
+        return self._watchdog_s
+
+    def keepalive(self) -> None:
+        """``WATCHDOG=1`` at most every half watchdog interval; call it whenever work progresses."""
+        if self._sock is None or self._watchdog_s <= 0:
+            return
+        now = self._clock()
+        if now - self._last_keepalive >= self._watchdog_s / 2:
+            self._last_keepalive = now
+            self.watchdog()
 
     def stopping(self) -> None:
         self.send("STOPPING=1", "STATUS=stopping")

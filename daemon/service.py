@@ -8,21 +8,20 @@ the same Debouncer as live events, so there is one way in.
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import FrameType
 from typing import Protocol
 
 import structlog
 
+from daemon import scan
 from daemon.config import Config, WatchConfig
 from daemon.debounce import Debouncer
-from daemon.embedder import Embedder, EmbedderSettings, LlamaEmbedder
+from daemon.embedder import Embedder
 from daemon.errors import ExtractError, IndexingInterrupted, StoreError
 from daemon.extract import ExtractLimits, file_kind
 from daemon.pipeline import ChunkingParams, Pipeline
@@ -72,21 +71,6 @@ FailedAs = tuple[FileState, int]
 def failed_as(st: os.stat_result) -> FailedAs:
     """The signature under which a failed file is not tried again until it changes."""
     return file_state(st), st.st_ctime_ns
-
-
-def _is_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-NOT_UTF8 = (
-    "file name is not valid UTF-8, and the store keeps names as UTF-8 text; "
-    "rename the file (or its folder) to index it"
-)
-IN_SYMLINKED_FOLDER = "inside a symlinked folder (symlinks are never followed)"
 
 
 def _not_regular(st: os.stat_result) -> str:
@@ -151,52 +135,10 @@ class Service:
         self._wake.set()
 
     def _locate(self, path: Path) -> tuple[WatchConfig, str] | None:
-        """The watch that indexes ``path`` and its source name, or None if none does."""
-        for watch in self.config.watches:
-            try:
-                rel = path.relative_to(watch.path)
-            except ValueError:
-                continue
-            relpath = rel.as_posix()
-            if relpath in ("", "."):
-                return None
-            if watch.matches(relpath):
-                return watch, f"{watch.name}/{relpath}"
-            return None
-        return None
+        return scan.locate(self.config.watches, path)
 
     def _sources_under(self, path: Path) -> list[str]:
-        """Stored sources at or below ``path`` (a deleted or moved folder)."""
-        for watch in self.config.watches:
-            try:
-                rel = path.relative_to(watch.path).as_posix()
-            except ValueError:
-                continue
-            prefix = watch.name + "/" if rel in ("", ".") else f"{watch.name}/{rel}/"
-            return [s for s in self.store.sources() if s.startswith(prefix)]
-        return []
-
-    def _unindexable(self, watch: WatchConfig, source: str, path: Path) -> str | None:
-        """Why ``path`` (at ``source``) must not be indexed whatever it holds, or None.
-
-        The walk never descends into a symlinked folder, but an event or a rescan racing a
-        folder swapped for a symlink could still name a path through one; lstat() and
-        O_NOFOLLOW only guard the last component, so the folders are checked here.
-        """
-        if not _is_utf8(source):
-            return NOT_UTF8
-        parent = path.parent
-        if parent != watch.path:
-            expected = Path(os.path.realpath(watch.path)) / parent.relative_to(watch.path)
-            if Path(os.path.realpath(parent)) != expected:
-                return IN_SYMLINKED_FOLDER
-        return None
-
-    def _path_of(self, source: str) -> Path | None:
-        for watch in self.config.watches:
-            if source.startswith(watch.name + "/"):
-                return watch.path / source[len(watch.name) + 1 :]
-        return None
+        return scan.sources_under(self.config.watches, self.store.sources(), path)
 
     def handle(self, event: FileEvent) -> None:
         """Apply one coalesced event to the store."""
@@ -229,7 +171,7 @@ class Service:
             return
         if self.store.file_state(source) == state or self._failed.get(source) == failed_as(st):
             return
-        why_not = self._unindexable(watch, source, path)
+        why_not = scan.unindexable(watch, source, path)
         if why_not is not None:
             self._skip(source, path, failed_as(st), why_not)
             return
@@ -245,6 +187,7 @@ class Service:
                 bar = Progress(f"embedding {source}", total, unit="chunks")
             if bar is not None:
                 bar.advance(done)
+            self.notifier.keepalive()
 
         try:
             result = self.pipeline.index_file(path, source, state, on_embedded, self._stop.is_set)
@@ -320,7 +263,7 @@ class Service:
         under = self._sources_under(src)
         if under:
             for source in under:
-                old_path = self._path_of(source)
+                old_path = scan.path_of(self.config.watches, source)
                 if old_path is not None:
                     self._rename_or_reindex(source, dest / old_path.relative_to(src))
             return
@@ -340,7 +283,7 @@ class Service:
         if not stat.S_ISREG(st.st_mode):
             self._remove(old_source, reason="moved to something that is not a regular file")
             return
-        why_not = self._unindexable(new[0], new[1], dest)
+        why_not = scan.unindexable(new[0], new[1], dest)
         if why_not is not None:
             self._remove(old_source, reason=f"moved to {display_path(dest)}, which is not indexed")
             self._changed(dest)  # says why, once
@@ -351,33 +294,6 @@ class Service:
         log.info("file_renamed", source=old_source, to=new[1])
 
     # -- scanning ------------------------------------------------------------------------
-
-    def _walk(self, watch: WatchConfig, top: Path) -> Iterator[tuple[Path, str, os.stat_result]]:
-        """Files below ``top`` that ``watch`` indexes, with lstat results; symlinks never followed."""
-        stack = [top]
-        while stack:
-            folder = stack.pop()
-            try:
-                with os.scandir(folder) as it:
-                    entries = list(it)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                log.warning("folder_unreadable", path=display_path(folder), reason=exc.strerror or str(exc))
-                continue
-            for entry in entries:
-                path = Path(entry.path)
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    if not watch.skips_dir(entry.name):
-                        stack.append(path)
-                    continue
-                located = self._locate(path)
-                if located is not None and located[0] is watch:
-                    yield path, located[1], st
 
     def reconcile(self, top: Path | None = None) -> int:
         """Bring the store in line with the disk below ``top`` (every watch when None).
@@ -402,7 +318,8 @@ class Service:
             seen: set[str] = set()
             new: dict[tuple[int, int, int], tuple[Path, str]] = {}
             changed: list[Path] = []
-            for path, source, st in self._walk(watch, start) if present else ():
+            for found in scan.walk(self.config.watches, watch, start) if present else ():
+                path, source, st = found.path, found.source, found.stat
                 seen.add(source)
                 state = file_state(st)
                 stored = self.store.file_state(source)
@@ -527,8 +444,67 @@ class Service:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def run(self, stop: StopFlag, wake: threading.Event | None = None) -> None:
-        """Scan, then process events until ``stop`` is set; always writes the store before returning."""
+    def apply_config(self, new: Config) -> None:
+        """Apply a reloaded configuration: watched folders, patterns and daemon settings.
+
+        The model, chunking and store stay as they are (changing them needs a restart, and the
+        model is not reloaded when it did not change); a folder no longer watched leaves the
+        store, a new one is scanned.
+        """
+        old = self.config
+        pinned = [
+            key
+            for key, a, b in (
+                ("model", old.model, new.model),
+                ("chunking", old.chunking, new.chunking),
+                ("store", old.store, new.store),
+                ("sink", old.sinks, new.sinks),
+            )
+            if a != b
+        ]
+        if pinned:
+            log.warning(
+                "config_reload_partial",
+                unchanged=pinned,
+                hint="these take effect at the next start (with --reembed if the fingerprint changes)",
+            )
+        effective = replace(new, model=old.model, chunking=old.chunking, store=old.store, sinks=old.sinks)
+        before = {w.path: w for w in old.watches}
+        after = {w.path: w for w in effective.watches}
+        self.config = effective
+        for path in before.keys() - after.keys():
+            self.watcher.remove_root(path)
+            for source in scan.sources_under(old.watches, self.store.sources(), path):
+                self._remove(source, reason="folder no longer watched")
+        for path, watch in after.items():
+            if before.get(path) != watch:
+                self.watcher.add_root(path, watch.recursive)
+        self.debouncer.set_quiet(effective.daemon.debounce_ms / 1000.0)
+        self.pipeline.limits = ExtractLimits(
+            max_bytes=effective.daemon.max_file_bytes,
+            pdf_timeout_s=effective.daemon.pdf_timeout_s,
+            pdf_memory_bytes=effective.daemon.pdf_memory_bytes,
+        )
+        queued = self.reconcile()
+        log.info(
+            "config_reloaded",
+            added=sorted(str(p) for p in after.keys() - before.keys()),
+            removed=sorted(str(p) for p in before.keys() - after.keys()),
+            queued=queued,
+        )
+
+    def run(
+        self,
+        stop: StopFlag,
+        wake: threading.Event | None = None,
+        *,
+        reload: threading.Event | None = None,
+        reloader: Callable[[], Config | None] | None = None,
+    ) -> None:
+        """Scan, then process events until ``stop`` is set; always writes the store before returning.
+
+        When ``reload`` is set, ``reloader`` is called for a new configuration to apply.
+        """
         if wake is not None:
             self._wake = wake
         self._stop = stop
@@ -545,10 +521,17 @@ class Service:
             )
             next_rescan = self._clock() + self.config.daemon.rescan_interval_s
             while not stop.is_set():
+                self.notifier.keepalive()
+                if reload is not None and reload.is_set():
+                    reload.clear()
+                    new = reloader() if reloader is not None else None
+                    if new is not None:
+                        self.apply_config(new)
                 for event in self.debouncer.due():
                     if stop.is_set():
                         break
                     self.handle(event)
+                    self.notifier.keepalive()
                     if event.kind is EventKind.CHANGED:
                         self._advance_bulk(1)
                 self.maybe_save()
@@ -574,79 +557,4 @@ class Service:
                 self._bulk.close()
             self.maybe_save(force=True)
             self._report_throughput(force=True)
-
-
-def _install_signals(stop: threading.Event, wake: threading.Event) -> Callable[[], None]:
-    """SIGTERM and SIGINT ask for a clean stop; a second one kills at once (default action)."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info(
-            "stop_requested",
-            signal=signal.Signals(signum).name,
-            hint="finishing the current batch and writing the store; send again to kill",
-        )
-        stop.set()
-        wake.set()
-        for sig in previous:
-            signal.signal(sig, signal.SIG_DFL)
-
-    for sig in previous:
-        signal.signal(sig, handler)
-
-    def restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    return restore
-
-
-def run_service(config: Config, *, reembed: bool = False, stop: threading.Event | None = None) -> None:
-    """Load the model, open (lock) the store and run until SIGTERM/SIGINT or ``stop`` is set."""
-    stop = stop or threading.Event()
-    wake = threading.Event()
-    restore = _install_signals(stop, wake) if threading.current_thread() is threading.main_thread() else None
-    try:
-        started = time.monotonic()
-        embedder = LlamaEmbedder(
-            config.model.path,
-            EmbedderSettings(
-                threads=config.model.threads,
-                normalize=config.model.normalize,
-                batch_tokens=config.model.batch_tokens,
-            ),
-        )
-        log.info(
-            "model_loaded",
-            path=str(config.model.path),
-            model=embedder.name,
-            dimensions=embedder.dimension,
-            pooling=embedder.pooling,
-            threads=embedder.threads,
-            context=embedder.max_tokens,
-            seconds=round(time.monotonic() - started, 2),
-        )
-        try:
-            store = Store.open(
-                config.store.path,
-                model=embedder.name,
-                dimensions=embedder.dimension,
-                fingerprint=fingerprint_for(config, embedder),
-                rebuild=reembed,
-            )
-            try:
-                log.info(
-                    "store_opened",
-                    path=str(config.store.path),
-                    files=len(store.sources()),
-                    chunks=store.count,
-                )
-                Service(config, embedder, store).run(stop, wake)
-            finally:
-                store.close()
-        finally:
-            embedder.close()
-        log.info("daemon_stopped")
-    finally:
-        if restore is not None:
-            restore()
+            self.notifier.close()

@@ -8,7 +8,6 @@ fingerprint that does not match the configured model and chunking.
 
 from __future__ import annotations
 
-import os
 import stat
 from collections import Counter
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any, TextIO
 
 from daemon.config import Config
 from daemon.errors import StoreCorruptError
-from daemon.scan import locate, path_of, selected_files
+from daemon.scan import FoundFile, locate, path_of, selected_files, unindexable
 from daemon.store import Store
 from daemon.storeformat import FileState, Fingerprint, content_hash
 
@@ -107,7 +106,7 @@ def verify(config: Config) -> VerifyReport:
     """
     path = config.store.path
     diffs: list[Difference] = []
-    selected = [f for f in selected_files(config.watches) if _expected(config, f.stat)]
+    selected = [f for f in selected_files(config.watches) if _expected(config, f)]
     if not path.exists():
         diffs.append(Difference("no_store", f"no store at {path}: the daemon has not written one yet"))
         diffs += [_unindexed(f.source) for f in selected]
@@ -134,9 +133,16 @@ def verify(config: Config) -> VerifyReport:
         return VerifyReport(path, len(sources), store.count, len(selected), tuple(diffs))
 
 
-def _expected(config: Config, st: os.stat_result) -> bool:
-    """Whether the daemon would index a selected file (it skips symlinks and files over the limit)."""
-    return stat.S_ISREG(st.st_mode) and st.st_size <= config.daemon.max_file_bytes
+def _expected(config: Config, found: FoundFile) -> bool:
+    """Whether the daemon would index a selected file.
+
+    It skips symlinks, files over the size limit and names it cannot store (see daemon.scan).
+    """
+    return (
+        found.is_regular
+        and found.stat.st_size <= config.daemon.max_file_bytes
+        and unindexable(found.watch, found.source, found.path) is None
+    )
 
 
 def _unindexed(source: str) -> Difference:

@@ -254,3 +254,38 @@ def test_changed_chunking_is_refused_then_reembedded_on_request(
         assert all(len(e["content"]) <= 300 for e in store["embeddings"])
     finally:
         assert daemon.stop() == 0
+
+
+def test_sighup_reloads_folders_without_reloading_the_model(
+    tmp_path: Path, default_model: Path, cli_env: dict[str, str]
+) -> None:
+    cfg = write_config(tmp_path, default_model)
+    store_path = tmp_path / "data" / "embeddings.json"
+    (tmp_path / "inbox" / "old.md").write_text("A note in the first folder, about orchards.")
+    (tmp_path / "papers").mkdir()
+    (tmp_path / "papers" / "new.md").write_text("A paper in the second folder, about glaciers.")
+    daemon = Daemon(cfg, cli_env).ready()
+    try:
+        _store_where(store_path, lambda s: _sources(s) == {"inbox/old.md"})
+        # Swap the watched folder and reload.
+        text = cfg.read_text().replace('path = "inbox"', 'path = "papers"')
+        cfg.write_text(text)
+        daemon.proc.send_signal(signal.SIGHUP)
+        reloaded = daemon.wait_event("config_reloaded")[0]
+        assert reloaded["added"] == [str(tmp_path / "papers")] and reloaded["removed"] == [
+            str(tmp_path / "inbox")
+        ]
+        _store_where(store_path, lambda s: _sources(s) == {"papers/new.md"})
+        # New files in the new folder are watched live; the old folder is not.
+        (tmp_path / "papers" / "live.md").write_text("Dropped after the reload, about volcanoes.")
+        (tmp_path / "inbox" / "ignored.md").write_text("Dropped into the folder no longer watched.")
+        _store_where(store_path, lambda s: _sources(s) == {"papers/new.md", "papers/live.md"})
+        # A broken file on the next HUP is reported and changes nothing.
+        cfg.write_text(text.replace("debounce_ms = 200", "debounce_ms = -1"))
+        daemon.proc.send_signal(signal.SIGHUP)
+        failed = daemon.wait_event("config_reload_failed")[0]
+        assert failed["field"] == "daemon.debounce_ms"
+        assert len(daemon.events("model_loaded")) == 1, "the model was not reloaded"
+    finally:
+        assert daemon.stop() == 0
+    assert "inbox/ignored.md" not in _sources(read_store(store_path) or {"embeddings": []})

@@ -41,7 +41,8 @@ from support import (
 
 from daemon.config import parse_config
 from daemon.debounce import Debouncer
-from daemon.service import IN_SYMLINKED_FOLDER, NOT_UTF8, Service, fingerprint_for
+from daemon.scan import IN_SYMLINKED_FOLDER, NOT_UTF8
+from daemon.service import Service, fingerprint_for
 from daemon.store import Store
 from daemon.watcher import EventKind, FileEvent
 

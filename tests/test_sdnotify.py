@@ -101,3 +101,47 @@ def test_daemon_reports_ready_status_and_stopping(
     finally:
         assert daemon.stop(signal.SIGTERM) == 0
     wait_for(lambda: got("STOPPING=1"), what="STOPPING=1")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_keepalive_is_rate_limited_to_half_the_watchdog_interval(listener: tuple[socket.socket, str]) -> None:
+    sock, path = listener
+    clock = FakeClock()
+    n = Notifier(path, watchdog_usec="10000000", clock=clock)
+    assert n.watchdog_interval_s == 10.0
+    for t in (0.0, 1.0, 4.9, 5.0, 9.0, 10.1):
+        clock.now = t
+        n.keepalive()
+    n.close()
+    assert _drain(sock) == ["WATCHDOG=1"] * 3
+
+
+def test_no_keepalive_without_a_watchdog(listener: tuple[socket.socket, str]) -> None:
+    sock, path = listener
+    n = Notifier(path, watchdog_usec="")
+    n.keepalive()
+    n.close()
+    assert _drain(sock) == []
+
+
+def test_daemon_pets_the_watchdog_while_it_works(
+    tmp_path: Path, default_model: Path, cli_env: dict[str, str], listener: tuple[socket.socket, str]
+) -> None:
+    sock, path = listener
+    cfg = write_config(tmp_path, default_model)
+    env = {**cli_env, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"}
+    env.pop("WATCHDOG_PID", None)
+    daemon = Daemon(cfg, env)
+    seen: list[str] = []
+    try:
+        daemon.ready()
+        wait_for(lambda: seen.extend(_drain(sock)) or seen.count("WATCHDOG=1") >= 3, what="three WATCHDOG=1")
+    finally:
+        assert daemon.stop() == 0
