@@ -6,6 +6,7 @@ This is the only module that turns exceptions into exit codes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -209,6 +210,27 @@ def _add_tool_parsers(sub: Any) -> None:
     search.add_argument("query", nargs="+", metavar="QUERY", help="the query (several words are joined)")
     search.add_argument("-k", "--top", dest="k", type=int, default=5, help="how many results (default 5)")
     search.add_argument("--json", action="store_true", help="print one JSON object with full chunk texts")
+    search.add_argument(
+        "--sink", metavar="NAME", help="query this [[sink]] (all daemons' rows) instead of the JSON store"
+    )
+    search.add_argument("--source-prefix", metavar="P", help="with --sink: only sources starting with P")
+
+    sink = _tool_parser(
+        sub,
+        "sink",
+        "bring a vector-database sink in line with the store",
+        "sync: make the [[sink]]'s rows for this daemon equal what the store holds (missing rows "
+        "are written, stale ones deleted, unchanged ones left alone); also how an existing store "
+        "is loaded into a new sink. Idempotent.",
+        "  embedd sink sync --config config.toml\n"
+        "  embedd sink sync --config config.toml --sink shared --rewrite",
+    )
+    sink.add_argument("action", choices=("sync",), help="what to do (sync)")
+    _config_argument(sink)
+    sink.add_argument(
+        "--sink", dest="sink_name", metavar="NAME", help="which [[sink]] (default: the only one)"
+    )
+    sink.add_argument("--rewrite", action="store_true", help="rewrite every row, not only the changed ones")
 
     export = _tool_parser(
         sub,
@@ -352,13 +374,28 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from daemon.mirror import sink_lags
     from daemon.status import render_status, store_status
 
-    status = store_status(_load(args))
+    config = _load(args)
+    status = store_status(config)
+    lags = sink_lags(config)
     if args.json:
-        _print_json(status.to_json())
-    else:
-        render_status(status, sys.stdout)
+        data = status.to_json()
+        data["sinks"] = [
+            {"name": name, "lag": None if lag is None else dataclasses.asdict(lag)} for name, lag in lags
+        ]
+        _print_json(data)
+        return EXIT_OK
+    render_status(status, sys.stdout)
+    for name, lag in lags:
+        if lag is None:
+            print(f"sink {name}: no queue yet (the daemon has not run with this sink)")
+            continue
+        age = f", oldest {lag.oldest_age_s:.0f} s" if lag.oldest_age_s is not None else ""
+        error = f", last error: {lag.error}" if lag.error else ""
+        full = ", full sync pending" if lag.full_sync else ""
+        print(f"sink {name}: {lag.pending} files waiting{age}{full}{error}")
     return EXIT_OK
 
 
@@ -368,6 +405,10 @@ def _search(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise UsageError(f"-k must be at least 1, not {args.k}")
     config = _load(args)
+    if args.sink is not None:
+        return _search_sink(args, config)
+    if args.source_prefix is not None:
+        raise UsageError("--source-prefix needs --sink")
     result = run_search(config, " ".join(args.query), args.k)
     for note in result.notes:
         print(f"embedd search: note: {note}", file=sys.stderr)
@@ -375,6 +416,39 @@ def _search(args: argparse.Namespace) -> int:
         _print_json(result.to_json())
     else:
         render_result(result, sys.stdout)
+    return EXIT_OK
+
+
+def _search_sink(args: argparse.Namespace, config: Config) -> int:
+    from daemon.embedder import EmbedderSettings, LlamaEmbedder
+    from daemon.mirror import search_sink
+
+    embedder = LlamaEmbedder(config.model.path, EmbedderSettings(threads=config.model.threads))
+    try:
+        vector = embedder.embed([config.model.query_prefix + " ".join(args.query)])[0]
+    finally:
+        embedder.close()
+    hits = search_sink(config, args.sink, vector, args.k, source_prefix=args.source_prefix)
+    if args.json:
+        _print_json({"sink": args.sink, "results": [dataclasses.asdict(h) for h in hits]})
+        return EXIT_OK
+    for rank, hit in enumerate(hits, 1):
+        where = f"page {hit.page}, " if hit.page is not None else ""
+        print(f"{rank}. {hit.score:.3f}  {hit.source}  ({where}chunk {hit.chunk}, daemon {hit.daemon})")
+        print(f"   {' '.join(hit.content.split())[:200]}")
+    if not hits:
+        print("no results")
+    return EXIT_OK
+
+
+def _sink(args: argparse.Namespace) -> int:
+    from daemon.mirror import sync_sink
+
+    name, report = sync_sink(_load(args), args.sink_name, rewrite=args.rewrite)
+    print(
+        f"sink {name}: {report.sources} sources, {report.rows} rows written, {report.unchanged} unchanged, "
+        f"{report.deleted} deleted in {report.seconds:.1f} s"
+    )
     return EXIT_OK
 
 
@@ -411,6 +485,7 @@ _TOOLS: dict[str, Callable[[argparse.Namespace], int]] = {
     "search": _search,
     "export": _export,
     "verify": _verify,
+    "sink": _sink,
 }
 
 

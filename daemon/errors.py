@@ -85,3 +85,23 @@ class StoreCorruptError(StoreError):
 
 class IndexingInterrupted(EmbeddError):
     """Indexing a file was abandoned because the daemon is stopping; the store keeps the old entries."""
+
+
+class UsageError(EmbeddError):
+    """The command line asks for something that cannot be done as asked (exit code 2)."""
+
+
+class SinkError(EmbeddError):
+    """A vector database the store is mirrored into cannot be reached or refused a request."""
+
+    def __init__(self, sink: str, reason: str) -> None:
+        self.sink = sink
+        self.reason = reason
+        super().__init__(f"sink {sink}: {reason}")
+
+
+class SinkMismatchError(SinkError):
+    """A sink's collection was made for other vectors (dimension, fingerprint) or not by embedd.
+
+    Retrying cannot help: the user must point the sink at another collection or drop this one.
+    """

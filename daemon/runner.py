@@ -18,6 +18,7 @@ from daemon import log as logsetup
 from daemon.config import Config, load_config
 from daemon.embedder import EmbedderSettings, LlamaEmbedder
 from daemon.errors import ConfigError
+from daemon.mirror import Mirror
 from daemon.service import Service, fingerprint_for
 from daemon.store import Store
 
@@ -136,13 +137,19 @@ def run_service(
                     files=len(store.sources()),
                     chunks=store.count,
                 )
-                service = Service(config, embedder, store)
-                service.run(
-                    stop,
-                    wake,
-                    reload=reload,
-                    reloader=config_reloader(config, log_format=log_format, log_level=log_level),
-                )
+                lock = threading.RLock()
+                mirror = Mirror(config.sinks, daemon=config.daemon.name, store=store, store_lock=lock)
+                mirror.start()
+                try:
+                    service = Service(config, embedder, store, mirror=mirror, store_lock=lock)
+                    service.run(
+                        stop,
+                        wake,
+                        reload=reload,
+                        reloader=config_reloader(config, log_format=log_format, log_level=log_level),
+                    )
+                finally:
+                    mirror.stop()
             finally:
                 store.close()
         finally:

@@ -24,6 +24,7 @@ from daemon.debounce import Debouncer
 from daemon.embedder import Embedder
 from daemon.errors import ExtractError, IndexingInterrupted, StoreError
 from daemon.extract import ExtractLimits, file_kind
+from daemon.mirror import Mirror
 from daemon.pipeline import ChunkingParams, Pipeline
 from daemon.progress import Progress
 from daemon.sdnotify import Notifier
@@ -99,9 +100,14 @@ class Service:
         *,
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
+        mirror: Mirror | None = None,
+        store_lock: threading.RLock | None = None,
     ) -> None:
         self.config = config
         self.store = store
+        # Held while the store changes or is written: sink threads read it under the same lock.
+        self._store_lock = store_lock or threading.RLock()
+        self._mirror = mirror
         self.notifier = notifier or Notifier()
         self._clock = clock
         self.pipeline = Pipeline(
@@ -206,7 +212,7 @@ class Service:
             if bar is not None:
                 bar.close()
         self._failed.pop(source, None)
-        self._mark_dirty()
+        self._changed_sources(source)
         for warning in result.warnings:
             log.warning("file_warning", path=display_path(path), reason=warning)
         log.info(
@@ -245,7 +251,7 @@ class Service:
         if self.store.file_state(source) is None:
             return
         self.pipeline.remove(source)
-        self._mark_dirty()
+        self._changed_sources(source)
         log.info("file_removed", source=source, reason=reason)
 
     def _deleted(self, path: Path) -> None:
@@ -290,7 +296,7 @@ class Service:
             return
         self.pipeline.rename(old_source, new[1], file_state(st))
         self._failed.pop(old_source, None)
-        self._mark_dirty()
+        self._changed_sources(old_source, new[1])
         log.info("file_renamed", source=old_source, to=new[1])
 
     # -- scanning ------------------------------------------------------------------------
@@ -373,6 +379,12 @@ class Service:
             self._report_throughput(force=True)
 
     # -- saving and reporting ---------------------------------------------------------
+
+    def _changed_sources(self, *sources: str) -> None:
+        """The store changed for these sources: it must be saved, and sinks must follow."""
+        if self._mirror is not None:
+            self._mirror.mark(sources)
+        self._mark_dirty()
 
     def _mark_dirty(self) -> None:
         if self._dirty_since is None:
@@ -510,7 +522,8 @@ class Service:
         self._stop = stop
         self.watcher.start()
         try:
-            self.reconcile()
+            with self._store_lock:
+                self.reconcile()
             self.notifier.ready(self._status_line())
             log.info(
                 "daemon_ready",
@@ -526,19 +539,23 @@ class Service:
                     reload.clear()
                     new = reloader() if reloader is not None else None
                     if new is not None:
-                        self.apply_config(new)
+                        with self._store_lock:
+                            self.apply_config(new)
                 for event in self.debouncer.due():
                     if stop.is_set():
                         break
-                    self.handle(event)
+                    with self._store_lock:
+                        self.handle(event)
                     self.notifier.keepalive()
                     if event.kind is EventKind.CHANGED:
                         self._advance_bulk(1)
-                self.maybe_save()
+                with self._store_lock:
+                    self.maybe_save()
                 self._report_throughput()
                 now = self._clock()
                 if now >= next_rescan:
-                    queued = self.reconcile()
+                    with self._store_lock:
+                        queued = self.reconcile()
                     log.debug("rescan_done", queued=queued, seconds=round(self._clock() - now, 3))
                     next_rescan = now + self.config.daemon.rescan_interval_s
                 deadlines = [next_rescan, now + 1.0]
@@ -555,6 +572,7 @@ class Service:
             self.watcher.stop()
             if self._bulk is not None:
                 self._bulk.close()
-            self.maybe_save(force=True)
+            with self._store_lock:
+                self.maybe_save(force=True)
             self._report_throughput(force=True)
             self.notifier.close()

@@ -12,6 +12,7 @@ A Store is not thread-safe: one thread owns it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import os
 import time
@@ -371,6 +372,11 @@ class Store:
         return self._header.updated
 
     @property
+    def declared_count(self) -> int:
+        """The ``count`` the file declared when read (0 when it declares none); ``count`` is the truth."""
+        return self._header.count
+
+    @property
     def dirty(self) -> bool:
         """True while the file lags behind the state in memory."""
         return self._dirty
@@ -388,6 +394,10 @@ class Store:
         return [
             StoredChunk(r.id, r.chunk, r.page, r.hash, r.timestamp) for r in self._by_source.get(source, ())
         ]
+
+    def source_entries(self, source: str) -> list[Entry]:
+        """Every entry of ``source`` in chunk order, with content and vector (views: copy to keep)."""
+        return [self._entry(r) for r in self._by_source.get(source, ())]
 
     def vector_for_hash(self, hash_: str) -> tuple[FloatMatrix, int] | None:
         """A stored vector for a chunk with this content hash (any source) and its timestamp."""
@@ -612,6 +622,10 @@ class Store:
                     spans, reused = self._write_entries(w, head)
                     st = w.commit()
             except OSError as exc:
+                if exc.errno == errno.EIO:
+                    # The copy may have failed reading the old file (a bad block): the retry must
+                    # not depend on it, so it serialises every entry from memory instead.
+                    self._drop_source()
                 raise StoreError(
                     f"cannot save the store {self._path}: {exc.strerror or exc}; the previous version is "
                     "intact and the changes stay in memory for the next save"
@@ -676,6 +690,13 @@ class Store:
             w.write(NEWLINE)
         w.write(CLOSE)
         return new, int(reuse.sum())
+
+    def _drop_source(self) -> None:
+        """Stop splicing from the current file: the next save writes every entry anew."""
+        if self._src_fd is not None:
+            os.close(self._src_fd)
+            self._src_fd = None
+        self._spans[:, 0] = -1
 
     def _switch_source(self, st: os.stat_result, spans: SpanArray) -> None:
         """Point the entries' spans at the file just written."""
