@@ -71,8 +71,14 @@ class StoreLock:
 
     @classmethod
     def acquire(cls, path: Path) -> StoreLock:
-        """Take the lock without waiting; raises StoreLockedError naming the lock and its holder."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the lock without waiting; raises StoreLockedError naming the lock and its holder.
+
+        Raises OSError when the lock file cannot be created or written (a read-only folder).
+        """
+        # The held descriptor is read-only (flock does not need more): a file open for writing
+        # would make `mount -o remount,ro` of the store's file system fail with EBUSY for as
+        # long as the daemon runs, and saves could never fail over to "read-only, retry later".
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -86,10 +92,13 @@ class StoreLock:
         except BaseException:
             os.close(fd)
             raise
-        # The pid is for the error message of the next opener only; the flock is the lock.
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            # The pid is for the error message of the next opener only; the flock is the lock.
+            # Writing it also proves the folder is writable before any work starts.
+            _write_pid(path)
+        except BaseException:
+            os.close(fd)
+            raise
         return cls(path, fd)
 
     def release(self) -> None:
@@ -97,6 +106,15 @@ class StoreLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _write_pid(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    finally:
+        os.close(fd)
 
 
 def _read_pid(fd: int) -> int | None:
