@@ -178,7 +178,7 @@ class Debouncer:
         with self._lock:
             now = self._clock()
             if event.kind is EventKind.CHANGED:
-                self._push_changed(event.path, sample, now, event.writer_open)
+                self._push_changed(event.path, sample, now, event.writer_open, event.from_scan)
             elif event.kind is EventKind.DELETED:
                 self._push_deleted(event.path, now)
             elif event.kind is EventKind.MOVED:
@@ -229,7 +229,12 @@ class Debouncer:
     # -- coalescing (all under self._lock) --
 
     def _push_changed(
-        self, path: Path, sample: Sample | None, now: float, writer_open: bool | None = None
+        self,
+        path: Path,
+        sample: Sample | None,
+        now: float,
+        writer_open: bool | None = None,
+        from_scan: bool = False,
     ) -> None:
         entry = self._files.get(path)
         if entry is None:
@@ -239,6 +244,11 @@ class Debouncer:
             return
         if entry.kind is EventKind.DELETED:
             entry.kind = EventKind.CHANGED  # deleted and recreated: index the new file
+        elif from_scan and sample == entry.sample:
+            # A rescan re-reporting a pending file that did not move since: keep its clock.
+            # Restarting it would postpone, forever, a file whose close event was lost (an
+            # inotify overflow) whenever rescans come more often than ``open_quiet_s``.
+            return
         # CHANGED stays CHANGED; a MOVED stays a MOVED whose destination must be checked.
         entry.needs_stable, entry.sample, entry.sampled_at, entry.last = True, sample, now, now
         if writer_open is not None:

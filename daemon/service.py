@@ -351,7 +351,7 @@ class Service:
                 else:
                     self._remove(source, reason="gone from disk")
             for path in [*changed, *(p for p, _ in new.values())]:
-                self.debouncer.push(FileEvent(EventKind.CHANGED, path))
+                self.debouncer.push(FileEvent(EventKind.CHANGED, path, from_scan=True))
                 queued += 1
         if queued:
             self._start_bulk(queued)

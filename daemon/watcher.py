@@ -70,13 +70,15 @@ class FileEvent:
 
     ``writer_open`` (``CHANGED`` only, a hint that takes no part in equality): True when the
     file was just written through a descriptor that may still be open, False when a writer
-    just closed it, None when unknown.
+    just closed it, None when unknown. ``from_scan`` (also a hint): the event comes from a
+    rescan comparing the disk with the store, not from the file system reporting a write.
     """
 
     kind: EventKind
     path: Path
     dest: Path | None = None
     writer_open: bool | None = field(default=None, compare=False)
+    from_scan: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if (self.kind is EventKind.MOVED) != (self.dest is not None):

@@ -519,3 +519,32 @@ def test_moved_event_requires_a_destination() -> None:
         FileEvent(EventKind.MOVED, ROOT / "a")
     with pytest.raises(ValueError, match="dest"):
         FileEvent(EventKind.CHANGED, ROOT / "a", ROOT / "b")
+
+
+def test_a_rescan_re_reporting_an_unchanged_pending_file_does_not_postpone_it(
+    clock: FakeClock, fs: FakeFs
+) -> None:
+    """A write whose close event was lost (an inotify overflow) waits ``open_quiet_s`` for a close;
+    rescans re-reporting the same unchanged file must not restart that wait, or it never ends."""
+    deb = Debouncer(Q, clock=clock, stat=fs, open_quiet_s=30.0)
+    fs.write(ROOT / "a.txt", 10)
+    deb.push(FileEvent(EventKind.CHANGED, ROOT / "a.txt", writer_open=True))
+    out: list[FileEvent] = []
+    for _ in range(6):  # a rescan every 20 s, more often than open_quiet_s
+        clock.advance(20.0)
+        out += deb.due()
+        if out:
+            break
+        deb.push(FileEvent(EventKind.CHANGED, ROOT / "a.txt", from_scan=True))
+    assert [e.path.name for e in out] == ["a.txt"]
+    assert clock.now <= 100.0 + 30.0 + 20.0 + 1e-9
+
+
+def test_a_real_change_still_restarts_the_quiet_period(deb: Debouncer, clock: FakeClock, fs: FakeFs) -> None:
+    fs.write(ROOT / "a.txt", 10)
+    deb.push(changed("a.txt"))
+    clock.advance(0.9 * Q)
+    fs.write(ROOT / "a.txt", 20)
+    deb.push(changed("a.txt"))
+    clock.advance(0.9 * Q)
+    assert deb.due() == []
