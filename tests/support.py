@@ -43,6 +43,7 @@ def zeros_flate(n_mib: int) -> bytes:
     co = zlib.compressobj(9)
     head = co.compress(block) + co.flush(zlib.Z_FULL_FLUSH)
     body = co.compress(block) + co.flush(zlib.Z_FULL_FLUSH)
+    assert co.compress(block) + co.flush(zlib.Z_FULL_FLUSH) == body
     final_block = co.flush()[:-4]  # drop the checksum over the 3 MiB actually fed
     # Adler-32 of n zero bytes: a stays 1, b grows by 1 per byte.
     adler = (((n_mib * mib) % 65521) << 16) | 1

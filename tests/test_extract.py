@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from fpdf import FPDF
+from support import make_pdf, zeros_flate
 
 from daemon import extract as extract_mod
 from daemon.errors import ExtractError
@@ -33,36 +33,6 @@ def extract_error(path: Path, limits: ExtractLimits = LIMITS) -> str:
         extract(path, limits)
     assert info.value.path == path
     return info.value.reason
-
-
-def make_pdf(pages: list[str], *, user_password: str | None = None) -> bytes:
-    """A real PDF from fpdf2; an empty string gives a page without text."""
-    pdf = FPDF()
-    pdf.set_font("helvetica", size=12)
-    for text in pages:
-        pdf.add_page()
-        if text:
-            pdf.multi_cell(0, 10, text)
-    if user_password is not None:
-        pdf.set_encryption(owner_password="owner-secret", user_password=user_password)
-    return bytes(pdf.output())
-
-
-def zeros_flate(n_mib: int) -> bytes:
-    """A zlib stream that inflates to ``n_mib`` MiB of zeros, built without holding them.
-
-    After a full flush deflate restarts from an empty window, so every further
-    MiB of zeros compresses to the same bytes: compress two, repeat the second.
-    """
-    block = bytes(MIB)
-    co = zlib.compressobj(9)
-    head = co.compress(block) + co.flush(zlib.Z_FULL_FLUSH)
-    body = co.compress(block) + co.flush(zlib.Z_FULL_FLUSH)
-    assert co.compress(block) + co.flush(zlib.Z_FULL_FLUSH) == body
-    final_block = co.flush()[:-4]  # drop the checksum over the 3 MiB actually fed
-    # Adler-32 of n zero bytes: a stays 1, b grows by 1 per byte.
-    adler = (((n_mib * MIB) % 65521) << 16) | 1
-    return head + body * (n_mib - 1) + final_block + adler.to_bytes(4, "big")
 
 
 def pdf_with_content(stream: bytes) -> bytes:
