@@ -556,16 +556,20 @@ class Mounted:
             _sh("umount", "-l", str(self.where))
 
 
-class FullTmpfs(Mounted):
-    """ENOSPC: a tmpfs whose size is cut to what it already holds, plus a little."""
-
-    reason = "No space left on device"
+class Tmpfs(Mounted):
+    """A 32 MiB tmpfs mounted on the store's folder (skips the test where mounting is refused)."""
 
     def __init__(self, where: Path) -> None:
         super().__init__(where)
         proc = _sh("mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(where))
         if proc.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+
+
+class FullTmpfs(Tmpfs):
+    """ENOSPC: a tmpfs whose size is cut to what it already holds, plus a little."""
+
+    reason = "No space left on device"
 
     def inject(self) -> None:
         st = os.statvfs(self.where)
@@ -576,16 +580,10 @@ class FullTmpfs(Mounted):
         _must("mount", "-o", "remount,size=32m", str(self.where))
 
 
-class ReadOnly(Mounted):
+class ReadOnly(Tmpfs):
     """EROFS: the store's tmpfs remounted read-only while the daemon runs."""
 
     reason = "Read-only file system"
-
-    def __init__(self, where: Path) -> None:
-        super().__init__(where)
-        proc = _sh("mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(where))
-        if proc.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
 
     def inject(self) -> None:
         # EBUSY while a file there is open for writing (the daemon mid-save): try again.
