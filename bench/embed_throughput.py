@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from corpus import chunks as make_chunks  # noqa: E402
 
-from daemon.embedder import EmbedderSettings, LlamaEmbedder, physical_cores  # noqa: E402
-from daemon.model import convert, default_model_source  # noqa: E402
+from daemon.embed.convert import convert, default_model_source  # noqa: E402
+from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder, physical_cores  # noqa: E402
 
 
 @dataclass

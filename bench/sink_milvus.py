@@ -37,8 +37,9 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from daemon.config import SinkConfig
-from daemon.sink import MilvusSink, SinkRow, fingerprint_digest
-from daemon.sinksync import STEP_SOURCES, full_sync
+from daemon.sinks.base import SinkRow, fingerprint_digest
+from daemon.sinks.milvus import MilvusSink
+from daemon.sinks.sync import STEP_SOURCES, full_sync
 
 DIMS = 384
 FINGERPRINT = fingerprint_digest({"model_sha256": "0" * 64, "pooling": "mean", "normalize": True})

@@ -35,9 +35,9 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from daemon.store import FileState, Fingerprint, NewEntry, Store
-from daemon.storecache import cache_path
-from daemon.storeformat import content_hash
+from daemon.store.cache import cache_path
+from daemon.store.format import content_hash
+from daemon.store.store import FileState, Fingerprint, NewEntry, Store
 
 DIMS = 384
 MODEL = "all-MiniLM-L6-v2"

@@ -6,7 +6,6 @@ This is the only module that turns exceptions into exit codes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -14,7 +13,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import structlog
 
 from daemon import log as logsetup
@@ -30,7 +28,6 @@ from daemon.errors import (
 
 if TYPE_CHECKING:
     from daemon.config import Config
-    from daemon.model import OutType
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -352,131 +349,61 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(path)
 
 
-def _print_json(doc: object) -> None:
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
 def _init(args: argparse.Namespace) -> int:
-    from daemon import starter
+    from daemon.commands.init import init_command
 
     path: Path = getattr(args, "config", None) or Path("config.toml")
-    starter.refuse_existing(path)
-    try:
-        built = starter.build(path, args.folders, model_path=args.model, store_path=args.store)
-    except ConfigError as exc:
-        raise UsageError(
-            f"the configuration would not load: {exc}; choose other folders, or other paths with "
-            "--store and --model"
-        ) from exc
-    starter.write(built)
-    starter.render_next_steps(built, sys.stdout)
+    init_command(path, args.folders, model_path=args.model, store_path=args.store, out=sys.stdout)
     return EXIT_OK
 
 
 def _status(args: argparse.Namespace) -> int:
-    from daemon.mirror import sink_lags
-    from daemon.status import render_status, store_status
+    from daemon.commands.status import status_command
 
-    config = _load(args)
-    status = store_status(config)
-    lags = sink_lags(config)
-    if args.json:
-        data = status.to_json()
-        data["sinks"] = [
-            {"name": name, "lag": None if lag is None else dataclasses.asdict(lag)} for name, lag in lags
-        ]
-        _print_json(data)
-        return EXIT_OK
-    render_status(status, sys.stdout)
-    for name, lag in lags:
-        if lag is None:
-            print(f"sink {name}: no queue yet (the daemon has not run with this sink)")
-            continue
-        age = f", oldest {lag.oldest_age_s:.0f} s" if lag.oldest_age_s is not None else ""
-        error = f", last error: {lag.error}" if lag.error else ""
-        full = ", full sync pending" if lag.full_sync else ""
-        print(f"sink {name}: {lag.pending} files waiting{age}{full}{error}")
+    status_command(_load(args), as_json=args.json, out=sys.stdout)
     return EXIT_OK
 
 
 def _search(args: argparse.Namespace) -> int:
-    from daemon.search import render_result, run_search
+    from daemon.commands.search import search_command
 
     if args.k < 1:
         raise UsageError(f"-k must be at least 1, not {args.k}")
-    config = _load(args)
-    if args.sink is not None:
-        return _search_sink(args, config)
-    if args.source_prefix is not None:
+    if args.sink is None and args.source_prefix is not None:
         raise UsageError("--source-prefix needs --sink")
-    result = run_search(config, " ".join(args.query), args.k)
-    for note in result.notes:
-        print(f"embedd search: note: {note}", file=sys.stderr)
-    if args.json:
-        _print_json(result.to_json())
-    else:
-        render_result(result, sys.stdout)
-    return EXIT_OK
-
-
-def _search_sink(args: argparse.Namespace, config: Config) -> int:
-    from daemon.embedder import EmbedderSettings, LlamaEmbedder
-    from daemon.mirror import search_sink
-
-    embedder = LlamaEmbedder(config.model.path, EmbedderSettings(threads=config.model.threads))
-    try:
-        vector = embedder.embed([config.model.query_prefix + " ".join(args.query)])[0]
-    finally:
-        embedder.close()
-    hits = search_sink(config, args.sink, vector, args.k, source_prefix=args.source_prefix)
-    if args.json:
-        _print_json({"sink": args.sink, "results": [dataclasses.asdict(h) for h in hits]})
-        return EXIT_OK
-    for rank, hit in enumerate(hits, 1):
-        where = f"page {hit.page}, " if hit.page is not None else ""
-        print(f"{rank}. {hit.score:.3f}  {hit.source}  ({where}chunk {hit.chunk}, daemon {hit.daemon})")
-        print(f"   {' '.join(hit.content.split())[:200]}")
-    if not hits:
-        print("no results")
-    return EXIT_OK
-
-
-def _sink(args: argparse.Namespace) -> int:
-    from daemon.mirror import sync_sink
-
-    name, report = sync_sink(_load(args), args.sink_name, rewrite=args.rewrite)
-    print(
-        f"sink {name}: {report.sources} sources, {report.rows} rows written, {report.unchanged} unchanged, "
-        f"{report.deleted} deleted in {report.seconds:.1f} s"
+    search_command(
+        _load(args),
+        " ".join(args.query),
+        args.k,
+        as_json=args.json,
+        sink=args.sink,
+        source_prefix=args.source_prefix,
+        out=sys.stdout,
+        err=sys.stderr,
     )
     return EXIT_OK
 
 
+def _sink(args: argparse.Namespace) -> int:
+    from daemon.commands.sink import sync_command
+
+    sync_command(_load(args), args.sink_name, rewrite=args.rewrite, out=sys.stdout)
+    return EXIT_OK
+
+
 def _export(args: argparse.Namespace) -> int:
-    from daemon.export import export_jsonl, export_to_file
+    from daemon.commands.export import export_command
 
     config = _load(args)
-    if args.output == "-":
-        sys.stdout.flush()
-        export_jsonl(config.store.path, sys.stdout.buffer)
-        sys.stdout.buffer.flush()
-        return EXIT_OK
-    target = Path(args.output)
-    stats = export_to_file(config.store.path, target)
-    how = "streamed" if stats.streamed else "loaded whole (not in embedd's line layout)"
-    print(f"exported {stats.entries} entries to {target} ({how})", file=sys.stderr)
+    sys.stdout.flush()
+    export_command(config, args.output, stdout=sys.stdout.buffer, stderr=sys.stderr)
     return EXIT_OK
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from daemon.verify import render_report, verify
+    from daemon.commands.verify import verify_command
 
-    report = verify(_load(args))
-    if args.json:
-        _print_json(report.to_json())
-    else:
-        render_report(report, sys.stdout)
-    return EXIT_OK if report.ok else EXIT_FAILURE
+    return EXIT_OK if verify_command(_load(args), as_json=args.json, out=sys.stdout) else EXIT_FAILURE
 
 
 _TOOLS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -490,61 +417,21 @@ _TOOLS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _model_build(args: argparse.Namespace) -> int:
-    from daemon import model
-    from daemon.progress import Progress
+    from daemon.commands.model import build_command, output_path
 
-    log = structlog.get_logger("embedd")
-    out: Path
-    if args.out is not None:
-        out = args.out
-    elif args.config is not None:
+    configured = None
+    if args.out is None and args.config is not None:
         from daemon.config import load_config
 
-        out = load_config(args.config).model.path
-    else:
-        out = Path("models") / model.default_model_filename(args.out_type or model.DEFAULT_OUT_TYPE)
-    if out.exists() and not args.force:
-        log.info("model_exists", path=str(out), hint="pass --force to rebuild it")
-        return EXIT_OK
-    source = args.source if args.source is not None else model.default_model_source()
-    log.info("model_build_started", source=str(source), out=str(out))
-    bar: Progress | None = None
-
-    def on_progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = Progress("converting", total, unit="tensors")
-        bar.advance(done - bar.done)
-
-    out_type = args.out_type or _type_from_name(out) or model.DEFAULT_OUT_TYPE
-    result = model.convert(source, out, out_type, name=args.name, progress=on_progress)
-    if bar is not None:
-        bar.close()
-    log.info(
-        "model_built",
-        path=str(result.path),
-        type=result.out_type,
-        pooling=result.pooling,
-        tensors=result.tensors,
-        mib=round(result.bytes / 2**20, 1),
-    )
+        configured = load_config(args.config).model.path
+    out = output_path(args.out, configured, args.out_type)
+    build_command(out, source=args.source, out_type=args.out_type, name=args.name, force=args.force)
     return EXIT_OK
-
-
-def _type_from_name(path: Path) -> OutType | None:
-    """The weight type a file name asks for (``name.q8_0.gguf``), so --config paths build what they say."""
-    from daemon.model import OUT_TYPES
-
-    suffixes = path.name.split(".")
-    for kind in OUT_TYPES:
-        if kind in suffixes[1:-1]:
-            return kind
-    return None
 
 
 def _run(args: argparse.Namespace) -> int:
     from daemon.config import load_config
-    from daemon.runner import run_service
+    from daemon.service.runner import run_service
 
     config = load_config(args.config)
     logsetup.configure(args.log_format or config.daemon.log_format, args.log_level or config.daemon.log_level)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Literal, TextIO, cast
 
 import orjson
@@ -66,3 +67,19 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
 def is_console() -> bool:
     """True when logs go to a person at a terminal (progress bars are drawn then)."""
     return _console
+
+
+def display_path(path: Path | str) -> str:
+    """``path`` for logs: the bytes of a name that is not valid UTF-8 as ``\\xNN`` escapes.
+
+    The OS hands such names over as lone surrogates (PEP 383), which UTF-8 JSON cannot carry.
+    """
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

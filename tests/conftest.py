@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from daemon.model import convert, default_model_source
+from daemon.embed.convert import convert, default_model_source
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))

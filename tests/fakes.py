@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from daemon.embedder import FloatMatrix
+from daemon.embed.embedder import FloatMatrix
 from daemon.errors import EmbedError
 
 
@@ -22,8 +22,10 @@ class FakeEmbedder:
         self.max_tokens = max_tokens
         self.poison = poison
         self.calls: list[list[str]] = []
+        self.counted: list[str] = []
 
     def count_tokens(self, text: str) -> int:
+        self.counted.append(text)
         return len(text.split()) + 2
 
     def embed(self, texts: Sequence[str]) -> FloatMatrix:

@@ -1,0 +1,1 @@
+"""Embedding: building and checking GGUF models, and the resident llama.cpp context."""

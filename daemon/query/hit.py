@@ -1,0 +1,84 @@
+"""One search hit, whether it comes from the JSON store or from a sink, and one way to print hits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+SNIPPET_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One ranked chunk; ``score`` is the cosine similarity (higher is closer).
+
+    ``daemon`` names the daemon whose row it is (sink searches cover every daemon's rows);
+    ``hash`` is the sha256 of ``content`` when the source of the hit records it.
+    """
+
+    rank: int
+    score: float
+    id: str
+    source: str
+    page: int | None
+    chunk: int
+    content: str
+    timestamp: int | None = None
+    daemon: str | None = None
+    hash: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The hit as a JSON object (full content); ``daemon`` and ``hash`` only when known."""
+        doc: dict[str, Any] = {
+            "rank": self.rank,
+            "score": self.score,
+            "id": self.id,
+            "source": self.source,
+            "page": self.page,
+            "chunk": self.chunk,
+            "content": self.content,
+            "timestamp": self.timestamp,
+        }
+        if self.daemon is not None:
+            doc["daemon"] = self.daemon
+        if self.hash is not None:
+            doc["hash"] = self.hash
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Hit:
+        """The inverse of ``to_json`` (how a hit answered by the running daemon is read back)."""
+        return cls(
+            rank=int(doc["rank"]),
+            score=float(doc["score"]),
+            id=str(doc["id"]),
+            source=str(doc["source"]),
+            page=None if doc.get("page") is None else int(doc["page"]),
+            chunk=int(doc["chunk"]),
+            content=str(doc["content"]),
+            timestamp=None if doc.get("timestamp") is None else int(doc["timestamp"]),
+            daemon=doc.get("daemon"),
+            hash=doc.get("hash"),
+        )
+
+
+def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
+    """``text`` on one line, cut at a word boundary near ``limit`` characters."""
+    flat = " ".join(text.split())
+    if len(flat) <= limit:
+        return flat
+    cut = flat.rfind(" ", 0, limit)
+    return flat[: cut if cut > limit // 2 else limit] + " …"
+
+
+def render_hits(hits: Sequence[Hit], out: TextIO, *, empty: str = "no results") -> None:
+    """Print hits for a person: rank, score, where (and whose), and a snippet of the text."""
+    if not hits:
+        out.write(empty + "\n")
+        return
+    for hit in hits:
+        where = hit.source + (f"  page {hit.page}" if hit.page is not None else "") + f"  chunk {hit.chunk}"
+        if hit.daemon is not None:
+            where += f"  daemon {hit.daemon}"
+        out.write(f"{hit.rank:>2}. {hit.score:.4f}  {where}\n    {snippet(hit.content)}\n")

@@ -1,0 +1,90 @@
+"""Coalesced, retried saves of the store: a burst of changes becomes few durable writes.
+
+The worker marks the store dirty after each change; ``maybe_save`` writes once the burst is
+over (nothing left to index), or when the store has been dirty for ``MAX_DIRTY_S`` anyway. A
+failed write (disk full, read-only, I/O error) keeps the changes in memory and is retried
+after a growing delay; the previous file stays intact meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from daemon.errors import StoreError
+from daemon.store.store import Store
+
+log = structlog.get_logger("embedd")
+
+# How long a burst of changes may keep the store dirty before it is written anyway.
+MAX_DIRTY_S = 10.0
+SAVE_RETRY_S = (1.0, 5.0, 30.0, 60.0)
+
+
+class Saver:
+    """Decides when the store is written; one thread (the worker) uses it, under the store lock."""
+
+    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+        self._store = store
+        self._clock = clock
+        self._dirty_since: float | None = None
+        self._failures = 0
+        self._next_try = 0.0
+
+    def mark_dirty(self) -> None:
+        """The store changed: a save is due once the burst is over."""
+        if self._dirty_since is None:
+            self._dirty_since = self._clock()
+
+    @property
+    def pending(self) -> bool:
+        """True while a change waits to be written."""
+        return self._dirty_since is not None
+
+    def next_deadline(self) -> float | None:
+        """When the worker should wake to save (None when nothing waits)."""
+        if self._dirty_since is None:
+            return None
+        return max(self._next_try, self._clock() + 0.05)
+
+    def maybe_save(self, *, quiet: bool, force: bool = False) -> bool:
+        """Write the store when ``quiet`` (no work left), ``force``, or dirty for too long.
+
+        Returns True when a save happened. A failure is logged and retried later; it never raises.
+        """
+        if self._dirty_since is None or not self._store.dirty:
+            self._dirty_since = None
+            return False
+        now = self._clock()
+        if not force and now < self._next_try:
+            return False
+        if not (force or quiet or now - self._dirty_since >= MAX_DIRTY_S):
+            return False
+        try:
+            stats = self._store.save()
+        except StoreError as exc:
+            delay = SAVE_RETRY_S[min(self._failures, len(SAVE_RETRY_S) - 1)]
+            self._failures += 1
+            self._next_try = now + delay
+            log.error(
+                "store_save_failed",
+                path=str(self._store.path),
+                reason=str(exc),
+                retry_in_s=delay,
+                hint="the previous store file is intact; changes are kept in memory",
+            )
+            return False
+        self._failures = 0
+        self._dirty_since = None
+        log.info(
+            "store_saved",
+            path=str(self._store.path),
+            entries=stats.entries,
+            written=stats.entries_written,
+            reused=stats.entries_reused,
+            mib_written=round(stats.bytes_written / 2**20, 2),
+            mib_reused=round(stats.bytes_reused / 2**20, 2),
+            durable_s=round(stats.durable_seconds, 3),
+        )
+        return True

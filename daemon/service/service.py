@@ -1,0 +1,490 @@
+"""The worker: file events -> pipeline -> store, the startup reconcile and periodic rescan, and
+the loop that drives them until a stop.
+
+Data flow: watchdog thread -> Watcher -> Debouncer -> this worker: extract, chunk, embed what is
+new, apply to the store, coalesced atomic save (``Saver``). The startup scan and the periodic
+rescan feed the same Debouncer as live events, so there is one way in. Process concerns
+(signals, the model, the store's lock) live in ``daemon.service.runner``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from daemon.config import Config, WatchConfig
+from daemon.embed.embedder import Embedder
+from daemon.errors import ExtractError, IndexingInterrupted
+from daemon.ingest.extract import ExtractLimits, file_kind
+from daemon.ingest.pipeline import ChunkingParams, Pipeline
+from daemon.log import display_path
+from daemon.service.progress import Progress
+from daemon.service.saver import Saver
+from daemon.service.sdnotify import Notifier
+from daemon.service.throughput import BulkProgress, Throughput
+from daemon.sinks.mirror import Mirror
+from daemon.store.store import FileState, Fingerprint, Store
+from daemon.watch import scan
+from daemon.watch.debounce import Debouncer
+from daemon.watch.events import EventKind, FileEvent
+from daemon.watch.watcher import Watcher
+
+log = structlog.get_logger("embedd")
+
+# A file with this many new chunks gets a progress report of its own.
+BIG_FILE_CHUNKS = 256
+
+
+class StopFlag(Protocol):
+    """Anything with ``is_set()``: a threading.Event, for instance."""
+
+    def is_set(self) -> bool: ...
+
+
+def fingerprint_for(config: Config, embedder: Embedder) -> Fingerprint:
+    """The store fingerprint a configuration and model produce: vectors from two never mix."""
+    return Fingerprint(
+        model_sha256=embedder.fingerprint,
+        pooling=embedder.pooling,
+        normalize=config.model.normalize,
+        chunk_size=config.chunking.size,
+        chunk_overlap=config.chunking.overlap,
+    )
+
+
+def file_state(st: os.stat_result) -> FileState:
+    """The cheap signature that tells a file changed without reading it."""
+    return FileState(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+
+
+# A file that failed, as it was when it failed: its FileState plus its ctime, because a
+# chmod or chown (which moves only the ctime) can be exactly what makes it readable.
+FailedAs = tuple[FileState, int]
+
+
+def failed_as(st: os.stat_result) -> FailedAs:
+    """The signature under which a failed file is not tried again until it changes."""
+    return file_state(st), st.st_ctime_ns
+
+
+def _not_regular(st: os.stat_result) -> str:
+    return f"is {file_kind(st.st_mode) or 'not a regular file'}; only regular files are indexed"
+
+
+class Service:
+    """The running daemon: owns the pipeline, the debouncer and the watcher for one store."""
+
+    def __init__(
+        self,
+        config: Config,
+        embedder: Embedder,
+        store: Store,
+        *,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        mirror: Mirror | None = None,
+        store_lock: threading.RLock | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        # Held while the store changes or is written: sink threads read it under the same lock.
+        self._store_lock = store_lock or threading.RLock()
+        self._mirror = mirror
+        self.notifier = notifier or Notifier()
+        self._clock = clock
+        self.pipeline = Pipeline(
+            embedder,
+            store,
+            ChunkingParams(config.chunking.size, config.chunking.overlap),
+            ExtractLimits(
+                max_bytes=config.daemon.max_file_bytes,
+                pdf_timeout_s=config.daemon.pdf_timeout_s,
+                pdf_memory_bytes=config.daemon.pdf_memory_bytes,
+            ),
+        )
+        self.debouncer = Debouncer(config.daemon.debounce_ms / 1000.0, clock=clock)
+        self._wake = threading.Event()
+        self.watcher = Watcher([(w.path, w.recursive) for w in config.watches], self._on_event)
+        # Files that failed, by source, with the state they failed in: retried once they change.
+        self._failed: dict[str, FailedAs] = {}
+        self._saver = Saver(store, clock)
+        self._throughput = Throughput(clock)
+        self._bulk = BulkProgress()
+        self._stop: StopFlag = threading.Event()
+
+    # -- events -------------------------------------------------------------------------
+
+    def _on_event(self, event: FileEvent) -> None:
+        """Watcher sink, on watchdog's thread: queue and wake the worker."""
+        self.debouncer.push(event)
+        self._wake.set()
+
+    def _locate(self, path: Path) -> tuple[WatchConfig, str] | None:
+        return scan.locate(self.config.watches, path)
+
+    def _sources_under(self, path: Path) -> list[str]:
+        return scan.sources_under(self.config.watches, self.store.sources(), path)
+
+    def handle(self, event: FileEvent) -> None:
+        """Apply one coalesced event to the store."""
+        if event.kind is EventKind.CHANGED:
+            self._changed(event.path)
+        elif event.kind is EventKind.DELETED:
+            self._deleted(event.path)
+        elif event.kind is EventKind.MOVED:
+            assert event.dest is not None
+            self._moved(event.path, event.dest)
+        elif event.kind is EventKind.RESCAN:
+            self.reconcile(event.path)
+
+    def _changed(self, path: Path) -> None:
+        located = self._locate(path)
+        if located is None:
+            return
+        watch, source = located
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            self._remove(source, reason="file vanished")
+            return
+        except OSError as exc:
+            self._skip(source, path, None, f"cannot stat: {exc.strerror or exc}")
+            return
+        state = file_state(st)
+        if not stat.S_ISREG(st.st_mode):
+            self._skip(source, path, failed_as(st), _not_regular(st))
+            return
+        if self.store.file_state(source) == state or self._failed.get(source) == failed_as(st):
+            return
+        why_not = scan.unindexable(watch, source, path)
+        if why_not is not None:
+            self._skip(source, path, failed_as(st), why_not)
+            return
+        self._index(path, source, st)
+
+    def _index(self, path: Path, source: str, st: os.stat_result) -> None:
+        state = file_state(st)
+        bar: Progress | None = None
+
+        def on_embedded(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None and total >= BIG_FILE_CHUNKS:
+                bar = Progress(f"embedding {source}", total, unit="chunks")
+            if bar is not None:
+                bar.advance(done)
+            self.notifier.keepalive()
+
+        try:
+            result = self.pipeline.index_file(path, source, state, on_embedded, self._stop.is_set)
+        except ExtractError as exc:
+            self._skip(source, path, failed_as(st), exc.reason)
+            return
+        except IndexingInterrupted as exc:
+            log.info(
+                "file_abandoned",
+                path=display_path(path),
+                reason=str(exc),
+                hint="indexed again at the next start; its stored entries are unchanged",
+            )
+            return
+        finally:
+            if bar is not None:
+                bar.close()
+        self._failed.pop(source, None)
+        self._changed_sources(source)
+        for warning in result.warnings:
+            log.warning("file_warning", path=display_path(path), reason=warning)
+        log.info(
+            "file_indexed",
+            path=str(path),
+            source=source,
+            chunks=result.chunks,
+            embedded=result.embedded,
+            reused=result.reused,
+            quarantined=result.quarantined,
+            tokens=result.tokens,
+            seconds=round(result.seconds, 3),
+        )
+        self._throughput.add(chunks=result.chunks, embedded=result.embedded, tokens=result.tokens)
+
+    def _skip(self, source: str, path: Path, state: FailedAs | None, reason: str) -> None:
+        """Log once per file state why a file is not indexed; what is stored for it stays."""
+        if state is not None and self._failed.get(source) == state:
+            return
+        if state is not None:
+            self._failed[source] = state
+        log.warning(
+            "file_skipped",
+            path=display_path(path),
+            source=display_path(source),
+            reason=reason,
+            kept_entries=len(self.store.entries_for(source)),
+        )
+
+    def _remove(self, source: str, *, reason: str) -> None:
+        self._failed.pop(source, None)
+        if self.store.file_state(source) is None:
+            return
+        self.pipeline.remove(source)
+        self._changed_sources(source)
+        log.info("file_removed", source=source, reason=reason)
+
+    def _deleted(self, path: Path) -> None:
+        located = self._locate(path)
+        if located is not None:
+            self._remove(located[1], reason="deleted")
+        for source in self._sources_under(path):
+            self._remove(source, reason="folder deleted")
+
+    def _moved(self, src: Path, dest: Path) -> None:
+        old = self._locate(src)
+        if old is not None and self.store.file_state(old[1]) is not None:
+            self._rename_or_reindex(old[1], dest)
+            return
+        under = self._sources_under(src)
+        if under:
+            for source in under:
+                old_path = scan.path_of(self.config.watches, source)
+                if old_path is not None:
+                    self._rename_or_reindex(source, dest / old_path.relative_to(src))
+            return
+        # The source was never indexed (an editor's temp file, a download): a plain change.
+        self._changed(dest)
+
+    def _rename_or_reindex(self, old_source: str, dest: Path) -> None:
+        new = self._locate(dest)
+        if new is None:
+            self._remove(old_source, reason=f"moved to {display_path(dest)}, which is not indexed")
+            return
+        try:
+            st = dest.lstat()
+        except OSError:
+            self._remove(old_source, reason="moved, then vanished")
+            return
+        if not stat.S_ISREG(st.st_mode):
+            self._remove(old_source, reason="moved to something that is not a regular file")
+            return
+        why_not = scan.unindexable(new[0], new[1], dest)
+        if why_not is not None:
+            self._remove(old_source, reason=f"moved to {display_path(dest)}, which is not indexed")
+            self._changed(dest)  # says why, once
+            return
+        self.pipeline.rename(old_source, new[1], file_state(st))
+        self._failed.pop(old_source, None)
+        self._changed_sources(old_source, new[1])
+        log.info("file_renamed", source=old_source, to=new[1])
+
+    # -- scanning ------------------------------------------------------------------------
+
+    def reconcile(self, top: Path | None = None) -> int:
+        """Bring the store in line with the disk below ``top`` (every watch when None).
+
+        Unchanged files (size, mtime, inode) cost nothing; files that vanished leave the store,
+        unless the same inode shows up under another name, which is a rename. Changed files are
+        queued through the debouncer. Returns how many files were queued.
+        """
+        queued = 0
+        for watch in self.config.watches:
+            if top is not None and top != watch.path and watch.path not in top.parents:
+                continue
+            start = top if top is not None else watch.path
+            # The root may be a symlink the user chose; a folder below it never is followed.
+            present = start.is_dir() and (start == watch.path or not start.is_symlink())
+            if not present and top is None:
+                log.warning(
+                    "watch_folder_missing",
+                    path=str(watch.path),
+                    hint="it is watched again as soon as it exists",
+                )
+            seen: set[str] = set()
+            new: dict[tuple[int, int, int], tuple[Path, str]] = {}
+            changed: list[Path] = []
+            for found in scan.walk(self.config.watches, watch, start) if present else ():
+                path, source, st = found.path, found.source, found.stat
+                seen.add(source)
+                state = file_state(st)
+                stored = self.store.file_state(source)
+                if stored == state:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    self._skip(source, path, failed_as(st), _not_regular(st))
+                    continue
+                if self._failed.get(source) == failed_as(st):
+                    continue
+                if stored is None:
+                    new[(state.inode, state.size, state.mtime_ns)] = (path, source)
+                else:
+                    changed.append(path)
+            for source in self._sources_under(start):
+                if source in seen:
+                    continue
+                old = self.store.file_state(source)
+                key = (old.inode, old.size, old.mtime_ns) if old is not None else None
+                if key is not None and key in new:
+                    path, _ = new.pop(key)
+                    self._rename_or_reindex(source, path)
+                else:
+                    self._remove(source, reason="gone from disk")
+            for path in [*changed, *(p for p, _ in new.values())]:
+                self.debouncer.push(FileEvent(EventKind.CHANGED, path, from_scan=True))
+                queued += 1
+        if queued:
+            self._bulk.start(queued)
+            self._wake.set()
+        return queued
+
+    def _advance_bulk(self, n: int) -> None:
+        if self._bulk.advance(n, queue_empty=self.debouncer.pending() == 0):
+            self._throughput.report(self.debouncer.pending(), force=True)
+
+    # -- saving and reporting ---------------------------------------------------------
+
+    def _changed_sources(self, *sources: str) -> None:
+        """The store changed for these sources: it must be saved, and sinks must follow."""
+        if self._mirror is not None:
+            self._mirror.mark(sources)
+        self._saver.mark_dirty()
+
+    def maybe_save(self, *, force: bool = False) -> None:
+        """Write the store when the burst is over (nothing due) or it has been dirty too long."""
+        if self._saver.maybe_save(quiet=self.debouncer.pending() == 0, force=force):
+            self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        return (
+            f"{len(self.store.sources())} files, {self.store.count} chunks, {self.debouncer.pending()} queued"
+        )
+
+    def _report_throughput(self, *, force: bool = False) -> None:
+        self._throughput.report(self.debouncer.pending(), force=force)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def apply_config(self, new: Config) -> None:
+        """Apply a reloaded configuration: watched folders, patterns and daemon settings.
+
+        The model, chunking and store stay as they are (changing them needs a restart, and the
+        model is not reloaded when it did not change); a folder no longer watched leaves the
+        store, a new one is scanned.
+        """
+        old = self.config
+        pinned = [
+            key
+            for key, a, b in (
+                ("model", old.model, new.model),
+                ("chunking", old.chunking, new.chunking),
+                ("store", old.store, new.store),
+                ("sink", old.sinks, new.sinks),
+            )
+            if a != b
+        ]
+        if pinned:
+            log.warning(
+                "config_reload_partial",
+                unchanged=pinned,
+                hint="these take effect at the next start (with --reembed if the fingerprint changes)",
+            )
+        effective = replace(new, model=old.model, chunking=old.chunking, store=old.store, sinks=old.sinks)
+        before = {w.path: w for w in old.watches}
+        after = {w.path: w for w in effective.watches}
+        self.config = effective
+        for path in before.keys() - after.keys():
+            self.watcher.remove_root(path)
+            for source in scan.sources_under(old.watches, self.store.sources(), path):
+                self._remove(source, reason="folder no longer watched")
+        for path, watch in after.items():
+            if before.get(path) != watch:
+                self.watcher.add_root(path, watch.recursive)
+        self.debouncer.set_quiet(effective.daemon.debounce_ms / 1000.0)
+        self.pipeline.limits = ExtractLimits(
+            max_bytes=effective.daemon.max_file_bytes,
+            pdf_timeout_s=effective.daemon.pdf_timeout_s,
+            pdf_memory_bytes=effective.daemon.pdf_memory_bytes,
+        )
+        queued = self.reconcile()
+        log.info(
+            "config_reloaded",
+            added=sorted(str(p) for p in after.keys() - before.keys()),
+            removed=sorted(str(p) for p in before.keys() - after.keys()),
+            queued=queued,
+        )
+
+    def run(
+        self,
+        stop: StopFlag,
+        wake: threading.Event | None = None,
+        *,
+        reload: threading.Event | None = None,
+        reloader: Callable[[], Config | None] | None = None,
+    ) -> None:
+        """Scan, then process events until ``stop`` is set; always writes the store before returning.
+
+        When ``reload`` is set, ``reloader`` is called for a new configuration to apply.
+        """
+        if wake is not None:
+            self._wake = wake
+        self._stop = stop
+        self.watcher.start()
+        try:
+            with self._store_lock:
+                self.reconcile()
+            self.notifier.ready(self._status_line())
+            log.info(
+                "daemon_ready",
+                files=len(self.store.sources()),
+                chunks=self.store.count,
+                queued=self.debouncer.pending(),
+                watches=[str(w.path) for w in self.config.watches],
+            )
+            next_rescan = self._clock() + self.config.daemon.rescan_interval_s
+            while not stop.is_set():
+                self.notifier.keepalive()
+                if reload is not None and reload.is_set():
+                    reload.clear()
+                    new = reloader() if reloader is not None else None
+                    if new is not None:
+                        with self._store_lock:
+                            self.apply_config(new)
+                for event in self.debouncer.due():
+                    if stop.is_set():
+                        break
+                    with self._store_lock:
+                        self.handle(event)
+                    self.notifier.keepalive()
+                    if event.kind is EventKind.CHANGED:
+                        self._advance_bulk(1)
+                with self._store_lock:
+                    self.maybe_save()
+                self._report_throughput()
+                now = self._clock()
+                if now >= next_rescan:
+                    with self._store_lock:
+                        queued = self.reconcile()
+                    log.debug("rescan_done", queued=queued, seconds=round(self._clock() - now, 3))
+                    next_rescan = now + self.config.daemon.rescan_interval_s
+                deadlines = [next_rescan, now + 1.0]
+                due = self.debouncer.next_deadline()
+                if due is not None:
+                    deadlines.append(due)
+                save_due = self._saver.next_deadline()
+                if save_due is not None:
+                    deadlines.append(save_due)
+                timeout = max(0.0, min(deadlines) - self._clock())
+                self._wake.wait(timeout)
+                self._wake.clear()
+        finally:
+            self.notifier.stopping()
+            self.watcher.stop()
+            self._bulk.close()
+            with self._store_lock:
+                self.maybe_save(force=True)
+            self._report_throughput(force=True)
+            self.notifier.close()

@@ -1,0 +1,111 @@
+"""What the worker reports about its work: a ``throughput`` event a minute, and the progress
+of a bulk index (many files queued at once by a scan)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from daemon.service.progress import Progress
+
+log = structlog.get_logger("embedd")
+
+THROUGHPUT_EVERY_S = 60.0
+BULK_PROGRESS_MIN_FILES = 5
+
+
+@dataclass
+class Counters:
+    """Work done since the last throughput report."""
+
+    files: int = 0
+    chunks: int = 0
+    embedded: int = 0
+    tokens: int = 0
+
+
+class Throughput:
+    """Counts indexed files, chunks and tokens, and logs rates at most once per interval."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._since = clock()
+        self.counters = Counters()
+
+    def add(self, *, chunks: int, embedded: int, tokens: int) -> None:
+        """One file was indexed."""
+        c = self.counters
+        c.files += 1
+        c.chunks += chunks
+        c.embedded += embedded
+        c.tokens += tokens
+
+    def report(self, queue_depth: int, *, force: bool = False) -> None:
+        """Log a ``throughput`` event when the interval is over (or ``force``) and work was done."""
+        elapsed = self._clock() - self._since
+        if not force and elapsed < THROUGHPUT_EVERY_S:
+            return
+        c = self.counters
+        if c.files:
+            secs = max(elapsed, 1e-9)
+            log.info(
+                "throughput",
+                files=c.files,
+                chunks=c.chunks,
+                embedded=c.embedded,
+                seconds=round(elapsed, 1),
+                files_per_s=round(c.files / secs, 2),
+                chunks_per_s=round(c.chunks / secs, 1),
+                tokens_per_s=round(c.tokens / secs, 1),
+                queue_depth=queue_depth,
+            )
+        self.counters = Counters()
+        self._since = self._clock()
+
+
+class BulkProgress:
+    """A progress bar (or ``progress`` events) while a scan's worth of files is being indexed."""
+
+    def __init__(self) -> None:
+        self._bar: Progress | None = None
+        self._left = 0
+
+    @property
+    def active(self) -> bool:
+        """True while a bulk index runs."""
+        return self._bar is not None
+
+    @property
+    def left(self) -> int:
+        """Files of the bulk index not indexed yet."""
+        return self._left if self._bar is not None else 0
+
+    def start(self, files: int) -> None:
+        """``files`` more were queued by a scan; small batches get no progress of their own."""
+        if files < BULK_PROGRESS_MIN_FILES:
+            return
+        if self._bar is None:
+            self._bar = Progress("indexing", 0, unit="files")
+            self._left = 0
+        self._left += files
+        self._bar.total += files
+        log.info("bulk_index_queued", files=files)
+
+    def advance(self, n: int, *, queue_empty: bool) -> bool:
+        """``n`` files were handled; returns True when that finished the bulk index."""
+        if self._bar is None:
+            return False
+        self._bar.advance(n)
+        self._left -= n
+        if self._left <= 0 or queue_empty:
+            self.close()
+            return True
+        return False
+
+    def close(self) -> None:
+        """End the progress output (at the end, or when the daemon stops)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

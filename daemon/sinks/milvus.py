@@ -1,0 +1,622 @@
+"""The Milvus sink: a pymilvus client for Milvus Lite files, standalone servers and clusters.
+
+This is the only module that imports pymilvus, and only when a sink connects: a daemon
+without sinks does not pay the ~1 s import. One pymilvus client talks to Milvus Lite (a
+``.db`` folder, served in-process), a standalone server or a cluster; only the URI differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from daemon.errors import SinkError, SinkMismatchError
+from daemon.query.hit import Hit
+from daemon.sinks.base import (
+    DAEMON_MAX_BYTES,
+    RowDigest,
+    SinkRow,
+    SinkSettings,
+    check_daemon_name,
+    fit_utf8,
+    prefix_successor,
+    row_id,
+)
+
+__all__ = ["MilvusSink", "prefix_filter", "quote"]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+FORMAT = "1"  # the layout of an embedd collection: fields and properties below
+PROP_FORMAT = "embedd.format"
+PROP_DIMENSIONS = "embedd.dimensions"
+PROP_FINGERPRINT = "embedd.fingerprint"
+FIELDS = ("id", "vector", "content", "source", "page", "chunk", "timestamp", "hash", "daemon")
+SCALAR_FIELDS = ("content", "source", "page", "chunk", "timestamp", "hash", "daemon")
+VARCHAR_MAX = 65535  # Milvus' largest VARCHAR, in bytes
+NO_PAGE = -1  # Milvus INT64 fields hold no null everywhere; text files have no page
+UPSERT_ROWS = 500
+UPSERT_BYTES = 16 << 20  # well under gRPC's 64 MiB message limit even with long chunks
+ITERATOR_BATCH = 1000  # rows a page when scanning a server, which caps one query at 16,384
+DELETE_IDS = 1000  # keys a delete call
+
+
+# Milvus filter strings are C-like literals: these must be escaped, everything else is literal.
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def quote(value: str) -> str:
+    """``value`` as a double-quoted Milvus filter literal; file names may hold quotes and backslashes."""
+    return '"' + value.translate(_ESCAPES) + '"'
+
+
+def prefix_filter(field: str, prefix: str) -> str:
+    """A filter keeping rows whose ``field`` starts with ``prefix``.
+
+    Written as a range (``prefix <= field < successor``) rather than ``LIKE 'prefix%'``:
+    Milvus Lite has no escape for ``%`` and ``_`` in LIKE patterns, and file names hold both.
+    Both engines compare strings by code point (UTF-8 bytes), the order the range assumes.
+    """
+    upper = prefix_successor(prefix)
+    lower = f"{field} >= {quote(prefix)}"
+    return lower if upper is None else f"{lower} and {field} < {quote(upper)}"
+
+
+class _Milvus(NamedTuple):
+    client: Any  # the MilvusClient class
+    data_type: Any
+    errors: tuple[type[BaseException], ...]
+
+
+_milvus: _Milvus | None = None
+_lite_lock = threading.Lock()
+_lite_users: dict[str, int] = {}  # Milvus Lite folder -> open sinks using its in-process server
+
+
+def _load_milvus() -> _Milvus:
+    global _milvus
+    if _milvus is None:
+        import grpc  # type: ignore[import-untyped]
+        import pymilvus  # type: ignore[import-untyped]
+        from pymilvus.exceptions import MilvusException  # type: ignore[import-untyped]
+
+        # pymilvus logs every failed call with a traceback through its own stderr handler, and
+        # Milvus Lite logs a failed start the same way; we report both as sink_error events.
+        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+        logging.getLogger("milvus_lite.server_manager").setLevel(logging.CRITICAL)
+        _milvus = _Milvus(pymilvus.MilvusClient, pymilvus.DataType, (MilvusException, grpc.RpcError, OSError))
+    return _milvus
+
+
+def _release_lite(path: str, *, held: bool = True) -> None:
+    """One sink stops using the Milvus Lite server of ``path`` (``held``: it counted as a user);
+    the last one stops it.
+
+    Stopping it frees the folder's lock, so another process (a second daemon sharing the
+    file, ``embedd sink sync``, a test) can open it while this daemon has nothing to write.
+    """
+    with _lite_lock:
+        users = _lite_users.get(path, 0) - (1 if held else 0)
+        if users > 0:
+            _lite_users[path] = users
+            return
+        _lite_users.pop(path, None)
+    from milvus_lite.server_manager import server_manager_instance  # type: ignore[import-untyped]
+
+    server_manager_instance.release_server(path)
+
+
+class MilvusSink:
+    """A Milvus collection holding this daemon's copy of the store (and maybe other daemons' rows).
+
+    Not thread-safe: one thread uses it at a time. Every call connects first if needed.
+    """
+
+    def __init__(
+        self,
+        settings: SinkSettings,
+        *,
+        daemon: str,
+        dimensions: int,
+        fingerprint: str,
+        timeout_s: float = 5.0,
+    ) -> None:
+        check_daemon_name(daemon)
+        if dimensions <= 0:
+            raise ValueError(f"dimensions must be positive, not {dimensions}")
+        self._name = settings.name
+        self._uri = settings.uri
+        self._collection = settings.collection
+        self._token = settings.token or ""
+        self._daemon = daemon
+        self._dimensions = dimensions
+        self._fingerprint = fingerprint
+        self._timeout = timeout_s
+        self._lite = str(Path(self._uri).absolute()) if self._uri.endswith(".db") else None
+        # Milvus Lite answers a query with every match at once, and each query costs a pass
+        # over the collection, so pages would make a scan quadratic; a server caps a query
+        # at 16,384 rows, so there scans iterate.
+        self._scan_in_one_query = self._lite is not None
+        self._client: Any = None
+        self._mine = f"daemon == {quote(daemon)}"
+
+    @property
+    def name(self) -> str:
+        """The sink's name in the configuration."""
+        return self._name
+
+    @property
+    def daemon(self) -> str:
+        """The daemon name this sink's rows carry."""
+        return self._daemon
+
+    @property
+    def local(self) -> bool:
+        """True for a Milvus Lite file, which one process at a time can open."""
+        return self._lite is not None
+
+    @property
+    def connected(self) -> bool:
+        """True while a client is open."""
+        return self._client is not None
+
+    # ----- connecting -----
+
+    def connect(self) -> None:
+        """Open the client and make sure the collection exists and fits this store.
+
+        Creates the collection on first use (the fields of ``FIELDS``, a cosine index, the
+        dimension and fingerprint as properties). Raises SinkMismatchError when the
+        collection exists with another dimension or fingerprint or was not made by embedd,
+        and SinkError when the sink cannot be reached.
+        """
+        if self._client is not None:
+            return
+        milvus = _load_milvus()
+        if self._lite is not None:
+            self._check_lite_free(self._lite)
+        try:
+            client = milvus.client(uri=self._lite or self._uri, token=self._token, timeout=self._timeout)
+        except milvus.errors as exc:
+            if self._lite is not None:
+                _release_lite(self._lite, held=False)  # a server started for nothing would hold the lock
+            raise self._error("connect", exc) from exc
+        if self._lite is not None:
+            with _lite_lock:
+                _lite_users[self._lite] = _lite_users.get(self._lite, 0) + 1
+        self._client = client
+        try:
+            self._ensure_collection(milvus)
+        except BaseException:
+            self._drop()
+            raise
+        log.info("sink_connected", sink=self._name, uri=self._uri, collection=self._collection)
+
+    def close(self) -> None:
+        """Close the client (and stop a Milvus Lite server nobody else here uses); a later call reconnects."""
+        self._drop()
+
+    def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        with contextlib.suppress(Exception):
+            client.close()
+        if self._lite is not None:
+            _release_lite(self._lite)
+
+    def _check_lite_free(self, path: str) -> None:
+        """Name the problem before Milvus Lite fails with "Open local milvus failed"."""
+        with _lite_lock:
+            if path in _lite_users:
+                return  # this process already serves it
+        folder = Path(path)
+        if not folder.parent.is_dir():
+            raise SinkError(
+                self._name, f"cannot open Milvus Lite file {path}: folder {folder.parent} is missing"
+            )
+        if folder.exists() and not folder.is_dir():
+            raise SinkError(self._name, f"{path} is not a Milvus Lite database (it must be a folder)")
+        try:
+            fd = os.open(folder / "LOCK", os.O_RDWR)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise SinkError(self._name, f"cannot open Milvus Lite file {path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SinkError(
+                self._name,
+                f"Milvus Lite file {path} is open in another process (a running embedd?); "
+                "one process at a time can open it",
+            ) from None
+        finally:
+            os.close(fd)  # also drops the probe lock
+
+    def _ensure_collection(self, milvus: _Milvus) -> None:
+        client = self._client
+        if not self._call("has_collection", client.has_collection, self._collection, timeout=self._timeout):
+            self._create(milvus)
+        self._validate()
+        self._call("load_collection", client.load_collection, self._collection, timeout=self._timeout)
+
+    def _create(self, milvus: _Milvus) -> None:
+        dt = milvus.data_type
+        schema = milvus.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", dt.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("vector", dt.FLOAT_VECTOR, dim=self._dimensions)
+        schema.add_field("content", dt.VARCHAR, max_length=VARCHAR_MAX)
+        schema.add_field("source", dt.VARCHAR, max_length=VARCHAR_MAX)
+        schema.add_field("page", dt.INT64)
+        schema.add_field("chunk", dt.INT64)
+        schema.add_field("timestamp", dt.INT64)
+        schema.add_field("hash", dt.VARCHAR, max_length=128)
+        schema.add_field("daemon", dt.VARCHAR, max_length=DAEMON_MAX_BYTES)
+        try:
+            # The index is made in _validate: create_collection(index_params=...) would poll
+            # for it with a call Milvus Lite does not implement.
+            self._client.create_collection(
+                self._collection,
+                schema=schema,
+                # Strong: a search right after a write sees it, as it would in the JSON store.
+                consistency_level="Strong",
+                properties={
+                    PROP_FORMAT: FORMAT,
+                    PROP_DIMENSIONS: str(self._dimensions),
+                    PROP_FINGERPRINT: self._fingerprint,
+                },
+                timeout=self._timeout,
+            )
+        except milvus.errors as exc:
+            # Another daemon may have created it meanwhile; then _validate checks theirs.
+            if not self._call(
+                "has_collection", self._client.has_collection, self._collection, timeout=self._timeout
+            ):
+                raise self._error("create_collection", exc) from exc
+            return
+        log.info(
+            "sink_collection_created",
+            sink=self._name,
+            collection=self._collection,
+            dimensions=self._dimensions,
+        )
+
+    def _validate(self) -> None:
+        where = f"collection {self._collection} at {self._uri}"
+        fix = "set another collection in its [[sink]] table, or drop this one"
+        desc = self._call(
+            "describe_collection", self._client.describe_collection, self._collection, timeout=self._timeout
+        )
+        fields = {f["name"]: f for f in desc.get("fields", [])}
+        missing = [f for f in FIELDS if f not in fields]
+        props = desc.get("properties") or {}
+        if missing or PROP_FINGERPRINT not in props:
+            lacks = f"the fields {', '.join(missing)}" if missing else f"the property {PROP_FINGERPRINT}"
+            raise SinkMismatchError(self._name, f"{where} was not made by embedd (it lacks {lacks}); {fix}")
+        dim = int((fields["vector"].get("params") or {}).get("dim", -1))
+        if dim != self._dimensions:
+            raise SinkMismatchError(
+                self._name, f"{where} holds {dim}-dimension vectors, this store {self._dimensions}; {fix}"
+            )
+        if props[PROP_FINGERPRINT] != self._fingerprint:
+            raise SinkMismatchError(
+                self._name,
+                f"{where} was made with another model or chunking (fingerprint "
+                f"{str(props[PROP_FINGERPRINT])[:12]}, this store {self._fingerprint[:12]}); {fix}",
+            )
+        indexes = self._call(
+            "list_indexes",
+            self._client.list_indexes,
+            self._collection,
+            field_name="vector",
+            timeout=self._timeout,
+        )
+        if not indexes:
+            # Just created (here, or by another daemon a moment ago): index it now.
+            index = self._client.prepare_index_params()
+            index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="COSINE")
+            self._call(
+                "create_index",
+                self._client.create_index,
+                self._collection,
+                index,
+                sync=False,
+                timeout=self._timeout,
+            )
+            return
+        metrics = {
+            str(
+                self._call(
+                    "describe_index",
+                    self._client.describe_index,
+                    self._collection,
+                    name,
+                    timeout=self._timeout,
+                ).get("metric_type", "")
+            ).upper()
+            for name in indexes
+        }
+        if "COSINE" not in metrics:
+            raise SinkMismatchError(
+                self._name, f"{where} indexes its vectors by {', '.join(sorted(metrics))}, not cosine; {fix}"
+            )
+
+    # ----- errors -----
+
+    def _error(self, what: str, exc: BaseException) -> SinkError:
+        reason = getattr(exc, "message", None)
+        details = getattr(exc, "details", None)
+        if not reason and callable(details):
+            reason = details()  # a grpc.RpcError
+        reason = reason or str(exc) or type(exc).__name__
+        return SinkError(self._name, f"{what} failed: {reason}")
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one pymilvus call; its errors become SinkError and drop the client for a fresh start."""
+        milvus = _load_milvus()
+        try:
+            return fn(*args, **kwargs)
+        except milvus.errors as exc:
+            self._drop()
+            raise self._error(what, exc) from exc
+
+    def _ready(self) -> Any:
+        self.connect()
+        return self._client
+
+    # ----- changing rows -----
+
+    def apply(self, changes: Mapping[str, Sequence[SinkRow] | None]) -> int:
+        """Make each source's rows in ``changes`` this daemon's rows of it; None deletes the source.
+
+        All rows are upserted first, in large batches, then one delete removes what is stale
+        (chunk positions the new rows do not hold, and deleted sources), so a search never
+        finds a changed source missing mid-way. Both steps are idempotent: retrying after a
+        failure half-way converges to the same rows. Returns the number of rows upserted.
+        """
+        terms = []
+        for source, rows in changes.items():
+            if rows is None:
+                terms.append(f"source == {quote(source)}")
+                continue
+            chunks = sorted(r.chunk for r in rows)
+            if len(set(chunks)) != len(chunks):
+                raise ValueError(f"{source}: two rows have the same chunk position")
+            if any(r.source != source for r in rows):
+                raise ValueError(f"{source}: a row of another source was passed with it")
+            if not chunks:
+                terms.append(f"source == {quote(source)}")
+            elif chunks == list(range(len(chunks))):  # what the pipeline writes
+                terms.append(f"(source == {quote(source)} and chunk >= {len(chunks)})")
+            else:
+                terms.append(f"(source == {quote(source)} and chunk not in [{', '.join(map(str, chunks))}])")
+        upserted = self.upsert(r for rows in changes.values() if rows for r in rows)
+        if terms:
+            client = self._ready()
+            expr = f"{self._mine} and ({' or '.join(terms)})"
+            self._call("delete", client.delete, self._collection, filter=expr, timeout=self._timeout)
+        return upserted
+
+    def replace_source(self, source: str, rows: Sequence[SinkRow]) -> None:
+        """Make ``rows`` this daemon's rows of ``source`` (see ``apply``)."""
+        self.apply({source: rows})
+
+    def delete_source(self, source: str) -> None:
+        """Delete this daemon's rows of ``source``; nothing happens when there are none."""
+        self.apply({source: None})
+
+    def upsert(self, rows: Iterable[SinkRow]) -> int:
+        """Write ``rows`` (of any sources) as this daemon's, in batches; returns how many."""
+        client = self._ready()
+        batch: list[dict[str, Any]] = []
+        size = total = 0
+        for row in rows:
+            record = self._record(row)
+            batch.append(record)
+            size += self._dimensions * 4 + len(record["content"]) + len(row.source) + 200
+            if len(batch) >= UPSERT_ROWS or size >= UPSERT_BYTES:
+                self._call("upsert", client.upsert, self._collection, batch, timeout=self._timeout)
+                total += len(batch)
+                batch, size = [], 0
+        if batch:
+            self._call("upsert", client.upsert, self._collection, batch, timeout=self._timeout)
+            total += len(batch)
+        return total
+
+    def row_id(self, source: str, chunk: int) -> str:
+        """The primary key this daemon's row for chunk position ``chunk`` of ``source`` has."""
+        return row_id(self._daemon, source, chunk)
+
+    def digests(self) -> dict[str, RowDigest]:
+        """Each of this daemon's rows by primary key: what tells it is as the store has it.
+
+        The key covers source and chunk position, the hash the text (and, with the
+        fingerprint, the vector), the timestamp a re-embedding; vectors are not read.
+        """
+        rows = self._scan(self._mine, ["id", "hash", "page", "timestamp"])
+        return {
+            str(r["id"]): RowDigest(
+                r["hash"], None if r["page"] == NO_PAGE else int(r["page"]), int(r["timestamp"])
+            )
+            for r in rows
+        }
+
+    def flush(self) -> None:
+        """Ask Milvus to seal what was written; Milvus Lite then filters it much faster."""
+        client = self._ready()
+        self._call("flush", client.flush, self._collection, timeout=max(self._timeout, 60.0))
+
+    def delete_ids(self, ids: Iterable[str]) -> int:
+        """Delete rows by primary key, in batches; returns how many keys were sent."""
+        client = self._ready()
+        keys = list(ids)
+        for i in range(0, len(keys), DELETE_IDS):
+            self._call(
+                "delete", client.delete, self._collection, ids=keys[i : i + DELETE_IDS], timeout=self._timeout
+            )
+        return len(keys)
+
+    def _record(self, row: SinkRow) -> dict[str, Any]:
+        source = row.source
+        vector = np.ascontiguousarray(row.vector, dtype=np.float32)
+        if vector.shape != (self._dimensions,):
+            raise ValueError(
+                f"{source} chunk {row.chunk}: vector shape {vector.shape}, not ({self._dimensions},)"
+            )
+        content, size = fit_utf8(row.content, VARCHAR_MAX)
+        if len(content) != len(row.content):
+            # The store keeps the whole text; the sink's copy is for display only.
+            log.warning(
+                "sink_content_truncated",
+                sink=self._name,
+                source=source,
+                chunk=row.chunk,
+                bytes=size,
+                kept=VARCHAR_MAX,
+            )
+        return {
+            "id": self.row_id(source, row.chunk),
+            "vector": vector,
+            "content": content,
+            "source": source,
+            "page": NO_PAGE if row.page is None else row.page,
+            "chunk": row.chunk,
+            "timestamp": row.timestamp,
+            "hash": row.hash,
+            "daemon": self._daemon,
+        }
+
+    def wipe(self) -> None:
+        """Delete every row of this daemon; other daemons' rows stay."""
+        client = self._ready()
+        self._call("delete", client.delete, self._collection, filter=self._mine, timeout=self._timeout)
+
+    # ----- reading -----
+
+    def sources(self) -> set[str]:
+        """The sources this daemon has rows for."""
+        return {r["source"] for r in self._scan(self._mine, ["source"])}
+
+    def count(self, source: str | None = None) -> int:
+        """How many rows this daemon has (of ``source``, if given)."""
+        client = self._ready()
+        expr = self._mine if source is None else f"{self._mine} and source == {quote(source)}"
+        res = self._call(
+            "count",
+            client.query,
+            self._collection,
+            filter=expr,
+            output_fields=["count(*)"],
+            timeout=self._timeout,
+        )
+        return int(res[0]["count(*)"])
+
+    def rows_for(self, source: str) -> list[dict[str, Any]]:
+        """This daemon's rows of ``source`` in chunk order, every field, ``page`` None when absent."""
+        rows = self._scan(f"{self._mine} and source == {quote(source)}", list(FIELDS))
+        out = []
+        for r in rows:
+            row = {f: r[f] for f in FIELDS}
+            row["vector"] = np.asarray(r["vector"], dtype=np.float32)
+            row["page"] = None if r["page"] == NO_PAGE else int(r["page"])
+            out.append(row)
+        out.sort(key=lambda r: int(r["chunk"]))
+        return out
+
+    def _scan(self, expr: str, fields: list[str]) -> list[dict[str, Any]]:
+        client = self._ready()
+        if self._scan_in_one_query:
+            rows = self._call(
+                "query",
+                client.query,
+                self._collection,
+                filter=expr,
+                output_fields=fields,
+                timeout=self._timeout,
+            )
+            return [dict(r) for r in rows]
+        it = self._call(
+            "query",
+            client.query_iterator,
+            self._collection,
+            batch_size=ITERATOR_BATCH,
+            filter=expr,
+            output_fields=fields,
+            timeout=self._timeout,
+        )
+        out: list[dict[str, Any]] = []
+        try:
+            while batch := self._call("query", it.next):
+                out.extend(batch)
+        finally:
+            with contextlib.suppress(Exception):
+                it.close()
+        return out
+
+    def search(
+        self,
+        vector: npt.ArrayLike,
+        k: int,
+        *,
+        source_prefix: str | None = None,
+        daemon: str | None = None,
+    ) -> list[Hit]:
+        """The ``k`` rows most cosine-similar to ``vector``, best first.
+
+        Searches every daemon's rows unless ``daemon`` is given; ``source_prefix`` keeps
+        sources that start with it.
+        """
+        if k <= 0:
+            return []
+        client = self._ready()
+        terms = []
+        if daemon is not None:
+            terms.append(f"daemon == {quote(daemon)}")
+        if source_prefix:
+            terms.append(prefix_filter("source", source_prefix))
+        query = np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(-1))
+        if query.shape != (self._dimensions,):
+            raise ValueError(f"query vector shape {query.shape}, not ({self._dimensions},)")
+        res = self._call(
+            "search",
+            client.search,
+            self._collection,
+            data=[query],
+            anns_field="vector",
+            limit=k,
+            filter=" and ".join(f"({t})" for t in terms),
+            output_fields=list(SCALAR_FIELDS),
+            search_params={"metric_type": "COSINE"},
+            timeout=self._timeout,
+        )
+        hits = []
+        for rank, h in enumerate(res[0] if res else [], start=1):
+            e = h["entity"]
+            hits.append(
+                Hit(
+                    rank=rank,
+                    score=float(h["distance"]),
+                    id=str(h["id"]),
+                    source=e["source"],
+                    page=None if e["page"] == NO_PAGE else int(e["page"]),
+                    chunk=int(e["chunk"]),
+                    content=e["content"],
+                    daemon=e["daemon"],
+                    hash=e["hash"],
+                    timestamp=int(e["timestamp"]),
+                )
+            )
+        return hits

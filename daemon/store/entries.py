@@ -1,0 +1,74 @@
+"""The values the store hands out and takes in: new entries from the pipeline, stored chunks
+for diffing, whole entries for search and export, and what a save did."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.store.format import Extra, FloatMatrix
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    """A chunk of a file with its vector, as the pipeline hands it to ``replace_source``."""
+
+    content: str
+    page: int | None
+    chunk: int
+    hash: str
+    vector: FloatMatrix
+    timestamp: int  # ms since the epoch when the vector was computed
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """What the pipeline needs of a stored chunk to diff a file against the store."""
+
+    id: str
+    chunk: int
+    page: int | None
+    hash: str
+    timestamp: int
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored entry, as search and export read it."""
+
+    id: str
+    content: str
+    source: str
+    page: int | None
+    chunk: int
+    hash: str
+    vector: FloatMatrix  # read-only view; valid until the store next changes
+    timestamp: int
+    extra: Extra | None = None  # metadata keys a foreign writer added
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The entry's ``metadata`` object as the file holds it."""
+        meta: dict[str, Any] = {
+            "source": self.source,
+            "page": self.page,
+            "chunk": self.chunk,
+            "hash": self.hash,
+        }
+        if self.extra:
+            meta.update(self.extra)
+        return meta
+
+
+@dataclass(frozen=True)
+class SaveStats:
+    """What one ``save`` did."""
+
+    saved: bool
+    entries: int
+    entries_written: int  # serialised anew
+    entries_reused: int  # copied from the previous file
+    bytes_written: int
+    bytes_reused: int
+    durable_seconds: float  # until the new file was renamed in place and fsynced
+    seconds: float  # including the sidecar cache

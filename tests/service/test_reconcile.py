@@ -1,0 +1,189 @@
+"""Startup/periodic reconcile on its own: real files and store, a fake embedder, a fake clock."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fakes import FakeEmbedder
+from structlog.testing import capture_logs
+
+from daemon.config import Config, parse_config
+from daemon.service.service import Service, fingerprint_for
+from daemon.store.store import Store
+
+BODY = "Reconcile test text about {topic}. " * 8
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _config(root: Path) -> Config:
+    return parse_config(
+        {
+            "model": {"path": "model.gguf"},
+            "store": {"path": "data/store.json"},
+            "watch": [{"path": "inbox"}],
+            "daemon": {"debounce_ms": 100},
+        },
+        root,
+    )
+
+
+class Harness:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.inbox = root / "inbox"
+        self.inbox.mkdir(exist_ok=True)
+        self.config = _config(root)
+        self.embedder = FakeEmbedder()
+        self.clock = FakeClock()
+        self.store = Store.open(
+            self.config.store.path,
+            model="fake-model",
+            dimensions=8,
+            fingerprint=fingerprint_for(self.config, self.embedder),
+        )
+        self.service = Service(self.config, self.embedder, self.store, clock=self.clock)
+
+    def drain(self) -> int:
+        """Let time pass until every queued event was handled; returns how many were."""
+        handled = 0
+        for _ in range(100):
+            if self.service.debouncer.pending() == 0:
+                return handled
+            self.clock.now += 1.0
+            for event in self.service.debouncer.due():
+                self.service.handle(event)
+                handled += 1
+        raise AssertionError("debouncer never drained")
+
+    def reopen(self) -> None:
+        """A daemon restart: save, close, open again with a new service."""
+        self.store.save()
+        self.store.close()
+        self.store = Store.open(
+            self.config.store.path,
+            model="fake-model",
+            dimensions=8,
+            fingerprint=fingerprint_for(self.config, self.embedder),
+        )
+        self.service = Service(self.config, self.embedder, self.store, clock=self.clock)
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path)
+    yield harness
+    harness.store.close()
+
+
+def test_scan_queues_new_files_and_skips_unchanged_ones(h: Harness) -> None:
+    for name in ("a.md", "b.txt", "sub/c.md"):
+        (h.inbox / name).parent.mkdir(exist_ok=True)
+        (h.inbox / name).write_text(BODY.format(topic=name))
+    assert h.service.reconcile() == 3
+    assert h.drain() == 3
+    assert h.store.sources() == {"inbox/a.md", "inbox/b.txt", "inbox/sub/c.md"}
+    h.embedder.calls.clear()
+    assert h.service.reconcile() == 0
+    h.reopen()
+    assert h.service.reconcile() == 0, "a restart recognises unchanged files by size, mtime and inode"
+    assert h.embedder.calls == []
+
+
+def test_excluded_hidden_and_unlisted_files_are_not_indexed(h: Harness) -> None:
+    (h.inbox / ".hidden").mkdir()
+    (h.inbox / ".hidden" / "x.md").write_text(BODY.format(topic="hidden"))
+    (h.inbox / "draft.md~").write_text(BODY.format(topic="backup"))
+    (h.inbox / "photo.jpg").write_bytes(b"\xff\xd8\xff")
+    (h.inbox / "keep.md").write_text(BODY.format(topic="kept"))
+    assert h.service.reconcile() == 1
+    h.drain()
+    assert h.store.sources() == {"inbox/keep.md"}
+
+
+def test_files_deleted_while_down_leave_the_store(h: Harness) -> None:
+    (h.inbox / "a.md").write_text(BODY.format(topic="a"))
+    (h.inbox / "b.md").write_text(BODY.format(topic="b"))
+    h.service.reconcile()
+    h.drain()
+    h.reopen()
+    (h.inbox / "a.md").unlink()
+    with capture_logs() as logs:
+        h.service.reconcile()
+    assert h.store.sources() == {"inbox/b.md"}
+    assert any(e["event"] == "file_removed" and e["source"] == "inbox/a.md" for e in logs)
+
+
+def test_a_rename_while_down_is_recognised_by_inode_and_embeds_nothing(h: Harness) -> None:
+    (h.inbox / "a.md").write_text(BODY.format(topic="a"))
+    h.service.reconcile()
+    h.drain()
+    before = [(c.hash, c.timestamp) for c in h.store.entries_for("inbox/a.md")]
+    h.reopen()
+    h.embedder.calls.clear()
+    (h.inbox / "sub").mkdir()
+    (h.inbox / "a.md").rename(h.inbox / "sub" / "renamed.md")
+    assert h.service.reconcile() == 0
+    assert h.store.sources() == {"inbox/sub/renamed.md"}
+    assert [(c.hash, c.timestamp) for c in h.store.entries_for("inbox/sub/renamed.md")] == before
+    assert h.embedder.calls == []
+
+
+def test_a_changed_file_is_queued_and_reindexed(h: Harness) -> None:
+    (h.inbox / "a.md").write_text(BODY.format(topic="first"))
+    h.service.reconcile()
+    h.drain()
+    (h.inbox / "a.md").write_text(BODY.format(topic="second version"))
+    assert h.service.reconcile() == 1
+    h.drain()
+    assert any("second version" in t for t in h.embedder.embedded_texts)
+
+
+def test_a_symlink_out_of_the_folder_is_never_followed(h: Harness, tmp_path: Path) -> None:
+    secret = tmp_path / "outside.md"
+    secret.write_text(BODY.format(topic="secret outside the folder"))
+    (h.inbox / "link.md").symlink_to(secret)
+    with capture_logs() as logs:
+        h.service.reconcile()
+        h.drain()
+    assert h.store.sources() == set()
+    assert not any("secret" in t for t in h.embedder.embedded_texts)
+    skipped = [e for e in logs if e["event"] == "file_skipped"]
+    assert skipped and "symlink" in skipped[0]["reason"] and skipped[0]["path"].endswith("link.md")
+
+
+def test_a_failed_file_is_skipped_until_it_changes(h: Harness) -> None:
+    bad = h.inbox / "bad.txt"
+    bad.write_bytes(b"binary\x00\x00data")
+    with capture_logs() as logs:
+        h.service.reconcile()
+        h.drain()
+        assert h.service.reconcile() == 0
+    assert [e["event"] for e in logs].count("file_skipped") == 1
+    assert "binary" in next(e for e in logs if e["event"] == "file_skipped")["reason"]
+    bad.write_text(BODY.format(topic="now it is text"))
+    os.utime(bad, ns=(10**18, 10**18))
+    assert h.service.reconcile() == 1
+    h.drain()
+    assert h.store.sources() == {"inbox/bad.txt"}
+
+
+def test_a_missing_watch_folder_is_reported_and_its_files_leave(h: Harness) -> None:
+    (h.inbox / "a.md").write_text(BODY.format(topic="a"))
+    h.service.reconcile()
+    h.drain()
+    (h.inbox / "a.md").unlink()
+    h.inbox.rmdir()
+    with capture_logs() as logs:
+        h.service.reconcile()
+    assert any(e["event"] == "watch_folder_missing" for e in logs)
+    assert h.store.sources() == set()
