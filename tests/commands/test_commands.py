@@ -506,8 +506,8 @@ def no_loader(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         raise AssertionError("the full loader was called")
 
     monkeypatch.setattr(Store, "open_readonly", refuse)
-    monkeypatch.setattr("daemon.storeload.load", refuse)
-    monkeypatch.setattr("daemon.storeformat.parse_document", refuse)
+    monkeypatch.setattr("daemon.store.load.load", refuse)
+    monkeypatch.setattr("daemon.store.format.parse_document", refuse)
     yield
 
 
