@@ -40,6 +40,7 @@ check: setup
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/embed_throughput.py
+	$(BIN)/python bench/contention.py
 	$(BIN)/python bench/store_scale.py
 
 clean:

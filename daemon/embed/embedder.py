@@ -198,6 +198,11 @@ class LlamaEmbedder:
         return self._policy.adaptive
 
     @property
+    def thread_policy(self) -> ThreadPolicy:
+        """What decides the thread count (benchmarks report its ``changes``)."""
+        return self._policy
+
+    @property
     def context_threads(self) -> int:
         """The thread count llama.cpp's context holds for batches (read from llama.cpp)."""
         return self._native.context_threads()

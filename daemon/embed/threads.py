@@ -64,6 +64,11 @@ class ThreadPolicy(Protocol):
         """That batch held ``tokens`` tokens and took ``seconds``."""
         ...
 
+    @property
+    def changes(self) -> int:
+        """How often the count changed so far."""
+        ...
+
 
 class FixedThreads:
     """``[model] threads = N``: always N."""
@@ -86,6 +91,10 @@ class FixedThreads:
 
     def after_batch(self, tokens: int, seconds: float) -> None:
         return None
+
+    @property
+    def changes(self) -> int:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -183,7 +192,7 @@ class AdaptiveThreads:
         self._interval = {-1: probe_s, +1: probe_s}
         self._last_sample: float | None = None
         self._before: CpuTimes | None = None
-        self.changes = 0
+        self._changes = 0
 
     @property
     def threads(self) -> int:
@@ -192,6 +201,10 @@ class AdaptiveThreads:
     @property
     def adaptive(self) -> bool:
         return True
+
+    @property
+    def changes(self) -> int:
+        return self._changes
 
     @property
     def trial_threads(self) -> int | None:
@@ -273,7 +286,7 @@ class AdaptiveThreads:
         self._idle.clear()
         if winner == t:
             self._current = t
-            self.changes += 1
+            self._changes += 1
             self._rates.extend(trial.samples[-self.window :])
             self._best = trial_rate
             # Conditions are moving: probe both ways at the base interval again.

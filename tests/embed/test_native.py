@@ -55,6 +55,10 @@ class Alternating:
     def after_batch(self, tokens: int, seconds: float) -> None:
         self.timed.append((tokens, seconds))
 
+    @property
+    def changes(self) -> int:
+        return self.calls
+
 
 TEXTS = [*REFERENCE_TEXTS, *(f"Document number {i} talks about topic {i * 7 % 13}." for i in range(120))]
 
