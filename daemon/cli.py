@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
             "to NAME.TYPE.gguf beside it (models/all-MiniLM-L6-v2.gguf -> all-MiniLM-L6-v2.f16.gguf).\n"
             "\n"
             "examples:\n"
-            "  embedd model build                                  # models/all-MiniLM-L6-v2.gguf\n"
+            "  embedd model build                                 # models/all-MiniLM-L6-v2.gguf\n"
             "  embedd model build --config config.toml            # writes to [model] path\n"
             "  embedd model build --type q8_0 --force             # a quarter the size, not exact\n"
             "  embedd model build --source ./bge-small-en-v1.5 --out models/bge-small-en-v1.5.f16.gguf"

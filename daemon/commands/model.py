@@ -57,7 +57,6 @@ def build_command(
     out_type: OutType | None = None,
     name: str | None = None,
     force: bool = False,
-    pick_seconds: float | None = None,
 ) -> bool:
     """Build the model at ``out``; False (and a log line) when it exists and ``force`` is not set."""
     if out.exists() and not force:
@@ -72,7 +71,7 @@ def build_command(
         result = _convert(src, out, kind or model.DEFAULT_OUT_TYPE, name)
     else:
         if kind is None:
-            result = _pick_type(src, out, name, pick_seconds)
+            result = _pick_type(src, out, name)
         else:
             result = _convert(src, typed_path(out, kind), kind, name)
         _link(out, result.path)
@@ -104,7 +103,7 @@ def _convert(src: Path, out: Path, kind: OutType, name: str | None) -> ConvertRe
             bar.close()
 
 
-def _pick_type(src: Path, out: Path, name: str | None, seconds: float | None) -> ConvertResult:
+def _pick_type(src: Path, out: Path, name: str | None) -> ConvertResult:
     """Build f32 and f16 beside ``out``, time them, keep the faster as ``typed_path(out, type)``."""
     from daemon.embed import weights
 
@@ -114,10 +113,10 @@ def _pick_type(src: Path, out: Path, name: str | None, seconds: float | None) ->
         log.info(
             "model_type_timing",
             types=list(candidates),
-            seconds=seconds or weights.DEFAULT_SECONDS,
+            seconds=weights.DEFAULT_SECONDS,
             hint="f32 and f16 are both exact; the faster on this CPU is kept (--type chooses)",
         )
-        timings = weights.time_types(candidates, seconds=seconds or weights.DEFAULT_SECONDS)
+        timings = weights.time_types(candidates)
         chosen = weights.pick(timings)
         log.info(
             "model_type_picked",

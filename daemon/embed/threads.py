@@ -166,6 +166,7 @@ class AdaptiveThreads:
         probe_s: float = 10.0,
         probe_max_s: float = 160.0,
         stale_s: float = 30.0,
+        log_every_s: float = 60.0,
         clock: Clock = time.monotonic,
         cpu_times: IdleMeter | None = read_cpu_times,
     ) -> None:
@@ -179,6 +180,7 @@ class AdaptiveThreads:
         self.probe_s = probe_s
         self.probe_max_s = probe_max_s
         self.stale_s = stale_s
+        self.log_every_s = log_every_s
         self._clock = clock
         self._cpu_times = cpu_times
         self._current = max_threads
@@ -191,6 +193,7 @@ class AdaptiveThreads:
         self._last_probe = {-1: float("-inf"), +1: clock()}
         self._interval = {-1: probe_s, +1: probe_s}
         self._last_sample: float | None = None
+        self._last_logged = float("-inf")
         self._before: CpuTimes | None = None
         self._changes = 0
 
@@ -293,7 +296,12 @@ class AdaptiveThreads:
             for d in (-1, +1):
                 self._interval[d] = self.probe_s
                 self._last_probe[d] = now
-            log.info(
+            # On a machine whose load comes and goes the count may move every few seconds:
+            # one info line a minute at most, the rest at debug.
+            emit = log.debug
+            if now - self._last_logged >= self.log_every_s:
+                emit, self._last_logged = log.info, now
+            emit(
                 "embed_threads_changed",
                 threads=t,
                 previous=c,

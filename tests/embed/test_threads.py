@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import structlog
 
 from daemon.embed.threads import AdaptiveThreads, CpuTimes, FixedThreads, read_cpu_times
 
@@ -173,6 +174,22 @@ def test_a_long_pause_forgets_what_it_knew() -> None:
     machine.rates = {1: 500.0, 2: 850.0}  # slower, but the old best must not count
     run(ctl, machine, 3)
     assert ctl.trial_threads is None, "no trial from comparing with an hour-old rate"
+
+
+def test_changes_are_logged_at_info_at_most_once_a_minute() -> None:
+    machine = Machine(2, IDLE)
+    ctl = controller(machine)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(6):  # the load comes and goes every 20 s or so
+            machine.rates, machine.other_load = HOG_NICE, 1.0
+            run(ctl, machine, 30)
+            machine.rates, machine.other_load = IDLE, 0.0
+            run(ctl, machine, 30)
+    changes = [e for e in logs if e["event"] == "embed_threads_changed"]
+    assert ctl.changes == len(changes) >= 6
+    info = [e for e in changes if e["log_level"] == "info"]
+    assert 1 <= len(info) <= machine.now / 60 + 1
+    assert {"threads", "previous", "tokens_per_s", "previous_tokens_per_s", "reason"} <= set(info[0])
 
 
 def test_one_core_never_changes() -> None:
