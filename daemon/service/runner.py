@@ -115,7 +115,7 @@ def lower_priority(config: Config, *, whole_process: bool) -> None:
         nice=now.nice,
         cpu_policy=now.cpu_policy,
         io_class=now.io_class,
-        threads=lowered.threads,
+        threads_lowered=lowered.threads,
     )
     if lowered.problems:
         log.warning(
@@ -151,8 +151,8 @@ def run_service(
             model=embedder.name,
             dimensions=embedder.dimension,
             pooling=embedder.pooling,
-            threads="adaptive" if embedder.adaptive else embedder.threads,
-            max_threads=embedder.threads,
+            threads=embedder.threads,
+            adaptive_threads=embedder.adaptive,
             gpu_layers=config.model.gpu_layers,
             context=embedder.max_tokens,
             seconds=round(time.monotonic() - started, 2),
