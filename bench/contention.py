@@ -26,7 +26,9 @@ table is headed by the machine's CPU model and flags and the load average at the
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -323,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
 
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     tmp = Path(tempfile.mkdtemp(prefix="embedd-contention-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # models and stores: hundreds of MB
     src = default_model_source()
     model = tmp / "models" / "all-MiniLM-L6-v2.gguf"
     build_command(model, source=src)  # as `make run` does: the faster exact type on this CPU

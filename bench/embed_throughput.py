@@ -16,7 +16,9 @@ Contention (another busy process, the daemon's priority, end to end) is `bench/c
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = physical_cores()
     src = default_model_source()
     tmp = Path(tempfile.mkdtemp(prefix="embedd-bench-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # models and stores: hundreds of MB
     build_command(tmp / "default.gguf", source=src)  # the quick start's pick, timed here
     picked = (tmp / "default.gguf").readlink().name.split(".")[-2]
     models = {kind: convert(src, tmp / f"m.{kind}.gguf", kind).path for kind in ("f32", "f16", "q8_0")}
