@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 CONFIG ?= config.example.toml
 BIN := $(VENV)/bin
-MODEL := models/all-MiniLM-L6-v2.f32.gguf
+# A link to all-MiniLM-L6-v2.f32.gguf or .f16.gguf, whichever `model build` timed faster here.
+MODEL := models/all-MiniLM-L6-v2.gguf
 STAMP := $(VENV)/.embedd-installed
 
 .PHONY: run setup model test check bench clean
@@ -39,7 +40,8 @@ check: setup
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/embed_throughput.py
+	$(BIN)/python bench/contention.py
 	$(BIN)/python bench/store_scale.py
 
 clean:
-	rm -rf $(VENV) $(MODEL)
+	rm -rf $(VENV) $(MODEL) models/all-MiniLM-L6-v2.*.gguf

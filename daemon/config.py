@@ -33,11 +33,12 @@ DEFAULTS: Mapping[str, Mapping[str, object]] = MappingProxyType(
     {
         "model": MappingProxyType(
             {
-                "path": "models/all-MiniLM-L6-v2.f32.gguf",
+                "path": "models/all-MiniLM-L6-v2.gguf",
                 "threads": 0,
                 "normalize": True,
                 "query_prefix": "",
                 "batch_tokens": 512,
+                "gpu_layers": 0,
             }
         ),
         "chunking": MappingProxyType({"size": 500, "overlap": 50}),
@@ -52,6 +53,7 @@ DEFAULTS: Mapping[str, Mapping[str, object]] = MappingProxyType(
                 "pdf_timeout_s": 60,
                 "pdf_memory_mb": 1024,
                 "name": "",
+                "nice": 10,
             }
         ),
     }
@@ -86,10 +88,11 @@ class ModelConfig:
     """The GGUF embedding model and how llama.cpp runs it."""
 
     path: Path
-    threads: int
+    threads: int  # 0: adapt between 1 and the physical cores, following the load
     normalize: bool
     query_prefix: str
     batch_tokens: int
+    gpu_layers: int = 0  # layers offloaded to a GPU; -1: all
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ class DaemonConfig:
     pdf_timeout_s: float
     pdf_memory_bytes: int
     name: str = ""  # this daemon's name in shared sinks; the host name when not set
+    nice: int = 10  # niceness the daemon lowers itself to (with batch CPU and idle I/O); 0: as started
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,7 @@ def parse_config(data: Mapping[str, object], base_dir: Path, *, source_path: Pat
             normalize=model.boolean("normalize"),
             query_prefix=model.string("query_prefix"),
             batch_tokens=model.integer("batch_tokens", minimum=1),
+            gpu_layers=model.integer("gpu_layers", minimum=-1),
         ),
         chunking=ChunkingConfig(
             size=chunking.integer("size", minimum=1),
@@ -226,6 +231,7 @@ def parse_config(data: Mapping[str, object], base_dir: Path, *, source_path: Pat
             # Python and pypdf alone take about 45 MB of address space in the PDF worker.
             pdf_memory_bytes=int(daemon.number("pdf_memory_mb", minimum=64) * _MIB),
             name=daemon.string("name").strip() or socket.gethostname(),
+            nice=daemon.integer("nice", minimum=0, maximum=19),
         ),
         source_path=source_path,
         sinks=_parse_sinks(data.get("sink"), base),
@@ -398,13 +404,15 @@ class _Table:
     def _get(self, key: str) -> tuple[str, object]:
         return f"{self._field}.{key}", self._values[key]
 
-    def integer(self, key: str, *, minimum: int) -> int:
+    def integer(self, key: str, *, minimum: int, maximum: int | None = None) -> int:
         field, value = self._get(key)
         # bool is a subclass of int, and `threads = true` is a mistake, not 1.
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(field, value, f"must be an integer, not {_type_name(value)}")
         if value < minimum:
             raise ConfigError(field, value, f"must be an integer >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(field, value, f"must be an integer from {minimum} to {maximum}")
         return value
 
     def number(self, key: str, *, minimum: float = 0.0) -> float:

@@ -77,6 +77,9 @@ def test_defaults_are_converted_to_units() -> None:
     assert cfg.daemon.pdf_memory_bytes == 1024 * 1024 * 1024
     assert cfg.daemon.rescan_interval_s == 300.0
     assert cfg.model.threads == 0
+    assert cfg.model.gpu_layers == 0
+    assert cfg.model.path == Path("/srv/embedd/models/all-MiniLM-L6-v2.gguf")
+    assert cfg.daemon.nice == 10
     assert cfg.chunking.size == 500
     assert cfg.chunking.overlap == 50
     assert cfg.source_path is None
@@ -96,6 +99,14 @@ def test_values_override_defaults() -> None:
     assert cfg.daemon.log_level == "debug"
     assert cfg.daemon.log_format == "json"
     assert cfg.daemon.max_file_bytes == 512 * 1024
+
+
+def test_cpu_and_gpu_settings() -> None:
+    cfg = parse_config(minimal(model={"gpu_layers": -1}, daemon={"nice": 0}), Path("/srv"))
+    assert cfg.model.gpu_layers == -1 and cfg.daemon.nice == 0
+    cfg = parse_config(minimal(model={"gpu_layers": 12}, daemon={"nice": 19}), Path("/srv"))
+    assert cfg.model.gpu_layers == 12 and cfg.daemon.nice == 19
+    assert "from 0 to 19" in error_of(minimal(daemon={"nice": 20})).reason
 
 
 # --- paths ---------------------------------------------------------------------------
@@ -148,6 +159,11 @@ def test_home_is_expanded_but_the_name_keeps_the_tilde(monkeypatch: pytest.Monke
         (minimal(model={"threads": 1.5}), "model.threads"),
         (minimal(model={"threads": -1}), "model.threads"),
         (minimal(model={"batch_tokens": 0}), "model.batch_tokens"),
+        (minimal(model={"gpu_layers": -2}), "model.gpu_layers"),
+        (minimal(model={"gpu_layers": True}), "model.gpu_layers"),
+        (minimal(daemon={"nice": 20}), "daemon.nice"),
+        (minimal(daemon={"nice": -5}), "daemon.nice"),
+        (minimal(daemon={"nice": 5.5}), "daemon.nice"),
         (minimal(model={"normalize": 1}), "model.normalize"),
         (minimal(model={"query_prefix": 5}), "model.query_prefix"),
         (minimal(model={"path": ""}), "model.path"),

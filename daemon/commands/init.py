@@ -34,12 +34,16 @@ COMMENTS: Mapping[str, Mapping[str, str]] = {
     "model": {
         "": "The GGUF embedding model. Changing the model or the chunking makes an existing store\n"
         "incompatible; the daemon then says so instead of mixing vectors.",
-        "path": "Build the default model here with: embedd model build --config <this file>",
-        "threads": "CPU threads for llama.cpp; 0 = one per physical core.",
+        "path": "Build the default model here with: embedd model build --config <this file>\n"
+        "(a name without a type links to the faster of f32 and f16 on this CPU, timed at build).",
+        "threads": "CPU threads for llama.cpp; 0 = adapt: start with one per physical core, use fewer\n"
+        "while other programs keep cores busy, and more again once they stop. N = always N.",
         "normalize": "L2-normalise every vector, so cosine similarity is a plain dot product.",
         "query_prefix": "Text put before search queries only, never before documents.\n"
         'bge-small-en-v1.5 wants "Represent this sentence for searching relevant passages: ".',
         "batch_tokens": "Tokens per native llama.cpp batch; at least the model context used.",
+        "gpu_layers": "Layers to offload to a GPU (-1 = all); needs a CUDA or Metal build of\n"
+        "llama-cpp-python (see the README). 0 = CPU only.",
     },
     "chunking": {
         "": "How files are split before embedding.",
@@ -69,6 +73,8 @@ COMMENTS: Mapping[str, Mapping[str, str]] = {
         "pdf_timeout_s": "Wall-clock limit in seconds for extracting one PDF (in a child process).",
         "pdf_memory_mb": "Memory limit (MiB) for that child process; at least 64.",
         "name": "This daemon's name in shared [[sink]] collections; empty means the host name.",
+        "nice": "Run below interactive work: this nice value (0-19), the batch CPU policy and the\n"
+        "idle I/O class, set at start. 0 = keep the priority the daemon was started with.",
     },
 }
 

@@ -58,7 +58,11 @@ def run_search(config: Config, query: str, k: int) -> SearchResult:
     with Store.open_readonly(config.store.path) as store:
         embedder = LlamaEmbedder(
             config.model.path,
-            EmbedderSettings(threads=config.model.threads, batch_tokens=config.model.batch_tokens),
+            EmbedderSettings(
+                threads=config.model.threads,
+                batch_tokens=config.model.batch_tokens,
+                gpu_layers=config.model.gpu_layers,
+            ),
         )
         try:
             check_compatible(store, embedder, config.model.path)
@@ -82,7 +86,10 @@ def run_sink_search(
     from daemon.sinks.mirror import search_sink
 
     _check_query(query, k)
-    embedder = LlamaEmbedder(config.model.path, EmbedderSettings(threads=config.model.threads))
+    embedder = LlamaEmbedder(
+        config.model.path,
+        EmbedderSettings(threads=config.model.threads, gpu_layers=config.model.gpu_layers),
+    )
     try:
         vector = embedder.embed([config.model.query_prefix + query])[0]
         model = embedder.name

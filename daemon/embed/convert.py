@@ -37,9 +37,9 @@ _SKIPPED_NAMES = ("embeddings.position_ids",)
 ProgressFn = Callable[[int, int], None]
 
 
-def default_model_filename(out_type: OutType = DEFAULT_OUT_TYPE) -> str:
-    """File name the default model is written to inside ``models/``."""
-    return f"{DEFAULT_MODEL_NAME}.{out_type}.gguf"
+def default_model_filename(out_type: OutType | None = None) -> str:
+    """File name of the default model inside ``models/``: with its type, or the stable link's."""
+    return f"{DEFAULT_MODEL_NAME}.{out_type}.gguf" if out_type else f"{DEFAULT_MODEL_NAME}.gguf"
 
 
 def default_model_source() -> Path:

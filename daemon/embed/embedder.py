@@ -2,7 +2,10 @@
 
 ``LlamaEmbedder`` owns the one llama.cpp context the process keeps resident. It embeds many
 texts per native call, never truncates (a text longer than the context raises
-``TextTooLongError``; the chunker splits upstream) and never sends empty text.
+``TextTooLongError``; the chunker splits upstream) and never sends empty text. Each text is
+tokenized once per ``embed`` call: the ids that pass the length check are the ids llama.cpp
+gets (``native.NativeBatcher``). Its thread count is fixed, or follows the load
+(``threads.AdaptiveThreads``), changed between native batches whatever thread calls ``embed``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import numpy.typing as npt
 
 from daemon.embed.gguf import check_gguf
 from daemon.embed.llama import llama_cpp_module
+from daemon.embed.native import NativeBatcher
+from daemon.embed.threads import AdaptiveThreads, FixedThreads, ThreadPolicy
 from daemon.errors import EmbedError, ModelError, TextTooLongError
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -90,10 +95,19 @@ def file_sha256(path: Path) -> str:
 class EmbedderSettings:
     """How the llama.cpp context is set up."""
 
-    threads: int = 0  # 0: physical cores
+    threads: int = 0  # 0: adapt between 1 and the physical cores, following the load
     normalize: bool = True
     batch_tokens: int = 0  # 0: the model's context length
     flash_attn: bool = True
+    gpu_layers: int = 0  # layers offloaded to a GPU; -1: all (needs a GPU build of llama.cpp)
+
+
+def thread_policy(threads: int, n_batch: int) -> ThreadPolicy:
+    """``threads`` as configured: N is N; 0 adapts between 1 and the physical cores."""
+    if threads > 0:
+        return FixedThreads(threads)
+    # A batch of a quarter of the context or more measures the CPU, not the call overhead.
+    return AdaptiveThreads(physical_cores(), min_tokens=max(16, n_batch // 4))
 
 
 class LlamaEmbedder:
@@ -103,13 +117,19 @@ class LlamaEmbedder:
     lock makes misuse wait instead of corrupting state.
     """
 
-    def __init__(self, model_path: Path, settings: EmbedderSettings | None = None) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        settings: EmbedderSettings | None = None,
+        *,
+        policy: ThreadPolicy | None = None,
+    ) -> None:
+        """Load ``model_path``; ``policy`` replaces the thread policy ``settings.threads`` implies."""
         settings = settings or EmbedderSettings()
         header = check_gguf(model_path)
         llama_cpp = llama_cpp_module()
         self._path = model_path
         self._normalize = settings.normalize
-        self._threads = settings.threads or physical_cores()
         self._lock = threading.Lock()
         self._fingerprint = file_sha256(model_path)
         arch = header.get_str("general.architecture")
@@ -125,6 +145,7 @@ class LlamaEmbedder:
         # than n_ubatch, so both are the same and we never hand it a text longer than that.
         n_batch = min(settings.batch_tokens or n_ctx_train, n_ctx_train)
         self._max_tokens = n_batch
+        self._policy = policy or thread_policy(settings.threads, n_batch)
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(model_path),
@@ -132,16 +153,19 @@ class LlamaEmbedder:
                 n_ctx=n_batch,
                 n_batch=n_batch,
                 n_ubatch=n_batch,
-                n_threads=self._threads,
-                n_threads_batch=self._threads,
+                n_threads=self._policy.threads,
+                n_threads_batch=self._policy.threads,
+                n_gpu_layers=settings.gpu_layers,
                 flash_attn=settings.flash_attn,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
             raise ModelError(model_path, f"llama.cpp cannot load it: {exc}") from exc
         self._dimension = int(self._llm.n_embd())
+        self._native = NativeBatcher(llama_cpp, self._llm.ctx, self._dimension)
         self._pooling = _POOLING_NAMES[pooling_id]
         self._name = header.get_str("general.name") or model_path.stem
+        self._gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
 
     @property
     def dimension(self) -> int:
@@ -165,7 +189,33 @@ class LlamaEmbedder:
 
     @property
     def threads(self) -> int:
-        return self._threads
+        """The thread count batches run on now (it moves when ``adaptive``)."""
+        return self._policy.threads
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the thread count follows the load (``threads = 0``)."""
+        return self._policy.adaptive
+
+    @property
+    def thread_policy(self) -> ThreadPolicy:
+        """What decides the thread count (benchmarks report its ``changes``)."""
+        return self._policy
+
+    @property
+    def context_threads(self) -> int:
+        """The thread count llama.cpp's context holds for batches (read from llama.cpp)."""
+        return self._native.context_threads()
+
+    @property
+    def gpu_layers(self) -> int:
+        """The layer count llama.cpp was asked to offload (-1, all, reads as 2147483647)."""
+        return int(self._llm.model_params.n_gpu_layers)
+
+    @property
+    def gpu_offload(self) -> bool:
+        """Whether this build of llama.cpp can offload to a GPU at all."""
+        return self._gpu_offload
 
     @property
     def normalize(self) -> bool:
@@ -185,21 +235,17 @@ class LlamaEmbedder:
     def embed(self, texts: Sequence[str]) -> FloatMatrix:
         if not texts:
             return np.zeros((0, self._dimension), dtype=np.float32)
+        ids: list[list[int]] = []
         for i, text in enumerate(texts):
             if not text.strip():
                 raise EmbedError(f"text {i} is empty or whitespace only; it must not be embedded")
-            n = self.count_tokens(text)
-            if n > self._max_tokens:
-                raise TextTooLongError(n, self._max_tokens)
+            tokens = self.tokenize(text)
+            if len(tokens) > self._max_tokens:
+                raise TextTooLongError(len(tokens), self._max_tokens)
+            ids.append(tokens)
         with self._lock:
-            try:
-                raw = self._llm.embed(list(texts), normalize=False, truncate=False)
-            except (ValueError, RuntimeError) as exc:
-                raise EmbedError(f"llama.cpp failed to embed a batch of {len(texts)} texts: {exc}") from exc
-        vectors = np.asarray(raw, dtype=np.float32)
-        if vectors.shape != (len(texts), self._dimension):
-            raise EmbedError(
-                f"llama.cpp returned shape {vectors.shape}, expected ({len(texts)}, {self._dimension})"
+            vectors = self._native.embed(
+                ids, threads=self._policy.before_batch, timed=self._policy.after_batch
             )
         if self._normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -208,4 +254,6 @@ class LlamaEmbedder:
 
     def close(self) -> None:
         """Free the llama.cpp context and model."""
-        self._llm.close()
+        with self._lock:
+            self._native.close()
+            self._llm.close()

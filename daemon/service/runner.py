@@ -18,6 +18,7 @@ from daemon import log as logsetup
 from daemon.config import Config, load_config
 from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
 from daemon.errors import ConfigError
+from daemon.service import priority
 from daemon.service.service import Service, fingerprint_for
 from daemon.sinks.mirror import Mirror
 from daemon.store.store import Store
@@ -88,6 +89,43 @@ def config_reloader(
     return reload
 
 
+def embedder_settings(config: Config) -> EmbedderSettings:
+    """The llama.cpp context the configuration asks for."""
+    return EmbedderSettings(
+        threads=config.model.threads,
+        normalize=config.model.normalize,
+        batch_tokens=config.model.batch_tokens,
+        gpu_layers=config.model.gpu_layers,
+    )
+
+
+def lower_priority(config: Config, *, whole_process: bool) -> None:
+    """Run below interactive work (``[daemon] nice``); the threads created afterwards inherit it.
+
+    ``whole_process`` (the daemon's own main thread) also lowers threads that already exist;
+    otherwise (the service run from a thread, as tests do) only the calling thread and its
+    future threads are lowered, never the host process's other threads.
+    """
+    lowered = priority.lower_priority(config.daemon.nice, all_threads=whole_process)
+    if lowered is None:
+        return
+    now = lowered.priority
+    log.info(
+        "priority_lowered",
+        nice=now.nice,
+        cpu_policy=now.cpu_policy,
+        io_class=now.io_class,
+        threads_lowered=lowered.threads,
+    )
+    if lowered.problems:
+        log.warning(
+            "priority_not_lowered",
+            problems=list(lowered.problems),
+            hint="embedding then competes with interactive work at full priority; "
+            "the systemd unit sets Nice=, CPUSchedulingPolicy= and IOSchedulingClass= itself",
+        )
+
+
 def run_service(
     config: Config,
     *,
@@ -103,15 +141,10 @@ def run_service(
     on_main = threading.current_thread() is threading.main_thread()
     restore = install_signals(stop, wake, reload) if on_main else None
     try:
+        # Before the model loads and any thread starts, so every later thread inherits it.
+        lower_priority(config, whole_process=on_main)
         started = time.monotonic()
-        embedder = LlamaEmbedder(
-            config.model.path,
-            EmbedderSettings(
-                threads=config.model.threads,
-                normalize=config.model.normalize,
-                batch_tokens=config.model.batch_tokens,
-            ),
-        )
+        embedder = LlamaEmbedder(config.model.path, embedder_settings(config))
         log.info(
             "model_loaded",
             path=str(config.model.path),
@@ -119,9 +152,18 @@ def run_service(
             dimensions=embedder.dimension,
             pooling=embedder.pooling,
             threads=embedder.threads,
+            adaptive_threads=embedder.adaptive,
+            gpu_layers=config.model.gpu_layers,
             context=embedder.max_tokens,
             seconds=round(time.monotonic() - started, 2),
         )
+        if config.model.gpu_layers and not embedder.gpu_offload:
+            log.warning(
+                "gpu_unavailable",
+                gpu_layers=config.model.gpu_layers,
+                hint="this llama-cpp-python was built without GPU support, so every layer runs on "
+                "the CPU; see the README for a CUDA or Metal build",
+            )
         try:
             store = Store.open(
                 config.store.path,

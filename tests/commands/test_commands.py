@@ -210,7 +210,7 @@ def test_init_writes_a_commented_config_that_loads(tmp_path: Path, cli_env: dict
         assert all(data[table][k] == v for k, v in keys.items())
     lines = text.splitlines()
     # Each key of the first tables has a comment right above it.
-    for key in ("threads", "normalize", "size", "overlap", "include", "debounce_ms"):
+    for key in ("threads", "normalize", "gpu_layers", "size", "overlap", "include", "debounce_ms", "nice"):
         i = next(n for n, line in enumerate(lines) if line.startswith(f"{key} = "))
         assert lines[i - 1].startswith("# "), key
 

@@ -55,13 +55,14 @@ def test_reference_texts_cover_what_the_issue_asks(f16: LlamaEmbedder) -> None:
     assert min(counts) <= 8, "one very short text"
 
 
-def test_f16_matches_reference_to_0_999(f16: LlamaEmbedder, reference_vectors: np.ndarray) -> None:
+def test_f16_matches_reference_to_0_99999(f16: LlamaEmbedder, reference_vectors: np.ndarray) -> None:
+    """As exact as f32 for this purpose: `embedd model build` may pick either by speed."""
     vectors = f16.embed(REFERENCE_TEXTS)
     assert vectors.dtype == np.float32
     assert vectors.shape == (len(REFERENCE_TEXTS), 384)
     cos = _cos(vectors, reference_vectors)
     worst = int(np.argmin(cos))
-    assert cos.min() >= 0.999, f"text {worst} ({REFERENCE_TEXTS[worst][:40]!r}): cosine {cos[worst]:.5f}"
+    assert cos.min() >= 0.99999, f"text {worst} ({REFERENCE_TEXTS[worst][:40]!r}): cosine {cos[worst]:.6f}"
 
 
 def test_q8_0_matches_reference_to_0_995(q8: LlamaEmbedder, reference_vectors: np.ndarray) -> None:
@@ -149,7 +150,7 @@ def test_model_facts(f16: LlamaEmbedder, f16_model: Path) -> None:
     assert f16.name == "all-MiniLM-L6-v2"
     assert f16.pooling == "mean"
     assert f16.max_tokens == 512
-    assert f16.threads == physical_cores() >= 1
+    assert f16.adaptive and 1 <= f16.threads <= physical_cores()
     assert len(f16.fingerprint) == 64
     assert f16.count_tokens("Hello, world!") == 6
 

@@ -1,0 +1,118 @@
+"""One model-only measurement in a fresh process: ``python bench/worker.py SPEC_JSON``.
+
+Each configuration gets its own process because what is measured is set when a process
+starts: OpenMP reads its wait policy once when the library loads (the benchmarks pass
+``GOMP_SPINCOUNT`` in the environment), priority can be lowered but not raised back, and
+PyTorch and llama.cpp would otherwise share one process's threads. Prints one JSON object:
+
+    {"seconds": [...], "chunks": N, "tokens": T, "threads": [...], "changes": K}
+
+``threads`` is the embedder's thread count after each timed run (it moves when adaptive).
+SPEC keys: system ("embedd" or "st"), model (a GGUF for embedd, the Hugging Face folder for
+st), chunks, repeat, threads (0 adapts), flash_attn, per_text, nice, vectors (an .npy path to
+save the last run's vectors to, or null).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from corpus import chunks as make_chunks  # noqa: E402
+
+# A function running the timed work once, and one reporting facts about the system after it.
+Runner = tuple[Callable[[], np.ndarray], Callable[[], dict[str, Any]]]
+
+
+def _embedd(spec: dict[str, Any], texts: list[str]) -> Runner:
+    from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
+
+    emb = LlamaEmbedder(
+        Path(spec["model"]),
+        EmbedderSettings(threads=spec.get("threads", 0), flash_attn=spec.get("flash_attn", True)),
+    )
+    tokens = sum(emb.count_tokens(t) for t in texts)
+
+    def run() -> np.ndarray:
+        if spec.get("per_text"):
+            return np.concatenate([emb.embed([t]) for t in texts])
+        return emb.embed(texts)
+
+    def facts() -> dict[str, Any]:
+        return {"tokens": tokens, "threads_now": emb.threads, "changes": emb.thread_policy.changes}
+
+    return run, facts
+
+
+def _sentence_transformers(spec: dict[str, Any], texts: list[str]) -> Runner:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from daemon.embed.embedder import physical_cores
+
+    torch.set_num_threads(spec.get("threads") or physical_cores())
+    model = SentenceTransformer(spec["model"], device="cpu")
+
+    def run() -> np.ndarray:
+        return np.asarray(model.encode(texts, batch_size=32, normalize_embeddings=True))
+
+    def facts() -> dict[str, Any]:
+        return {"threads_now": torch.get_num_threads(), "torch": torch.__version__}
+
+    return run, facts
+
+
+def main(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec.get("nice"):
+        from daemon.service.priority import lower_priority
+
+        # As the daemon does at start: before any thread exists, so all of them inherit it.
+        lower_priority(spec["nice"], all_threads=True)
+    texts = make_chunks(spec["chunks"])
+    run, facts = (_embedd if spec["system"] == "embedd" else _sentence_transformers)(spec, texts)
+    vectors = run()  # warm-up; an adaptive embedder also settles here
+    seconds, threads = [], []
+    for _ in range(spec.get("repeat", 3)):
+        t0 = time.perf_counter()
+        vectors = run()
+        seconds.append(time.perf_counter() - t0)
+        threads.append(facts()["threads_now"])
+    if spec.get("vectors"):
+        np.save(spec["vectors"], vectors)
+    return {"seconds": seconds, "chunks": len(texts), "threads": threads, **facts()}
+
+
+def measure(spec: dict[str, Any], env: dict[str, str], *, timeout: float = 3600) -> dict[str, Any]:
+    """Run one SPEC in a fresh process with exactly ``env``; its result."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker failed ({proc.returncode}) for {spec}:\n{proc.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return result
+
+
+if __name__ == "__main__":
+    # structlog's default output goes to stdout: keep stdout for the one JSON line.
+    import structlog
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    print(json.dumps(main(json.loads(sys.argv[1]))))
