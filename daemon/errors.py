@@ -83,6 +83,28 @@ class StoreCorruptError(StoreError):
         super().__init__(f"store {self.path} is corrupt: {reason}")
 
 
+class SchedulerClosedError(EmbeddError):
+    """The embedder is shutting down and takes no more work (the daemon is stopping)."""
+
+
+class ServeError(EmbeddError):
+    """The local API cannot be set up: a socket or port cannot be bound, a token file cannot be read."""
+
+
+class DaemonUnavailable(EmbeddError):
+    """No daemon answers on the configured socket or port (the commands then work without it)."""
+
+
+class DaemonRequestError(EmbeddError):
+    """The running daemon refused a request; ``status`` is the HTTP status it answered with."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        self.status = status
+        self.message = message
+        self.code = code
+        super().__init__(f"the daemon answered {status}: {message}")
+
+
 class IndexingInterrupted(EmbeddError):
     """Indexing a file was abandoned because the daemon is stopping; the store keeps the old entries."""
 
