@@ -206,8 +206,11 @@ def test_init_writes_a_commented_config_that_loads(tmp_path: Path, cli_env: dict
     text = path.read_text()
     data = tomllib.loads(text)
     for table, keys in DEFAULTS.items():
-        assert set(data[table]) == set(keys), table  # every key written, with its default
-        assert all(data[table][k] == v for k, v in keys.items())
+        written = {k: v for k, v in keys.items() if v is not None}  # computed defaults: commented out
+        assert set(data[table]) == set(written), table  # every key written, with its default
+        assert all(data[table][k] == v for k, v in written.items())
+    assert '# socket = "data/embeddings.sock"' in text
+    assert config.serve.socket == tmp_path / "data" / "embeddings.sock"
     lines = text.splitlines()
     # Each key of the first tables has a comment right above it.
     for key in ("threads", "normalize", "size", "overlap", "include", "debounce_ms"):
