@@ -83,3 +83,26 @@ class Snapshot:
         return np.fromiter(
             (r.source.startswith(prefix) for r in self.rows), dtype=np.bool_, count=len(self.rows)
         )
+
+
+class Published:
+    """The snapshot the store's writer published last; readers take it without any lock.
+
+    The writer calls ``publish`` (under the store's lock) after each change it applies, so a
+    reader sees every change whole, and never waits for a change or a save.
+    """
+
+    def __init__(self, store: _Snapshots) -> None:
+        self._snap = store.snapshot()
+
+    def publish(self, store: _Snapshots) -> None:
+        """Make the store's current state the one readers get; cheap when nothing changed."""
+        self._snap = store.snapshot()  # one reference assignment: atomic for readers
+
+    def current(self) -> Snapshot:
+        """The latest published snapshot."""
+        return self._snap
+
+
+class _Snapshots(Protocol):
+    def snapshot(self) -> Snapshot: ...
