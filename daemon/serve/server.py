@@ -275,16 +275,17 @@ class ApiServer:
             log.error("api_server_failed", error=repr(exc))
 
     async def _serve_all(self, stop: threading.Event | None) -> None:
-        async def watch() -> None:
-            while stop is not None and not stop.is_set():
+        async def watch(stop: threading.Event) -> None:
+            while not stop.is_set():
                 await asyncio.sleep(0.1)
             self._ask_exit()
 
-        watcher = asyncio.create_task(watch())
+        watcher = asyncio.create_task(watch(stop)) if stop is not None else None
         try:
             await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in self._servers))
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
 
     def _ask_exit(self) -> None:
         for server, _ in self._servers:
