@@ -610,13 +610,19 @@ def test_commands_beside_a_running_daemon(
     try:
         _wait_for_sources(store_path, {"inbox/bread.md", "inbox/volcanoes.txt", "inbox/chess.md"})
         running = _json(_run(["status", "--config", str(cfg), "--json"], cli_env))
-        assert running["daemon"] == {"running": True, "pid": daemon.proc.pid}
+        # The daemon's own answer over its socket: its state beside what the store says.
+        assert running["daemon"]["running"] and running["daemon"]["pid"] == daemon.proc.pid
+        assert running["daemon"]["phase"] == "ready" and running["daemon"]["queued_files"] == 0
         text = _run(["status", "--config", str(cfg)], cli_env).stdout
-        assert f"running (pid {daemon.proc.pid})" in text
+        assert f"running (pid {daemon.proc.pid})" in text and "ready, 0 files queued" in text
 
-        # Search reads the store without its lock: results now, and the daemon carries on.
+        # Search is answered by the daemon; without it, it reads the store without its lock.
         found = _json(_run(["search", "--config", str(cfg), "--json", "lava and magma"], cli_env))
         assert found["results"][0]["source"] == "inbox/volcanoes.txt"
+        cold = _json(
+            _run(["search", "--config", str(cfg), "--json", "--no-daemon", "lava and magma"], cli_env)
+        )
+        assert [h["id"] for h in cold["results"]] == [h["id"] for h in found["results"]]
         (inbox / "taxes.txt").write_text(DOCUMENTS["taxes.txt"] + "\n")
         daemon.wait_event("file_indexed", source="inbox/taxes.txt")
         _wait_for_sources(store_path, {"inbox/taxes.txt"})
