@@ -21,9 +21,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from corpus import chunks as corpus_chunks  # noqa: E402
 
+from daemon import log as logsetup  # noqa: E402
 from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder  # noqa: E402
 from daemon.store.format import content_hash  # noqa: E402
 from daemon.store.store import FileState, Fingerprint, NewEntry, Store  # noqa: E402
+
+# The store's own debug events would drown the tables.
+logsetup.configure("console", "warning")
 
 QUERIES = [
     "when does the harbour survey start",

@@ -47,10 +47,12 @@ class EmbedError(EmbeddError):
 class TextTooLongError(EmbedError):
     """A text holds more tokens than the model's context; it must be split upstream."""
 
-    def __init__(self, tokens: int, limit: int) -> None:
+    def __init__(self, tokens: int, limit: int, index: int | None = None) -> None:
         self.tokens = tokens
         self.limit = limit
-        super().__init__(f"text has {tokens} tokens, the model's context holds {limit}")
+        self.index = index  # which of several texts, when known
+        which = "text" if index is None else f"text {index}"
+        super().__init__(f"{which} has {tokens} tokens, the model's context holds {limit}")
 
 
 class ExtractError(EmbeddError):

@@ -31,7 +31,10 @@ def top_k(
         return []
     q = np.asarray(query, dtype=np.float32)
     q = q / max(float(np.linalg.norm(q)), 1e-12)
-    scores = matrix @ q
+    # einsum, not `matrix @ q`: BLAS would run this on all cores, and its threads spin against
+    # llama.cpp's on a loaded machine (measured 60x slower at 5,000 rows with the daemon
+    # indexing). One thread streams the matrix about as fast as memory allows anyway.
+    scores = np.einsum("ij,j->i", matrix, q)
     if not normalized:
         scores /= np.maximum(np.linalg.norm(matrix, axis=1), 1e-12)
     if mask is not None:

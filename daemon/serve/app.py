@@ -180,9 +180,11 @@ class Api:
         try:
             future = await run_in_threadpool(self.backend.embed, texts)
         except TextTooLongError as exc:
+            where = param if exc.index is None or len(texts) == 1 else f"{param}[{exc.index}]"
             raise ApiError(
                 422,
-                f"{param}: {exc}; embedd never truncates, split the text",
+                f"{where} has {exc.tokens} tokens, more than the model's context of {exc.limit}; "
+                "embedd never truncates: split the text",
                 param=param,
                 code="context_length_exceeded",
             ) from None
@@ -214,8 +216,8 @@ class Api:
         if model is not None and not isinstance(model, str):
             raise ApiError(400, "model must be a string", param="model")
         self._ready()
-        tokens = sum(self.backend.count_tokens(t) for t in texts if t.strip())
         vectors = await self._vectors(request, texts, "input")
+        tokens = await run_in_threadpool(lambda: sum(self.backend.count_tokens(t) for t in texts))
         data = [
             {"object": "embedding", "index": i, "embedding": _encode(vec, fmt)}
             for i, vec in enumerate(vectors)

@@ -134,7 +134,7 @@ class Scheduler:
                 raise EmbedError(f"text {i} is empty or whitespace only; it must not be embedded")
             n = self.embedder.count_tokens(text)
             if n > self.embedder.max_tokens:
-                raise TextTooLongError(n, self.embedder.max_tokens)
+                raise TextTooLongError(n, self.embedder.max_tokens, i)
             tokens.append(n)
         future: Future[FloatMatrix] = Future()
         if not texts:
