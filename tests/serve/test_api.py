@@ -12,6 +12,7 @@ import socket
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import httpx
@@ -283,3 +284,92 @@ def _docs() -> dict[str, list[str]]:
     from conftest import DOCS
 
     return DOCS
+
+
+def test_a_body_that_never_arrives_gets_408(ready: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    import daemon.serve.app as app_module
+
+    monkeypatch.setattr(app_module, "BODY_TIMEOUT_S", 1.0)
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(60)
+    s.connect(str(ready.socket))
+    s.sendall(b'POST /v1/search HTTP/1.1\r\nHost: e\r\nContent-Length: 100\r\n\r\n{"query":')
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        piece = s.recv(4096)
+        assert piece, answer
+        answer += piece
+    s.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    with ready.client() as c:
+        search_ok(c)
+
+
+class SlowBackend:
+    """A backend whose embeddings wait for the test: a request stays in flight on demand."""
+
+    phase = "ready"
+    model = "slow"
+    dimension = 4
+    query_prefix = ""
+
+    def __init__(self) -> None:
+        self.called = threading.Event()
+        self.pending: list[Future[np.ndarray]] = []
+
+    def embed(self, texts: list[str]) -> Future[np.ndarray]:
+        future: Future[np.ndarray] = Future()
+        self.pending.append(future)
+        self.called.set()
+        return future
+
+    def count_tokens(self, text: str) -> int:
+        return 1
+
+    def snapshot(self) -> object:
+        raise AssertionError("not used")
+
+    def status(self) -> dict[str, object]:
+        return {}
+
+
+def test_stopping_closes_the_listener_answers_what_is_in_flight_and_removes_the_socket() -> None:
+    root = Path(tempfile.mkdtemp(prefix="embedd-stop-"))
+    path = root / "s.sock"
+    backend = SlowBackend()
+    stop = threading.Event()
+    server = ApiServer(ServeConfig(socket=path), backend)  # type: ignore[arg-type]
+    server.start(stop)
+    result: list[httpx.Response] = []
+    client = threading.Thread(
+        target=lambda: result.append(
+            httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://e", timeout=60).post(
+                "/v1/embeddings", json={"input": "x"}
+            )
+        )
+    )
+    client.start()
+    try:
+        assert backend.called.wait(60)
+        stop.set()  # as SIGTERM does
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the listener closes at once ...
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(str(path))
+            except (ConnectionRefusedError, FileNotFoundError):
+                break
+            finally:
+                probe.close()
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the listener stayed open after the stop")
+        backend.pending[0].set_result(np.ones((1, 4), dtype=np.float32))  # ... the request in flight
+        client.join(60)
+        assert result and result[0].status_code == 200, result
+        assert result[0].json()["data"][0]["embedding"] == [1.0, 1.0, 1.0, 1.0]
+    finally:
+        server.stop()
+        client.join(60)
+    assert not path.exists()
+    root.rmdir()
