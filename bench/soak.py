@@ -81,39 +81,56 @@ class Churn:
             self.counts["edit"] += 1
 
 
-class Searches(threading.Thread):
-    """``qps`` searches per second on a fixed schedule until stopped; counts what came back."""
+class Searches:
+    """``qps`` searches per second on a fixed schedule until stopped; counts what came back.
 
-    def __init__(self, daemon: RunningDaemon, qps: float) -> None:
-        super().__init__(name="searches", daemon=True)
-        self.daemon_ = daemon
+    Several senders share the schedule, so one slow answer does not delay the next request.
+    """
+
+    def __init__(self, daemon: RunningDaemon, qps: float, senders: int = 4) -> None:
+        self.daemon = daemon
         self.qps = qps
         self.stop = threading.Event()
         self.sent = self.ok = 0
         self.failures: list[str] = []
         self.ms: list[float] = []
+        self._lock = threading.Lock()
+        self._start = 0.0
+        self._threads = [
+            threading.Thread(target=self._send, args=(k, senders), daemon=True) for k in range(senders)
+        ]
 
-    def run(self) -> None:
-        start = time.monotonic()
-        with self.daemon_.client(timeout=60) as c:
+    def start(self) -> None:
+        self._start = time.monotonic()
+        for t in self._threads:
+            t.start()
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join()
+
+    def _send(self, k: int, senders: int) -> None:
+        i = k
+        with self.daemon.client(timeout=60) as c:
             while not self.stop.is_set():
-                due = start + self.sent / self.qps
-                delay = due - time.monotonic()
+                delay = self._start + i / self.qps - time.monotonic()
                 if delay > 0:
                     self.stop.wait(delay)
                     continue
-                self.sent += 1
                 t0 = time.perf_counter()
                 try:
-                    r = c.post("/v1/search", json={"query": QUERIES[self.sent % len(QUERIES)], "k": 5})
+                    r = c.post("/v1/search", json={"query": QUERIES[i % len(QUERIES)], "k": 5})
+                    failure = None if r.status_code == 200 else f"{r.status_code} {r.text[:200]}"
                 except Exception as exc:  # every failure is counted and shown
-                    self.failures.append(repr(exc))
-                    continue
-                self.ms.append((time.perf_counter() - t0) * 1000)
-                if r.status_code == 200:
-                    self.ok += 1
-                else:
-                    self.failures.append(f"{r.status_code} {r.text[:200]}")
+                    failure = repr(exc)
+                with self._lock:
+                    self.sent += 1
+                    if failure is None:
+                        self.ok += 1
+                        self.ms.append((time.perf_counter() - t0) * 1000)
+                    else:
+                        self.failures.append(failure)
+                i += senders
 
 
 def wait_idle(daemon: RunningDaemon, timeout: float = 600) -> None:
@@ -146,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         churn = Churn(root / "inbox")
         for _ in range(100):
             churn.add()
+        churn.counts = dict.fromkeys(churn.counts, 0)
         daemon = RunningDaemon(cfg)
         try:
             daemon.wait_ready()
@@ -191,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"| threads | {before['threads']:.0f} | {after['threads']:.0f} |",
         "",
         f"File changes: {steps} ({', '.join(f'{k} {v}' for k, v in churn.counts.items())}).",
-        f"Searches: {searches.sent} sent, {searches.ok} answered with 200, {len(searches.failures)} failed; "
+        f"Searches: {int(args.minutes * 60 * args.qps)} scheduled, {searches.sent} sent (fewer when answers "
+        f"are slower than the schedule), {searches.ok} answered with 200, {len(searches.failures)} failed; "
         f"p95 {p95:.1f} ms.",
         f"`embedd verify` at the end: exit {verify.returncode}"
         + ("" if verify.returncode == 0 else f"\n{verify.stdout[-2000:]}"),
