@@ -18,8 +18,6 @@ from daemon.commands.output import print_json
 from daemon.config import Config
 from daemon.errors import DaemonRequestError, DaemonUnavailable, EmbeddError, EmbedError, UsageError
 from daemon.query.hit import Hit, render_hits
-from daemon.query.rank import check_compatible, search_store
-from daemon.store.store import Store
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,10 @@ def search_via_daemon(config: Config, query: str, k: int) -> SearchResult | None
 
 def search_here(config: Config, query: str, k: int) -> SearchResult:
     """Search ``config``'s store with ``config``'s model, loaded for this one query."""
+    # Imported here: a search answered by the daemon needs neither numpy nor the store.
     from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
+    from daemon.query.rank import check_compatible, search_store
+    from daemon.store.store import Store
 
     _check_query(query, k)
     with Store.open_readonly(config.store.path) as store:
