@@ -207,6 +207,7 @@ class ApiServer:
         self._failure: BaseException | None = None
         self._socket_ino: int | None = None
         self.listeners: list[Listener] = []
+        self.token: str | None = None  # what TCP clients must present, as read at start
 
     def start(self, stop: threading.Event | None = None) -> None:
         """Bind every listener and serve; ``stop`` being set closes the listeners at once.
@@ -216,6 +217,7 @@ class ApiServer:
         _route_uvicorn_logs()
         serve = self.serve
         token = read_token(serve.token_file) if serve.token_file is not None and serve.tcp else None
+        self.token = token
         try:
             if serve.socket is not None:
                 sock = bind_unix(serve.socket)

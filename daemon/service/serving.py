@@ -18,7 +18,7 @@ import structlog
 from daemon.config import Config, ServeConfig
 from daemon.errors import ServeError
 from daemon.serve.backend import DaemonBackend
-from daemon.serve.server import ApiServer
+from daemon.serve.server import ApiServer, read_token
 from daemon.service.scheduler import Scheduler
 from daemon.store.snapshot import Published
 
@@ -71,13 +71,27 @@ class Serving:
 
         def reload() -> Config | None:
             new = reloader()
-            if new is not None and new.serve != self._config.serve:
+            if new is not None and self._changed(new.serve):
                 self._apply(new)
             elif new is not None:
                 self._config = new
             return new
 
         return reload
+
+    def _changed(self, serve: ServeConfig) -> bool:
+        """A different [serve] section, or a new token in the same token file."""
+        if serve != self._config.serve:
+            return True
+        if self._server is None or serve.token_file is None or serve.tcp is None:
+            return False
+        try:
+            return read_token(serve.token_file) != self._server.token
+        except ServeError as exc:
+            log.error(
+                "api_reload_failed", reason=str(exc), hint="the running listeners keep the token they have"
+            )
+            return False
 
     def _apply(self, new: Config) -> None:
         old = self._config

@@ -180,17 +180,24 @@ def test_sighup_applies_a_changed_serve_section_and_a_live_socket_is_refused(
         assert str(sock_of(cfg)) in second.stdout + second.stderr
         with uds(cfg) as c:
             assert c.get("/healthz").status_code == 200
-        text = cfg.read_text() + '\n[serve]\nsocket = "run/api.sock"\ntcp = "127.0.0.1:0"\n'
-        cfg.write_text(text)
+        (tmp_path / "token").write_text("first-token\n")
+        serve = '\n[serve]\nsocket = "run/api.sock"\ntcp = "127.0.0.1:0"\ntoken_file = "token"\n'
+        cfg.write_text(cfg.read_text() + serve)
         daemon.proc.send_signal(signal.SIGHUP)
         (event,) = daemon.wait_event("api_reloaded")
         tcp = next(x for x in event["listeners"] if x.startswith("tcp "))[4:]
         assert not sock_of(cfg).exists()
-        with httpx.Client(base_url=f"http://{tcp}") as t:
-            assert (
-                t.post("/v1/search", json={"query": "harbour"}).json()["results"][0]["source"]
-                == "inbox/a.txt"
-            )
+        with httpx.Client(base_url=f"http://{tcp}", headers={"Authorization": "Bearer first-token"}) as t:
+            hits = t.post("/v1/search", json={"query": "harbour"}).json()["results"]
+            assert hits[0]["source"] == "inbox/a.txt"
+        # A new token in the same file: SIGHUP sets the listeners up anew with it.
+        (tmp_path / "token").write_text("second-token\n")
+        daemon.proc.send_signal(signal.SIGHUP)
+        second = daemon.wait_event("api_reloaded", count=2)[1]
+        tcp = next(x for x in second["listeners"] if x.startswith("tcp "))[4:]
+        for token, status in (("first-token", 401), ("second-token", 200)):
+            with httpx.Client(base_url=f"http://{tcp}", headers={"Authorization": f"Bearer {token}"}) as t:
+                assert t.post("/v1/search", json={"query": "harbour"}).status_code == status
         moved = httpx.HTTPTransport(uds=str(tmp_path / "run" / "api.sock"))
         with httpx.Client(transport=moved, base_url="http://e") as c:
             assert c.get("/healthz").status_code == 200
