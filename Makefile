@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python bench/embed_throughput.py
 	$(BIN)/python bench/contention.py
 	$(BIN)/python bench/store_scale.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) $(MODEL) models/all-MiniLM-L6-v2.*.gguf

@@ -94,5 +94,10 @@ def describe(*, llama: bool = False) -> str:
     return text
 
 
+def machine_line() -> str:
+    """``describe()`` without llama.cpp's build features: one line for a table's heading."""
+    return describe()
+
+
 if __name__ == "__main__":
     print(describe(llama=True))

@@ -46,6 +46,7 @@ examples:
   embedd search --config config.toml "how long does bread dough rise" -k 3
   embedd export --config config.toml --output vectors.jsonl
   embedd verify --config config.toml          compare the store with the folders and the config
+  embedd mcp --config config.toml             an MCP server on stdio, answered by the running daemon
   embedd COMMAND --help                       options and examples of one command
 
 exit codes:
@@ -204,8 +205,9 @@ def _add_tool_parsers(sub: Any) -> None:
         "search",
         "find the chunks closest to a query",
         "Embed QUERY with the configured model (prefixed with [model] query_prefix) and print the "
-        "K most similar chunks by cosine similarity. The store is read without its lock, so this "
-        "works while the daemon runs; a store built with another model file is refused (exit 5).",
+        "K most similar chunks by cosine similarity. A running daemon answers over its socket in "
+        "milliseconds; without one the model is loaded here and the store read without its lock. "
+        "A store built with another model file is refused (exit 5).",
         '  embedd search --config config.toml "how long does bread dough rise"\n'
         "  embedd search --config config.toml -k 10 --json volcanic eruptions | jq '.results[].source'",
     )
@@ -217,6 +219,11 @@ def _add_tool_parsers(sub: Any) -> None:
         "--sink", metavar="NAME", help="query this [[sink]] (all daemons' rows) instead of the JSON store"
     )
     search.add_argument("--source-prefix", metavar="P", help="with --sink: only sources starting with P")
+    search.add_argument(
+        "--no-daemon",
+        action="store_true",
+        help="load the model here even when a daemon answers on the store's socket",
+    )
 
     sink = _tool_parser(
         sub,
@@ -251,6 +258,19 @@ def _add_tool_parsers(sub: Any) -> None:
     export.add_argument(
         "-o", "--output", default="-", metavar="FILE", help="where to write; - is stdout (the default)"
     )
+
+    mcp = _tool_parser(
+        sub,
+        "mcp",
+        "serve the Model Context Protocol on stdio (for AI assistants)",
+        "Serve MCP on stdin/stdout with two tools: search (query, k, source_prefix) and status. "
+        "It asks the running daemon over its socket and never loads a model itself; when no "
+        "daemon runs, the tools say so. Register it with an MCP client as a stdio server with "
+        "absolute paths (see the README).",
+        "  embedd mcp --config /etc/embedd/config.toml\n"
+        "  claude mcp add embedd -- /opt/embedd/.venv/bin/embedd mcp --config /etc/embedd/config.toml",
+    )
+    _config_argument(mcp)
 
     verify = _tool_parser(
         sub,
@@ -386,6 +406,7 @@ def _search(args: argparse.Namespace) -> int:
         source_prefix=args.source_prefix,
         out=sys.stdout,
         err=sys.stderr,
+        use_daemon=not args.no_daemon,
     )
     return EXIT_OK
 
@@ -406,6 +427,13 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _mcp(args: argparse.Namespace) -> int:
+    from daemon.commands.mcp import mcp_command
+
+    mcp_command(_load(args))
+    return EXIT_OK
+
+
 def _verify(args: argparse.Namespace) -> int:
     from daemon.commands.verify import verify_command
 
@@ -419,6 +447,7 @@ _TOOLS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export": _export,
     "verify": _verify,
     "sink": _sink,
+    "mcp": _mcp,
 }
 
 

@@ -13,6 +13,7 @@ uses them.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import socket
@@ -54,6 +55,16 @@ DEFAULTS: Mapping[str, Mapping[str, object]] = MappingProxyType(
                 "pdf_memory_mb": 1024,
                 "name": "",
                 "nice": 10,
+            }
+        ),
+        "serve": MappingProxyType(
+            {
+                "socket": None,  # None: <store name without extension>.sock beside the store; "": off
+                "tcp": "",
+                "token_file": "",
+                "allow_remote": False,
+                "max_body_bytes": 1_048_576,
+                "max_connections": 512,
             }
         ),
     }
@@ -166,6 +177,32 @@ class SinkConfig:
     token: str
 
 
+# sun_path holds 108 bytes with the terminating NUL.
+MAX_SOCKET_PATH_BYTES = 107
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The local API: a Unix socket (on by default), loopback TCP (off by default), limits."""
+
+    socket: Path | None = None  # None: off
+    tcp: tuple[str, int] | None = None  # (host, port); port 0 picks a free one
+    token_file: Path | None = None  # when set, TCP requests need "Authorization: Bearer <token>"
+    allow_remote: bool = False
+    max_body_bytes: int = 1_048_576
+    max_connections: int = 512
+
+    @property
+    def enabled(self) -> bool:
+        """True when the daemon listens anywhere."""
+        return self.socket is not None or self.tcp is not None
+
+
+def default_socket(store: Path) -> Path:
+    """Where the socket goes when ``serve.socket`` is not set: beside the store, named after it."""
+    return store.with_name(store.stem + ".sock")
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration; ``source_path`` is the file it came from, if any."""
@@ -177,6 +214,7 @@ class Config:
     daemon: DaemonConfig
     source_path: Path | None = None
     sinks: tuple[SinkConfig, ...] = ()
+    serve: ServeConfig = ServeConfig()
 
 
 def load_config(path: Path) -> Config:
@@ -235,6 +273,7 @@ def parse_config(data: Mapping[str, object], base_dir: Path, *, source_path: Pat
         ),
         source_path=source_path,
         sinks=_parse_sinks(data.get("sink"), base),
+        serve=_parse_serve(data.get("serve", {}), base, store_path),
     )
     _validate(config, store_written)
     return config
@@ -302,6 +341,74 @@ def _parse_sinks(raw: object, base: Path) -> tuple[SinkConfig, ...]:
             SinkConfig(name=name, type=kind, uri=uri, collection=collection, token=table.string("token"))
         )
     return tuple(sinks)
+
+
+def _parse_serve(raw: object, base: Path, store: Path) -> ServeConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("serve", raw, "must be a table: write [serve]")
+    table = _Table(raw, "serve", DEFAULTS["serve"], base)
+    sock: Path | None
+    if raw.get("socket") is None:
+        sock = default_socket(store)
+        if len(os.fsencode(sock)) > MAX_SOCKET_PATH_BYTES:
+            raise ConfigError(
+                "serve.socket",
+                None,
+                f"the default socket path {sock} is longer than {MAX_SOCKET_PATH_BYTES} bytes, the most a "
+                'Unix socket path may have; set serve.socket to a shorter path, or "" to turn the socket off',
+            )
+    elif not table.string("socket").strip():
+        sock = None
+    else:
+        sock = table.path("socket")[1]
+        if len(os.fsencode(sock)) > MAX_SOCKET_PATH_BYTES:
+            raise ConfigError(
+                "serve.socket",
+                raw["socket"],
+                f"{sock} is longer than {MAX_SOCKET_PATH_BYTES} bytes, the most a Unix socket path may have",
+            )
+    token_file = table.path("token_file")[1] if table.string("token_file").strip() else None
+    allow_remote = table.boolean("allow_remote")
+    tcp = _parse_tcp(table.string("tcp").strip())
+    if tcp is not None and not _is_loopback(tcp[0]) and not allow_remote:
+        raise ConfigError(
+            "serve.tcp",
+            raw.get("tcp"),
+            "binds a non-loopback address; set serve.allow_remote = true (and serve.token_file) to "
+            "accept connections from other machines, or use 127.0.0.1",
+        )
+    if allow_remote and token_file is None:
+        raise ConfigError(
+            "serve.allow_remote", True, "needs serve.token_file: remote clients must present a token"
+        )
+    return ServeConfig(
+        socket=sock,
+        tcp=tcp,
+        token_file=token_file,
+        allow_remote=allow_remote,
+        max_body_bytes=table.integer("max_body_bytes", minimum=1024),
+        max_connections=table.integer("max_connections", minimum=1),
+    )
+
+
+def _parse_tcp(text: str) -> tuple[str, int] | None:
+    """``host:port`` (``[v6]:port`` for IPv6) as (host, port); "" is off."""
+    if not text:
+        return None
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError("serve.tcp", text, 'must be "host:port", e.g. "127.0.0.1:8765" ("" turns TCP off)')
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError("serve.tcp", text, "the host must be an IP address or localhost") from None
+    return ("127.0.0.1" if host == "localhost" else host), int(port_text)
+
+
+def _is_loopback(host: str) -> bool:
+    return ipaddress.ip_address(host).is_loopback
 
 
 def _validate(config: Config, store_written: str) -> None:

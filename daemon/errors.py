@@ -47,10 +47,12 @@ class EmbedError(EmbeddError):
 class TextTooLongError(EmbedError):
     """A text holds more tokens than the model's context; it must be split upstream."""
 
-    def __init__(self, tokens: int, limit: int) -> None:
+    def __init__(self, tokens: int, limit: int, index: int | None = None) -> None:
         self.tokens = tokens
         self.limit = limit
-        super().__init__(f"text has {tokens} tokens, the model's context holds {limit}")
+        self.index = index  # which of several texts, when known
+        which = "text" if index is None else f"text {index}"
+        super().__init__(f"{which} has {tokens} tokens, the model's context holds {limit}")
 
 
 class ExtractError(EmbeddError):
@@ -81,6 +83,28 @@ class StoreCorruptError(StoreError):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"store {self.path} is corrupt: {reason}")
+
+
+class SchedulerClosedError(EmbeddError):
+    """The embedder is shutting down and takes no more work (the daemon is stopping)."""
+
+
+class ServeError(EmbeddError):
+    """The local API cannot be set up: a socket or port cannot be bound, a token file cannot be read."""
+
+
+class DaemonUnavailable(EmbeddError):
+    """No daemon answers on the configured socket or port (the commands then work without it)."""
+
+
+class DaemonRequestError(EmbeddError):
+    """The running daemon refused a request; ``status`` is the HTTP status it answered with."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        self.status = status
+        self.message = message
+        self.code = code
+        super().__init__(f"the daemon answered {status}: {message}")
 
 
 class IndexingInterrupted(EmbeddError):

@@ -58,8 +58,9 @@ def as_defaults(table: dict[str, Any]) -> dict[str, Any]:
 def test_example_file_shows_every_key_with_its_default() -> None:
     data = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
     (example_watch,) = data.pop("watch")
+    # A key whose default is computed (None: serve.socket, beside the store) is shown commented out.
     assert {name: as_defaults(table) for name, table in data.items()} == {
-        name: dict(table) for name, table in DEFAULTS.items()
+        name: {k: v for k, v in table.items() if v is not None} for name, table in DEFAULTS.items()
     }
     assert as_defaults(example_watch) == {**WATCH_DEFAULTS, "path": "inbox"}
 
@@ -363,3 +364,57 @@ def test_sink_names_must_be_unique() -> None:
     same = {"type": "milvus", "uri": "x.db"}
     assert error_of(minimal(sink=[same, same])).field == "sink[1].name"
     assert error_of(minimal(sink={"type": "milvus"})).field == "sink"
+
+
+# --- [serve] ---------------------------------------------------------------------------
+
+
+def test_serve_defaults_to_a_socket_beside_the_store_and_no_tcp() -> None:
+    cfg = parse_config(minimal(store={"path": "/var/lib/embedd/embeddings.json"}), Path("/srv/embedd"))
+    assert cfg.serve.socket == Path("/var/lib/embedd/embeddings.sock")
+    assert cfg.serve.tcp is None and cfg.serve.token_file is None and not cfg.serve.allow_remote
+    assert cfg.serve.max_body_bytes == 1024 * 1024 and cfg.serve.enabled
+
+
+def test_serve_socket_and_tcp_are_parsed_relative_and_can_be_turned_off() -> None:
+    cfg = parse_config(
+        minimal(serve={"socket": "run/e.sock", "tcp": "127.0.0.1:8765", "token_file": "token"}),
+        Path("/srv/embedd"),
+    )
+    assert cfg.serve.socket == Path("/srv/embedd/run/e.sock")
+    assert cfg.serve.tcp == ("127.0.0.1", 8765) and cfg.serve.token_file == Path("/srv/embedd/token")
+    assert parse_config(minimal(serve={"tcp": "[::1]:0"}), Path("/s")).serve.tcp == ("::1", 0)
+    assert parse_config(minimal(serve={"tcp": "localhost:80"}), Path("/s")).serve.tcp == ("127.0.0.1", 80)
+    off = parse_config(minimal(serve={"socket": ""}), Path("/s")).serve
+    assert off.socket is None and not off.enabled
+
+
+@pytest.mark.parametrize(
+    ("serve", "field", "reason"),
+    [
+        ({"tcp": "8765"}, "serve.tcp", "host:port"),
+        ({"tcp": "example.org:80"}, "serve.tcp", "IP address"),
+        ({"tcp": "127.0.0.1:99999"}, "serve.tcp", "host:port"),
+        ({"tcp": "0.0.0.0:8765"}, "serve.tcp", "allow_remote"),
+        ({"tcp": "0.0.0.0:8765", "allow_remote": True}, "serve.allow_remote", "token_file"),
+        ({"socket": "/" + "s" * 120}, "serve.socket", "107 bytes"),
+        ({"max_body_bytes": 10}, "serve.max_body_bytes", ">= 1024"),
+        ({"port": 1}, "serve.port", "unknown key"),
+    ],
+)
+def test_serve_errors_name_the_key(serve: dict[str, Any], field: str, reason: str) -> None:
+    err = error_of(minimal(serve=serve))
+    assert err.field == field and reason in err.reason
+
+
+def test_a_default_socket_path_too_long_says_what_to_set() -> None:
+    err = error_of(minimal(store={"path": "/" + "d" * 110 + "/embeddings.json"}))
+    assert err.field == "serve.socket" and "set serve.socket" in err.reason
+
+
+def test_remote_tcp_with_a_token_is_allowed() -> None:
+    cfg = parse_config(
+        minimal(serve={"tcp": "0.0.0.0:8765", "allow_remote": True, "token_file": "/etc/embedd/token"}),
+        Path("/s"),
+    )
+    assert cfg.serve.tcp == ("0.0.0.0", 8765) and cfg.serve.allow_remote

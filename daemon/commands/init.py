@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 import tomli_w
@@ -76,6 +76,16 @@ COMMENTS: Mapping[str, Mapping[str, str]] = {
         "nice": "Run below interactive work: this nice value (0-19), the batch CPU policy and the\n"
         "idle I/O class, set at start. 0 = keep the priority the daemon was started with.",
     },
+    "serve": {
+        "": "The local API: search, OpenAI-compatible embeddings and status over HTTP (see the README).",
+        "socket": 'Unix socket, mode 0660; by default beside the store, named after it. "" turns it off.\n'
+        'Under systemd use "/run/embedd/embedd.sock".',
+        "tcp": 'Also listen on TCP, e.g. "127.0.0.1:8765"; "" is off. Loopback only unless allow_remote.',
+        "token_file": 'A file holding a token; TCP clients must then send "Authorization: Bearer <token>".',
+        "allow_remote": "Accept TCP connections from other machines (needs token_file).",
+        "max_body_bytes": "Largest request body in bytes; a bigger one is refused with 413.",
+        "max_connections": "Most open connections per listener; beyond that new requests get 503.",
+    },
 }
 
 _OUTRO = """\
@@ -125,11 +135,28 @@ def render(folders: Sequence[str], *, model_path: str | None = None, store_path:
         values["path"] = folder
         parts.append(_table("[[watch]]", "watch", values, commented=i == 0))
     parts.append(_table("[daemon]", "daemon", dict(DEFAULTS["daemon"])))
+    store = PurePosixPath(store_path or str(DEFAULTS["store"]["path"]))
+    parts.append(
+        _table(
+            "[serve]",
+            "serve",
+            dict(DEFAULTS["serve"]),
+            computed={"socket": str(store.with_name(store.stem + ".sock"))},
+        )
+    )
     parts.append(_OUTRO)
     return "\n".join(parts)
 
 
-def _table(heading: str, name: str, values: Mapping[str, object], *, commented: bool = True) -> str:
+def _table(
+    heading: str,
+    name: str,
+    values: Mapping[str, object],
+    *,
+    commented: bool = True,
+    computed: Mapping[str, str] | None = None,
+) -> str:
+    """A table; a key whose default is computed (None) is shown commented out with its value."""
     comments = COMMENTS[name]
     lines = _comment(comments[""]) if commented else []
     lines.append(heading)
@@ -137,6 +164,9 @@ def _table(heading: str, name: str, values: Mapping[str, object], *, commented: 
         if commented:
             # A key added to the config without a comment here still gets written, uncommented.
             lines += _comment(comments.get(key, ""))
+        if value is None:
+            lines.append(f"# {key} = {_value((computed or {}).get(key, ''))}")
+            continue
         lines.append(f"{key} = {_value(value)}")
     return "\n".join(lines) + "\n"
 

@@ -1,8 +1,11 @@
 """``embedd search``: the chunks closest to a query, from the JSON store or from a sink.
 
-The store is opened read-only (no lock), so a search never blocks or disturbs a running
-daemon. A store built with another model file is refused: its vectors live in another space
-and the ranking would be noise.
+When a daemon runs on the store, it is asked over its socket: it holds the model and the
+vectors already, so the answer takes milliseconds. Otherwise (or with ``--no-daemon``) the
+model is loaded here and the store opened read-only (no lock), so a search never blocks or
+disturbs a daemon. Both rank with ``daemon.query.rank.rank_snapshot`` and give the same
+``--json``. A store built with another model file is refused: its vectors live in another
+space and the ranking would be noise.
 """
 
 from __future__ import annotations
@@ -13,10 +16,8 @@ from typing import Any, TextIO
 
 from daemon.commands.output import print_json
 from daemon.config import Config
-from daemon.errors import UsageError
+from daemon.errors import DaemonRequestError, DaemonUnavailable, EmbeddError, EmbedError, UsageError
 from daemon.query.hit import Hit, render_hits
-from daemon.query.rank import check_compatible, search_store
-from daemon.store.store import Store
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,51 @@ class SearchResult:
         return doc
 
 
-def run_search(config: Config, query: str, k: int) -> SearchResult:
-    """Search ``config``'s store with ``config``'s model, loaded for this one query.
+def run_search(config: Config, query: str, k: int, *, use_daemon: bool = True) -> SearchResult:
+    """Search ``config``'s store: through the running daemon when one answers, else here.
 
     Raises StoreError when there is no store, ModelError when the model cannot be loaded and
     FingerprintMismatchError when the store was built with another model.
     """
+    _check_query(query, k)
+    if use_daemon:
+        answered = search_via_daemon(config, query, k)
+        if answered is not None:
+            return answered
+    return search_here(config, query, k)
+
+
+def search_via_daemon(config: Config, query: str, k: int) -> SearchResult | None:
+    """The running daemon's answer; None when no daemon for this store answers (or it is starting)."""
+    from daemon.serve.client import DaemonClient
+
+    client = DaemonClient.for_config(config)
+    if client is None:
+        return None
+    try:
+        doc = client.search(query, k)
+    except DaemonUnavailable:
+        return None
+    except DaemonRequestError as exc:
+        if exc.status == 503:
+            return None  # starting or stopping: the store on disk answers meanwhile
+        if exc.status == 422:
+            raise EmbedError(f"the query is too long: {exc.message}") from exc
+        if exc.status == 400:
+            raise UsageError(exc.message) from exc
+        raise EmbeddError(f"the daemon at {client.where} refused the search: {exc.message}") from exc
+    if doc.get("store") != str(config.store.path):
+        return None  # a daemon of another store answers on this socket
+    hits = tuple(Hit.from_json(h) for h in doc["results"])
+    return SearchResult(query, config.store.path, str(doc["model"]), int(doc["searched"]), hits)
+
+
+def search_here(config: Config, query: str, k: int) -> SearchResult:
+    """Search ``config``'s store with ``config``'s model, loaded for this one query."""
+    # Imported here: a search answered by the daemon needs neither numpy nor the store.
     from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
+    from daemon.query.rank import check_compatible, search_store
+    from daemon.store.store import Store
 
     _check_query(query, k)
     with Store.open_readonly(config.store.path) as store:
@@ -125,6 +164,7 @@ def search_command(
     source_prefix: str | None,
     out: TextIO,
     err: TextIO,
+    use_daemon: bool = True,
 ) -> None:
     """``embedd search``: rank and print; ``sink`` searches that ``[[sink]]`` instead of the store."""
     if sink is None and source_prefix is not None:
@@ -132,7 +172,7 @@ def search_command(
     if sink is not None:
         result = run_sink_search(config, sink, query, k, source_prefix=source_prefix)
     else:
-        result = run_search(config, query, k)
+        result = run_search(config, query, k, use_daemon=use_daemon)
     for note in result.notes:
         err.write(f"embedd search: note: {note}\n")
     if as_json:

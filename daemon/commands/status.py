@@ -280,24 +280,54 @@ def render_status(status: Status, out: TextIO) -> None:
     row("  watching", ", ".join(status.watches))
 
 
+def render_live(live: dict[str, Any], out: TextIO) -> None:
+    """Print what the running daemon said about itself."""
+    bulk = ""
+    if live.get("bulk_index"):
+        bulk = f", bulk index running ({live.get('bulk_files_left', '?')} files left)"
+    out.write(f"{'  state':<12}{live.get('phase')}, {live.get('queued_files', 0)} files queued{bulk}\n")
+    listeners = ", ".join(f"{x['kind']} {x['address']}" for x in live.get("listeners", []))
+    if listeners:
+        out.write(f"{'  api':<12}{listeners}\n")
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
 
 
-def status_command(config: Config, *, as_json: bool, out: TextIO) -> None:
-    """``embedd status``: the store's status and each sink's lag, for a person or as JSON."""
+def status_document(config: Config) -> dict[str, Any]:
+    """What ``embedd status --json`` prints (without a daemon's live state); also ``GET /v1/status``."""
     from daemon.sinks.mirror import sink_lags
 
-    status = store_status(config)
-    lags = sink_lags(config)
+    data = store_status(config).to_json()
+    data["sinks"] = [
+        {"name": name, "lag": None if lag is None else dataclasses.asdict(lag)}
+        for name, lag in sink_lags(config)
+    ]
+    return data
+
+
+def status_command(config: Config, *, as_json: bool, out: TextIO) -> None:
+    """``embedd status``: the store's status and each sink's lag, for a person or as JSON.
+
+    When a daemon answers on the configured socket (or port), its live state (what it is
+    doing, its queue, the API's listeners) replaces the ``daemon`` part.
+    """
+    from daemon.serve.client import live_status
+    from daemon.sinks.mirror import sink_lags
+
+    live = live_status(config)
     if as_json:
-        data = status.to_json()
-        data["sinks"] = [
-            {"name": name, "lag": None if lag is None else dataclasses.asdict(lag)} for name, lag in lags
-        ]
+        data = status_document(config)
+        if live is not None:
+            data["daemon"] = live
         print_json(data, out)
         return
+    status = store_status(config)
+    lags = sink_lags(config)
     render_status(status, out)
+    if live is not None:
+        render_live(live, out)
     for name, lag in lags:
         if lag is None:
             out.write(f"sink {name}: no queue yet (the daemon has not run with this sink)\n")

@@ -19,8 +19,11 @@ from daemon.config import Config, load_config
 from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
 from daemon.errors import ConfigError
 from daemon.service import priority
+from daemon.service.scheduler import QueuedEmbedder, Scheduler
 from daemon.service.service import Service, fingerprint_for
+from daemon.service.serving import Serving
 from daemon.sinks.mirror import Mirror
+from daemon.store.snapshot import Published
 from daemon.store.store import Store
 
 log = structlog.get_logger("embedd")
@@ -164,6 +167,9 @@ def run_service(
                 hint="this llama-cpp-python was built without GPU support, so every layer runs on "
                 "the CPU; see the README for a CUDA or Metal build",
             )
+        # Every llama.cpp call from here on is made by the scheduler's one embedder thread.
+        scheduler = Scheduler(embedder)
+        scheduler.start()
         try:
             store = Store.open(
                 config.store.path,
@@ -180,21 +186,38 @@ def run_service(
                     chunks=store.count,
                 )
                 lock = threading.RLock()
+                with lock:
+                    published = Published(store)
                 mirror = Mirror(config.sinks, daemon=config.daemon.name, store=store, store_lock=lock)
                 mirror.start()
+                serving = Serving(config, scheduler, published, stop)
                 try:
-                    service = Service(config, embedder, store, mirror=mirror, store_lock=lock)
+                    serving.start()
+                    service = Service(
+                        config,
+                        QueuedEmbedder(scheduler),
+                        store,
+                        mirror=mirror,
+                        store_lock=lock,
+                        published=published,
+                        on_ready=serving.ready,
+                    )
+                    serving.watch_activity(service.activity)
                     service.run(
                         stop,
                         wake,
                         reload=reload,
-                        reloader=config_reloader(config, log_format=log_format, log_level=log_level),
+                        reloader=serving.reloading(
+                            config_reloader(config, log_format=log_format, log_level=log_level)
+                        ),
                     )
                 finally:
+                    serving.stop()
                     mirror.stop()
             finally:
                 store.close()
         finally:
+            scheduler.close()
             embedder.close()
         log.info("daemon_stopped")
     finally:

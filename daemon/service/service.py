@@ -9,11 +9,12 @@ rescan feed the same Debouncer as live events, so there is one way in. Process c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +32,7 @@ from daemon.service.saver import Saver
 from daemon.service.sdnotify import Notifier
 from daemon.service.throughput import BulkProgress, Throughput
 from daemon.sinks.mirror import Mirror
+from daemon.store.snapshot import Published
 from daemon.store.store import FileState, Fingerprint, Store
 from daemon.watch import scan
 from daemon.watch.debounce import Debouncer
@@ -92,11 +94,16 @@ class Service:
         clock: Callable[[], float] = time.monotonic,
         mirror: Mirror | None = None,
         store_lock: threading.RLock | None = None,
+        published: Published | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         # Held while the store changes or is written: sink threads read it under the same lock.
         self._store_lock = store_lock or threading.RLock()
+        # Searches on other threads read what is published here, after each change is whole.
+        self._published = published
+        self._on_ready = on_ready
         self._mirror = mirror
         self.notifier = notifier or Notifier()
         self._clock = clock
@@ -368,6 +375,22 @@ class Service:
 
     # -- the loop --------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Hold the store's lock for a change; publish the result for searches once it is whole."""
+        with self._store_lock:
+            yield
+            if self._published is not None:
+                self._published.publish(self.store)
+
+    def activity(self) -> dict[str, object]:
+        """What the worker has to do, for the status API (read from another thread)."""
+        return {
+            "queued_files": self.debouncer.pending(),
+            "bulk_index": self._bulk.active,
+            "bulk_files_left": self._bulk.left,
+        }
+
     def apply_config(self, new: Config) -> None:
         """Apply a reloaded configuration: watched folders, patterns and daemon settings.
 
@@ -434,9 +457,11 @@ class Service:
         self._stop = stop
         self.watcher.start()
         try:
-            with self._store_lock:
+            with self._changing():
                 self.reconcile()
             self.notifier.ready(self._status_line())
+            if self._on_ready is not None:
+                self._on_ready()
             log.info(
                 "daemon_ready",
                 files=len(self.store.sources()),
@@ -451,22 +476,22 @@ class Service:
                     reload.clear()
                     new = reloader() if reloader is not None else None
                     if new is not None:
-                        with self._store_lock:
+                        with self._changing():
                             self.apply_config(new)
                 for event in self.debouncer.due():
                     if stop.is_set():
                         break
-                    with self._store_lock:
+                    with self._changing():
                         self.handle(event)
                     self.notifier.keepalive()
                     if event.kind is EventKind.CHANGED:
                         self._advance_bulk(1)
-                with self._store_lock:
+                with self._changing():
                     self.maybe_save()
                 self._report_throughput()
                 now = self._clock()
                 if now >= next_rescan:
-                    with self._store_lock:
+                    with self._changing():
                         queued = self.reconcile()
                     log.debug("rescan_done", queued=queued, seconds=round(self._clock() - now, 3))
                     next_rescan = now + self.config.daemon.rescan_interval_s

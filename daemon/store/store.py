@@ -6,7 +6,11 @@ the optional sidecar cache in ``daemon.store.cache``; durable writes and the loc
 an entry that did not change since the last save keeps its bytes in the file, and the next
 save copies them (in runs, in the kernel) instead of serialising 384 floats again.
 
-A Store is not thread-safe: one thread owns it.
+A Store is not thread-safe: one thread owns it (the daemon's worker, under the store lock).
+Searches on other threads read a ``Snapshot`` (``daemon.store.snapshot``) instead, which the
+store never changes under them: rows are appended past a snapshot's end, a compaction copies
+into a fresh matrix once a snapshot has seen the current one, and a rename replaces row
+records rather than editing them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 
 from daemon.errors import FingerprintMismatchError, StoreCorruptError, StoreError
@@ -42,6 +47,7 @@ from daemon.store.format import (
 )
 from daemon.store.io import AtomicWriter, StoreLock, move_aside, remove_stale_temps
 from daemon.store.load import Loaded, check_compatible, load
+from daemon.store.snapshot import Snapshot
 from daemon.store.splice import write_spliced
 
 __all__ = [
@@ -50,6 +56,7 @@ __all__ = [
     "Fingerprint",
     "NewEntry",
     "SaveStats",
+    "Snapshot",
     "Store",
     "StoredChunk",
     "lock_path",
@@ -101,11 +108,19 @@ class Store:
         # Row i: offset and length of entry i's bytes in the file at _src_fd; offset -1 when
         # the entry is not there as it is now, so the next save serialises it.
         self._spans: SpanArray = np.empty((0, 2), dtype=np.int64)
+        # Row i is live; kept beside the matrix so a snapshot copies n bytes, not n rows.
+        self._alive: npt.NDArray[np.bool_] = np.empty(0, dtype=np.bool_)
+        # Bumped by every change a reader could see; a snapshot of the same version is reused.
+        self._version = 0
+        self._snapshot: Snapshot | None = None
+        # True once a snapshot holds a view of _vecs: compaction must then not move rows in place.
+        self._vecs_shared = False
         if cols is not None:
             self._adopt(cols)
 
     def _adopt(self, cols: Columns) -> None:
         self._vecs = cols.matrix
+        self._alive = np.ones(len(cols.matrix), dtype=np.bool_)
         self._spans = np.full((len(cols.matrix), 2), -1, dtype=np.int64)
         if cols.spans is not None:
             self._spans[: len(cols)] = cols.spans
@@ -361,6 +376,38 @@ class Store:
         for r in self._rows:
             yield self._entry(r)
 
+    @property
+    def version(self) -> int:
+        """Changes when anything a search could see changes (entries, sources)."""
+        return self._version
+
+    def snapshot(self) -> Snapshot:
+        """The entries as they are now, for reading on another thread without the store's lock.
+
+        Cheap (a copy of the row list and of the live-row flags) and cached until the next
+        change; call it under the lock that guards the store's writer.
+        """
+        snap = self._snapshot
+        if snap is not None and snap.version == self._version:
+            return snap
+        n = len(self._rows)
+        matrix = self._vecs[:n]
+        matrix.flags.writeable = False
+        self._vecs_shared = True
+        snap = Snapshot(
+            path=self._path,
+            version=self._version,
+            model=self._header.model,
+            dimensions=self._header.dimensions,
+            fingerprint=self._header.fingerprint,
+            files=len(self.sources()),
+            matrix=matrix,
+            alive=self._alive[:n].copy() if self._dead else None,
+            rows=tuple(self._rows),
+        )
+        self._snapshot = snap
+        return snap
+
     def _entry(self, r: _Row) -> Entry:
         vector = self._vecs[r.row]
         vector.flags.writeable = False
@@ -404,6 +451,8 @@ class Store:
             self._header.files[source] = state
             changed = True
         self._dirty |= changed
+        if changed:
+            self._version += 1
 
     def remove_source(self, source: str) -> None:
         """Forget ``source``: its entries and its stat signature."""
@@ -413,6 +462,8 @@ class Store:
             self._kill(r)
         had_file = self._header.files.pop(source, None) is not None
         self._dirty |= bool(rows) or had_file
+        if rows or had_file:
+            self._version += 1
 
     def rename_source(self, old: str, new: str, state: FileState) -> bool:
         """Move ``old``'s entries to ``new`` (new ids, same vectors and timestamps).
@@ -428,17 +479,23 @@ class Store:
             self._header.files[new] = state
             return True
         self.remove_source(new)
-        rows = self._by_source.pop(old, [])
-        for r in rows:
-            r.source = new
-            r.id = entry_id(new, r.chunk)
-            self._spans[r.row, 0] = -1
+        # New records rather than edits: a snapshot holding the old ones must not see a half-renamed file.
+        rows = [self._renamed(r, new) for r in self._by_source.pop(old, [])]
         if rows:
             self._by_source[new] = rows
         self._header.files.pop(old, None)
         self._header.files[new] = state
         self._dirty = True
+        self._version += 1
         return True
+
+    def _renamed(self, r: _Row, source: str) -> _Row:
+        moved = replace(r, source=source, id=entry_id(source, r.chunk))
+        self._rows[r.row] = moved
+        same = self._by_hash[r.hash]
+        same[same.index(r)] = moved  # _Row compares by identity (eq=False)
+        self._spans[r.row, 0] = -1
+        return moved
 
     def _check_writable(self) -> None:
         if self._readonly:
@@ -483,11 +540,16 @@ class Store:
             spans = np.empty((capacity, 2), dtype=np.int64)
             spans[: len(self._rows)] = self._spans[: len(self._rows)]
             self._spans = spans
+            alive = np.empty(capacity, dtype=np.bool_)
+            alive[: len(self._rows)] = self._alive[: len(self._rows)]
+            self._alive = alive
+            self._vecs_shared = False
 
     def _append(self, source: str, e: NewEntry, vec: FloatMatrix) -> _Row:
         row = len(self._rows)
         self._vecs[row] = vec
         self._spans[row] = (-1, 0)
+        self._alive[row] = True
         r = _Row(
             entry_id(source, e.chunk), e.content, source, e.page, e.chunk, e.hash, e.timestamp, None, row
         )
@@ -497,6 +559,7 @@ class Store:
 
     def _kill(self, r: _Row) -> None:
         r.alive = False
+        self._alive[r.row] = False
         self._dead += 1
         same = self._by_hash[r.hash]
         same.remove(r)
@@ -504,9 +567,16 @@ class Store:
             del self._by_hash[r.hash]
 
     def _compact(self) -> None:
-        """Drop dead rows, moving vectors down in place so matrix rows match file order."""
+        """Drop dead rows, moving vectors down so matrix rows match file order.
+
+        In place, unless a snapshot holds a view of the matrix: then the live rows are copied
+        into a new one and the snapshot keeps the old, untouched.
+        """
         if not self._dead:
             return
+        target = self._vecs
+        if self._vecs_shared:
+            target = np.empty_like(self._vecs)
         live: list[_Row] = []
         run_src = run_dst = run_len = 0
         for r in self._rows:
@@ -515,23 +585,29 @@ class Store:
             if run_len and r.row == run_src + run_len:
                 run_len += 1
             else:
-                self._move(run_src, run_dst, run_len)
+                self._move(run_src, run_dst, run_len, target)
                 run_src, run_dst, run_len = r.row, len(live), 1
             r.row = len(live)
             live.append(r)
-        self._move(run_src, run_dst, run_len)
+        self._move(run_src, run_dst, run_len, target)
         self._rows = live
         self._dead = 0
+        self._alive[: len(live)] = True
+        if target is not self._vecs:
+            self._vecs = target
+            self._vecs_shared = False
+            # A new snapshot lets the old matrix go as soon as the last reader drops it.
+            self._version += 1
 
-    def _move(self, src: int, dst: int, n: int) -> None:
-        """Move rows [src, src+n) of the matrix and the spans down to dst."""
-        if not n or src == dst:
+    def _move(self, src: int, dst: int, n: int, vecs: FloatMatrix) -> None:
+        """Move rows [src, src+n) of the matrix (into ``vecs``) and of the spans down to dst."""
+        if not n or (src == dst and vecs is self._vecs):
             return
         # On 1-D views numpy copies overlapping ranges like memmove, without a temporary.
-        for array in (self._vecs, self._spans):
+        for source, array in ((self._vecs, vecs), (self._spans, self._spans)):
             width = array.shape[1]
             flat = array.reshape(-1)
-            flat[dst * width : (dst + n) * width] = flat[src * width : (src + n) * width]
+            flat[dst * width : (dst + n) * width] = source.reshape(-1)[src * width : (src + n) * width]
 
     # ----- saving -----
 

@@ -206,8 +206,11 @@ def test_init_writes_a_commented_config_that_loads(tmp_path: Path, cli_env: dict
     text = path.read_text()
     data = tomllib.loads(text)
     for table, keys in DEFAULTS.items():
-        assert set(data[table]) == set(keys), table  # every key written, with its default
-        assert all(data[table][k] == v for k, v in keys.items())
+        written = {k: v for k, v in keys.items() if v is not None}  # computed defaults: commented out
+        assert set(data[table]) == set(written), table  # every key written, with its default
+        assert all(data[table][k] == v for k, v in written.items())
+    assert '# socket = "data/embeddings.sock"' in text
+    assert config.serve.socket == tmp_path / "data" / "embeddings.sock"
     lines = text.splitlines()
     # Each key of the first tables has a comment right above it.
     for key in ("threads", "normalize", "gpu_layers", "size", "overlap", "include", "debounce_ms", "nice"):
@@ -607,13 +610,19 @@ def test_commands_beside_a_running_daemon(
     try:
         _wait_for_sources(store_path, {"inbox/bread.md", "inbox/volcanoes.txt", "inbox/chess.md"})
         running = _json(_run(["status", "--config", str(cfg), "--json"], cli_env))
-        assert running["daemon"] == {"running": True, "pid": daemon.proc.pid}
+        # The daemon's own answer over its socket: its state beside what the store says.
+        assert running["daemon"]["running"] and running["daemon"]["pid"] == daemon.proc.pid
+        assert running["daemon"]["phase"] == "ready" and running["daemon"]["queued_files"] == 0
         text = _run(["status", "--config", str(cfg)], cli_env).stdout
-        assert f"running (pid {daemon.proc.pid})" in text
+        assert f"running (pid {daemon.proc.pid})" in text and "ready, 0 files queued" in text
 
-        # Search reads the store without its lock: results now, and the daemon carries on.
+        # Search is answered by the daemon; without it, it reads the store without its lock.
         found = _json(_run(["search", "--config", str(cfg), "--json", "lava and magma"], cli_env))
         assert found["results"][0]["source"] == "inbox/volcanoes.txt"
+        cold = _json(
+            _run(["search", "--config", str(cfg), "--json", "--no-daemon", "lava and magma"], cli_env)
+        )
+        assert [h["id"] for h in cold["results"]] == [h["id"] for h in found["results"]]
         (inbox / "taxes.txt").write_text(DOCUMENTS["taxes.txt"] + "\n")
         daemon.wait_event("file_indexed", source="inbox/taxes.txt")
         _wait_for_sources(store_path, {"inbox/taxes.txt"})

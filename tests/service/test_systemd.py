@@ -55,3 +55,9 @@ def test_unit_runs_the_documented_command_as_an_unprivileged_user() -> None:
     assert "ExecStart=/opt/embedd/.venv/bin/embedd --config /etc/embedd/config.toml" in text
     assert "User=embedd" in text and "Type=notify" in text and "Restart=on-failure" in text
     assert "ReadWritePaths=/var/lib/embedd" in text and "ProtectSystem=strict" in text
+
+
+def test_unit_gives_the_api_socket_a_runtime_folder_and_keeps_no_network() -> None:
+    text = UNIT.read_text()
+    assert "RuntimeDirectory=embedd" in text and "RuntimeDirectoryMode=0750" in text
+    assert "PrivateNetwork=yes" in text and "RestrictAddressFamilies=AF_UNIX\n" in text

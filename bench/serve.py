@@ -1,0 +1,233 @@
+"""The local API: search latency through the daemon against a cold `embedd search`, during a bulk
+index, and embeddings requests per second against a plain llama-cpp-python loop. Same run, same
+machine.
+
+    python bench/serve.py                 # 1k, 10k and 100k chunks; about 20 minutes
+    python bench/serve.py --quick         # 1k and 5k chunks, small counts; a couple of minutes
+
+1. For each store size: a store of N chunks (random unit vectors beside real files, so the
+   daemon's startup scan has nothing to do), the daemon started on it, then
+   - search over HTTP on the socket (one persistent connection, sequential): p50/p95/p99;
+   - `embedd search` as a process, answered by the daemon;
+   - `embedd search --no-daemon` as a process: today's cold path (loads the model, reads the store).
+2. During a bulk index: the daemon on the middle-sized store, then ``--bulk-chunks`` new chunks
+   (real text, embedded by the model) dropped into its folder; searches run back to back until
+   the last is in the store.
+3. Embeddings: ``--clients`` threads each send single short texts for ``--seconds``; against the
+   same model in a plain llama-cpp-python loop (one text per call) in this process, with the
+   daemon stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from corpus import chunks as corpus_chunks
+from machine import machine_line
+from servekit import QUERIES, RunningDaemon, build_store, default_model, embedd, percentiles
+
+from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder, physical_cores
+
+
+def fmt(p: dict[str, float]) -> str:
+    return f"{p['p50']:.1f} | {p['p95']:.1f} | {p['p99']:.1f}"
+
+
+def latency_at(root: Path, model: Path, n: int, *, queries: int, cli_runs: int, cold_runs: int) -> list[str]:
+    cfg = build_store(root, model, n)
+    rows = []
+    daemon = RunningDaemon(cfg)
+    try:
+        daemon.wait_ready()
+        with daemon.client() as c:
+            for q in QUERIES:  # warm-up: first requests pay for lazy imports and page faults
+                c.post("/v1/search", json={"query": q, "k": 5}).raise_for_status()
+            ms, took = [], []
+            for i in range(queries):
+                t0 = time.perf_counter()
+                r = c.post("/v1/search", json={"query": QUERIES[i % len(QUERIES)], "k": 5})
+                ms.append((time.perf_counter() - t0) * 1000)
+                r.raise_for_status()
+                took.append(r.json()["took_ms"])
+        rows.append(f"| {n:,} | daemon, HTTP on the socket | {queries} | {fmt(percentiles(ms))} |")
+        rows.append(f"| {n:,} | (of which in the daemon: took_ms) | {queries} | {fmt(percentiles(took))} |")
+        ms = []
+        for i in range(cli_runs):
+            t0 = time.perf_counter()
+            embedd("search", "--config", str(cfg), "--json", QUERIES[i % len(QUERIES)])
+            ms.append((time.perf_counter() - t0) * 1000)
+        rows.append(
+            f"| {n:,} | `embedd search`, answered by the daemon | {cli_runs} | {fmt(percentiles(ms))} |"
+        )
+        ms = []
+        for i in range(cold_runs):
+            t0 = time.perf_counter()
+            embedd("search", "--config", str(cfg), "--json", "--no-daemon", QUERIES[i % len(QUERIES)])
+            ms.append((time.perf_counter() - t0) * 1000)
+        rows.append(f"| {n:,} | `embedd search --no-daemon` (cold) | {cold_runs} | {fmt(percentiles(ms))} |")
+    finally:
+        daemon.stop()
+    return rows
+
+
+def during_bulk(root: Path, model: Path, n: int, bulk_chunks: int) -> list[str]:
+    cfg = build_store(root, model, n)
+    daemon = RunningDaemon(cfg)
+    try:
+        daemon.wait_ready()
+        texts = corpus_chunks(min(bulk_chunks, 3000), seed=99)
+        per_file = 40
+        with daemon.client() as c:
+            base = c.get("/v1/status").json()["daemon"]["in_memory"]["chunks"]
+            for q in QUERIES:
+                c.post("/v1/search", json={"query": q, "k": 5}).raise_for_status()
+            start = time.perf_counter()
+            for f in range(0, bulk_chunks, per_file):
+                body = [
+                    f"{texts[(f + i) % len(texts)]} (bulk {f + i})"
+                    for i in range(min(per_file, bulk_chunks - f))
+                ]
+                tmp = root / f"bulk{f:06}.tmp"
+                tmp.write_text("\n\n".join(body))
+                tmp.rename(root / "inbox" / f"bulk{f:06}.txt")
+            ms: list[float] = []
+            i = 0
+            while True:
+                t0 = time.perf_counter()
+                r = c.post("/v1/search", json={"query": QUERIES[i % len(QUERIES)], "k": 5})
+                ms.append((time.perf_counter() - t0) * 1000)
+                r.raise_for_status()
+                i += 1
+                if i % 10 == 0:
+                    live = c.get("/v1/status").json()["daemon"]
+                    if live["in_memory"]["chunks"] >= base + bulk_chunks and live["queued_files"] == 0:
+                        break
+            seconds = time.perf_counter() - start
+    finally:
+        daemon.stop()
+    return [
+        f"| {n:,} + {bulk_chunks:,} bulk | daemon, HTTP, during the bulk index | {len(ms)} | "
+        f"{fmt(percentiles(ms))} |",
+        f"\nBulk index of {bulk_chunks:,} chunks took {seconds:.1f} s ({bulk_chunks / seconds:.1f} chunks/s) "
+        f"while {len(ms)} searches ran back to back.",
+    ]
+
+
+def embeddings_rate(root: Path, model: Path, clients: int, seconds: float) -> list[str]:
+    cfg = build_store(root, model, 100)
+    daemon = RunningDaemon(cfg)
+    done = [0] * clients
+    errors = [0] * clients
+    try:
+        daemon.wait_ready()
+        stop_at = time.monotonic() + seconds
+
+        def client(k: int) -> None:
+            with daemon.client() as c:
+                n = 0
+                while time.monotonic() < stop_at:
+                    r = c.post("/v1/embeddings", json={"input": f"short text number {k}-{n}", "model": "m"})
+                    if r.status_code == 200:
+                        done[k] += 1
+                    else:
+                        errors[k] += 1
+                    n += 1
+
+        with daemon.client() as c:
+            c.post("/v1/embeddings", json={"input": "warm up"}).raise_for_status()
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        served = sum(done) / (time.perf_counter() - t0)
+    finally:
+        daemon.stop()
+    embedder = LlamaEmbedder(model, EmbedderSettings(threads=physical_cores()))
+    try:
+        embedder.embed(["warm up"])
+        n = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            embedder.embed([f"short text number 0-{n}"])
+            n += 1
+        loop = n / (time.perf_counter() - t0)
+    finally:
+        embedder.close()
+    return [
+        "| what | requests/s |",
+        "| --- | ---: |",
+        f"| daemon, {clients} concurrent clients, one short text per request (HTTP) | {served:.1f} |",
+        f"| plain llama-cpp-python loop, one text per call, same model and threads | {loop:.1f} |",
+        f"| ratio daemon / loop | {served / loop:.2f}x |",
+        f"\nErrors: {sum(errors)} of {sum(done) + sum(errors)} requests.",
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes and counts, to check the benchmark runs"
+    )
+    parser.add_argument(
+        "--sizes", default=None, help="store sizes, comma-separated (default 1000,10000,100000)"
+    )
+    parser.add_argument("--queries", type=int, default=None, help="HTTP searches per size (default 300)")
+    parser.add_argument(
+        "--cli-runs", type=int, default=None, help="`embedd search` runs per size (default 10)"
+    )
+    parser.add_argument("--cold-runs", type=int, default=None, help="cold runs per size (default 5)")
+    parser.add_argument(
+        "--bulk-chunks", type=int, default=None, help="chunks in the bulk index (default 2000)"
+    )
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=None, help="embeddings test length (default 30)")
+    parser.add_argument("--model", type=Path, default=default_model())
+    args = parser.parse_args(argv)
+    quick = args.quick
+    sizes = [int(s) for s in (args.sizes or ("1000,5000" if quick else "1000,10000,100000")).split(",")]
+    queries = args.queries or (30 if quick else 300)
+    cli_runs = args.cli_runs or (3 if quick else 10)
+    cold_runs = args.cold_runs or (2 if quick else 5)
+    bulk = args.bulk_chunks or (200 if quick else 2000)
+    seconds = args.seconds or (5.0 if quick else 30.0)
+    if not args.model.exists():
+        print(f"no model at {args.model}: run `make model` first", file=sys.stderr)
+        return 2
+    out = [
+        f"# embedd API benchmark{' (--quick: not for publication)' if quick else ''}",
+        "",
+        machine_line(),
+        "",
+    ]
+    out += [
+        "## Search latency (ms)",
+        "",
+        "| chunks | path | runs | p50 | p95 | p99 |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    with tempfile.TemporaryDirectory(prefix="embedd-bench-") as tmp:
+        for n in sizes:
+            out += latency_at(
+                Path(tmp) / f"s{n}", args.model, n, queries=queries, cli_runs=cli_runs, cold_runs=cold_runs
+            )
+            print("\n".join(out[-4:]), file=sys.stderr, flush=True)
+        mid = sizes[len(sizes) // 2]
+        out += during_bulk(Path(tmp) / "bulk", args.model, mid, bulk)
+        out += ["", "## Embeddings, single short texts", ""]
+        out += embeddings_rate(Path(tmp) / "emb", args.model, args.clients, seconds)
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""The HTTP API as an ASGI app: search, OpenAI-compatible embeddings, status and health.
+
+Routes (the same on the Unix socket and on TCP):
+
+- ``POST /v1/embeddings``: OpenAI's request and response shape. ``input`` is a string or a list
+  of strings (token-id arrays are refused with 400: the daemon tokenizes itself); ``model`` is
+  accepted and answered with the daemon's model; ``encoding_format`` "float" (the default) or
+  "base64" (little-endian float32, what the official client asks for). No query prefix is
+  added: a caller embeds documents or queries as it likes.
+- ``POST /v1/search``: ``{"query", "k", "source_prefix", "min_score"}``; the query gets
+  ``[model] query_prefix`` and is ranked exactly like ``embedd search`` does.
+- ``GET /v1/status``: what ``embedd status --json`` prints, with the daemon's live state.
+- ``GET /v1/models``: the one model, for clients that list models first.
+- ``GET /healthz``: 200 once the startup reconcile is done, 503 before and while stopping.
+
+Every error is JSON in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, with
+its status: 400 bad JSON or fields, 401 a missing or wrong token, 404, 405, 408 a body that
+does not arrive, 413 a body over the limit, 422 a text longer than the model's context (never
+truncated), 503 while starting or stopping. No request can harm the daemon or the store: the
+handlers only read a store snapshot and queue work for the embedder thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import Any, Literal, Protocol
+
+import anyio
+import numpy as np
+import orjson
+import structlog
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from daemon.embed.embedder import FloatMatrix
+from daemon.errors import EmbedError, SchedulerClosedError, TextTooLongError
+from daemon.query.rank import rank_snapshot
+from daemon.store.snapshot import Snapshot
+
+log = structlog.get_logger("embedd")
+
+Phase = Literal["starting", "ready", "stopping"]
+
+# A request body must arrive within this; a client trickling it is cut off with 408.
+BODY_TIMEOUT_S = 30.0
+# OpenAI's own limit of inputs per embeddings request.
+MAX_INPUTS = 2048
+MAX_K = 1000
+
+
+class Backend(Protocol):
+    """What the API needs from the daemon."""
+
+    @property
+    def phase(self) -> Phase: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def dimension(self) -> int: ...
+    @property
+    def query_prefix(self) -> str: ...
+
+    def embed(self, texts: list[str]) -> Future[FloatMatrix]:
+        """Queue texts at query priority; raises EmbedError, TextTooLongError or SchedulerClosedError."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def snapshot(self) -> Snapshot:
+        """The store as last published by the worker; never blocks."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """The ``/v1/status`` document."""
+        ...
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI-style JSON with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+
+def json_response(doc: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """JSON by orjson: numpy float32 arrays are written exactly, in their shortest form."""
+    return Response(
+        orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(err: ApiError) -> Response:
+    body = {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+    return json_response(body, err.status, err.headers)
+
+
+def unavailable(phase: str) -> ApiError:
+    return ApiError(
+        503,
+        f"the daemon is {phase}; retry in a moment",
+        type_="server_error",
+        code=phase,
+        headers={"Retry-After": "1"},
+    )
+
+
+class Api:
+    """The route handlers over one ``Backend``."""
+
+    def __init__(self, backend: Backend, *, max_body_bytes: int) -> None:
+        self.backend = backend
+        self.max_body_bytes = max_body_bytes
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _json_body(self, request: Request) -> dict[str, Any]:
+        """The request's JSON object; 413 past the limit, 408 when it does not arrive, 400 when invalid."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise self._too_large()
+        body = bytearray()
+        try:
+            with anyio.fail_after(BODY_TIMEOUT_S):
+                async for piece in request.stream():
+                    body += piece
+                    if len(body) > self.max_body_bytes:
+                        raise self._too_large()
+        except TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s") from None
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        return doc
+
+    def _too_large(self) -> ApiError:
+        return ApiError(
+            413,
+            f"the request body is larger than serve.max_body_bytes ({self.max_body_bytes} bytes)",
+            code="body_too_large",
+        )
+
+    def _ready(self) -> None:
+        phase = self.backend.phase
+        if phase != "ready":
+            raise unavailable(phase)
+
+    async def _vectors(self, request: Request, texts: list[str], param: str) -> FloatMatrix:
+        """Embed at query priority; a client that hangs up meanwhile cancels the job if it has not started."""
+        try:
+            future = await run_in_threadpool(self.backend.embed, texts)
+        except TextTooLongError as exc:
+            where = param if exc.index is None or len(texts) == 1 else f"{param}[{exc.index}]"
+            raise ApiError(
+                422,
+                f"{where} has {exc.tokens} tokens, more than the model's context of {exc.limit}; "
+                "embedd never truncates: split the text",
+                param=param,
+                code="context_length_exceeded",
+            ) from None
+        except SchedulerClosedError:
+            raise unavailable("stopping") from None
+        except EmbedError as exc:
+            raise ApiError(400, f"{param}: {exc}", param=param) from None
+        return await _wait_unless_disconnected(request, future)
+
+    # -- routes ---------------------------------------------------------------------------
+
+    async def embeddings(self, request: Request) -> Response:
+        doc = await self._json_body(request)
+        raw = doc.get("input")
+        if raw is None:
+            raise ApiError(400, "missing required field: input", param="input")
+        texts = _input_texts(raw)
+        fmt = doc.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            raise ApiError(400, "encoding_format must be 'float' or 'base64'", param="encoding_format")
+        dims = doc.get("dimensions")
+        if dims is not None and dims != self.backend.dimension:
+            raise ApiError(
+                400,
+                f"dimensions: this model makes {self.backend.dimension}-dimensional vectors only",
+                param="dimensions",
+            )
+        model = doc.get("model")
+        if model is not None and not isinstance(model, str):
+            raise ApiError(400, "model must be a string", param="model")
+        self._ready()
+        vectors = await self._vectors(request, texts, "input")
+        tokens = await run_in_threadpool(lambda: sum(self.backend.count_tokens(t) for t in texts))
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encode(vec, fmt)}
+            for i, vec in enumerate(vectors)
+        ]
+        return json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": self.backend.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    async def search(self, request: Request) -> Response:
+        started = time.perf_counter()
+        doc = await self._json_body(request)
+        unknown = set(doc) - {"query", "k", "source_prefix", "min_score"}
+        if unknown:
+            raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
+        query = doc.get("query")
+        if not isinstance(query, str):
+            raise ApiError(400, "missing required field: query (a string)", param="query")
+        if not query.strip():
+            raise ApiError(400, "query is empty", param="query")
+        k = doc.get("k", 5)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise ApiError(400, f"k must be an integer from 1 to {MAX_K}", param="k")
+        prefix = doc.get("source_prefix")
+        if prefix is not None and not isinstance(prefix, str):
+            raise ApiError(400, "source_prefix must be a string", param="source_prefix")
+        min_score = doc.get("min_score")
+        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, int | float)):
+            raise ApiError(400, "min_score must be a number", param="min_score")
+        self._ready()
+        vector = (await self._vectors(request, [self.backend.query_prefix + query], "query"))[0]
+        snap = self.backend.snapshot()
+        hits = await run_in_threadpool(
+            rank_snapshot,
+            snap,
+            vector,
+            k,
+            source_prefix=prefix,
+            min_score=None if min_score is None else float(min_score),
+        )
+        return json_response(
+            {
+                "query": query,
+                "results": [h.to_json() for h in hits],
+                "model": snap.model,
+                "store": str(snap.path),
+                "searched": snap.count,
+                "took_ms": round((time.perf_counter() - started) * 1000, 2),
+            }
+        )
+
+    async def status(self, request: Request) -> Response:
+        return json_response(await run_in_threadpool(self.backend.status))
+
+    async def models(self, request: Request) -> Response:
+        model = {"id": self.backend.model, "object": "model", "created": 0, "owned_by": "embedd"}
+        return json_response({"object": "list", "data": [model]})
+
+    async def healthz(self, request: Request) -> Response:
+        phase = self.backend.phase
+        return json_response({"status": phase}, 200 if phase == "ready" else 503)
+
+
+def _input_texts(raw: object) -> list[str]:
+    if isinstance(raw, str):
+        return [raw]
+    if not isinstance(raw, list) or not raw:
+        raise ApiError(400, "input must be a string or a non-empty list of strings", param="input")
+    if len(raw) > MAX_INPUTS:
+        raise ApiError(400, f"input holds {len(raw)} items; at most {MAX_INPUTS} per request", param="input")
+    if not all(isinstance(item, str) for item in raw):
+        raise ApiError(
+            400,
+            "input must be strings: token-id arrays are not supported (embedd tokenizes itself; with "
+            "LangChain's OpenAIEmbeddings set check_embedding_ctx_length=False)",
+            param="input",
+            code="token_input_unsupported",
+        )
+    for i, text in enumerate(raw):
+        if not text.strip():
+            raise ApiError(400, f"input[{i}] is empty", param="input")
+    return list(raw)
+
+
+def _encode(vec: FloatMatrix, fmt: str) -> object:
+    if fmt == "base64":
+        return base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode("ascii")
+    return vec
+
+
+async def _wait_unless_disconnected(request: Request, future: Future[FloatMatrix]) -> FloatMatrix:
+    """The future's result; if the client hangs up first, cancel the job (if not started) and stop."""
+    result: asyncio.Future[FloatMatrix] = asyncio.wrap_future(future)
+    gone: asyncio.Future[None] = asyncio.ensure_future(_disconnected(request))
+    waiting: list[asyncio.Future[Any]] = [result, gone]
+    try:
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if result not in done:
+        future.cancel()
+        result.cancel()
+        raise ClientDisconnect()
+    try:
+        return result.result()
+    except TextTooLongError as exc:
+        raise ApiError(422, str(exc), code="context_length_exceeded") from None
+    except SchedulerClosedError:
+        raise unavailable("stopping") from None
+    except EmbedError as exc:
+        raise ApiError(500, f"the model failed: {exc}", type_="server_error") from None
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has hung up (the body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def build_app(backend: Backend, *, max_body_bytes: int, token: str | None = None) -> ASGIApp:
+    """The ASGI app; with ``token``, every route but /healthz needs ``Authorization: Bearer <token>``."""
+    api = Api(backend, max_body_bytes=max_body_bytes)
+    routes = [
+        Route("/v1/embeddings", api.embeddings, methods=["POST"]),
+        Route("/v1/search", api.search, methods=["POST"]),
+        Route("/v1/status", api.status, methods=["GET"]),
+        Route("/v1/models", api.models, methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+    ]
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = {
+            404: f"Invalid URL ({request.method} {request.url.path})",
+            405: f"Method {request.method} not allowed for {request.url.path}",
+        }.get(exc.status_code, str(exc.detail))
+        return error_response(ApiError(exc.status_code, message, headers=exc.headers))
+
+    async def on_disconnect(request: Request, exc: Exception) -> Response:
+        # Nobody is listening any more; uvicorn drops whatever is sent.
+        return Response(status_code=499)
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        return error_response(ApiError(500, "internal error; see the daemon's log", type_="server_error"))
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            ApiError: on_api_error,
+            HTTPException: on_http_error,
+            ClientDisconnect: on_disconnect,
+            Exception: on_crash,
+        },
+    )
+    guarded: ASGIApp = _Guarded(app)
+    if token is not None:
+        guarded = _BearerToken(guarded, token)
+    return guarded
+
+
+class _Guarded:
+    """Logs an unexpected exception once, as our event, instead of uvicorn's traceback on stderr."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            # Starlette has already answered 500 (on_crash) when it could.
+            log.exception("api_internal_error", path=scope.get("path"), method=scope.get("method"))
+
+
+class _BearerToken:
+    """Refuse requests without the right ``Authorization: Bearer`` token (401), except /healthz."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        given = b""
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, rest = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    given = rest.strip()
+        if not hmac.compare_digest(given, self._token):
+            message = "a valid token is required: send 'Authorization: Bearer <token>' (serve.token_file)"
+            if not given:
+                message = "missing token: send 'Authorization: Bearer <token>' (serve.token_file)"
+            response = error_response(
+                ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,106 @@
+"""The Model Context Protocol server (``embedd mcp``): search and status tools for AI assistants.
+
+It speaks MCP on stdio with the official SDK and answers by asking the running daemon over
+its socket; it never loads a model of its own (a second copy of the model would double the
+memory and compete for the same cores). When no daemon runs, a tool says so in its result.
+stdout carries the protocol: everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel, Field
+
+from daemon.config import Config
+from daemon.errors import DaemonRequestError, DaemonUnavailable
+from daemon.serve.client import DaemonClient
+
+INSTRUCTIONS = (
+    "Semantic search over the documents an embedd daemon indexes (text, Markdown, PDF). "
+    "Call `search` with a natural-language query; each hit has the source file, the PDF page, "
+    "the chunk's position and its text, best first."
+)
+
+
+class SearchHit(BaseModel):
+    """One chunk of a document, ranked by cosine similarity to the query."""
+
+    rank: int
+    score: float = Field(description="cosine similarity, higher is closer")
+    source: str = Field(description="the file, as the watch path plus the path below it")
+    page: int | None = Field(description="the PDF page (1-based); null for other files")
+    chunk: int = Field(description="the chunk's position in the file")
+    content: str
+
+
+class SearchAnswer(BaseModel):
+    """The hits of one query."""
+
+    query: str
+    model: str
+    searched: int = Field(description="chunks compared")
+    hits: list[SearchHit]
+
+
+def build_server(config: Config) -> MCPServer:
+    """An MCP server for ``config``'s daemon."""
+    server = MCPServer("embedd", instructions=INSTRUCTIONS, log_level="WARNING")
+    where = str(config.source_path) if config.source_path is not None else "the configuration"
+
+    def ask(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        client = DaemonClient.for_config(config)
+        if client is None:
+            raise ToolError(
+                f"no embedd daemon is running for {where} (its API is off or its socket is missing); "
+                f"start it with `embedd --config {where}`"
+            )
+        try:
+            return client.request(method, path, body)
+        except DaemonUnavailable:
+            raise ToolError(
+                f"no embedd daemon answers at {client.where}; start it with `embedd --config {where}`"
+            ) from None
+        except DaemonRequestError as exc:
+            raise ToolError(exc.message) from None
+
+    @server.tool()
+    def search(query: str, k: int = 5, source_prefix: str | None = None) -> SearchAnswer:
+        """Find the chunks of the indexed documents closest in meaning to ``query``, best first.
+
+        ``k`` is how many (1 to 100); ``source_prefix`` keeps only files whose source starts
+        with it (for instance "inbox/reports/").
+        """
+        if not 1 <= k <= 100:
+            raise ToolError("k must be between 1 and 100")
+        body: dict[str, Any] = {"query": query, "k": k}
+        if source_prefix:
+            body["source_prefix"] = source_prefix
+        doc = ask("POST", "/v1/search", body)
+        hits = [
+            SearchHit(
+                rank=h["rank"],
+                score=h["score"],
+                source=h["source"],
+                page=h["page"],
+                chunk=h["chunk"],
+                content=h["content"],
+            )
+            for h in doc["results"]
+        ]
+        return SearchAnswer(query=query, model=doc["model"], searched=doc["searched"], hits=hits)
+
+    @server.tool()
+    def status() -> dict[str, Any]:
+        """What the store holds (files, chunks, model), and what the daemon is doing."""
+        doc = ask("GET", "/v1/status")
+        store = doc.get("store", {})
+        return {
+            "store": {k: store.get(k) for k in ("path", "files", "chunks", "model", "dimensions", "updated")},
+            "daemon": doc.get("daemon"),
+            "watches": doc.get("watches"),
+        }
+
+    return server

@@ -1,0 +1,108 @@
+"""An immutable view of the store at one instant, for searches running beside the writer.
+
+``Store.snapshot()`` hands one out (under the store's lock, in a fraction of a millisecond):
+the float32 matrix as a read-only view, which rows were alive, and the row records. The
+store never changes what a snapshot sees: rows are only ever appended past its end, a
+compaction copies into a new matrix while a snapshot holds the old one, and a rename
+replaces its row records instead of editing them. So a search ranks a snapshot with no lock
+held, while the worker applies changes and saves, and it sees each change whole or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.store.entries import Entry
+from daemon.store.format import Extra, Fingerprint, FloatMatrix
+
+BoolMask = npt.NDArray[np.bool_]
+
+
+class RowRecord(Protocol):
+    """What a snapshot reads of one row; the store never edits a record a snapshot holds."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def content(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def page(self) -> int | None: ...
+    @property
+    def chunk(self) -> int: ...
+    @property
+    def hash(self) -> str: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def extra(self) -> Extra | None: ...
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The store's entries at one version; row ``i`` of ``matrix`` is ``entry(i)``.
+
+    ``alive`` is None when every row is live; otherwise dead rows (removed since the last
+    compaction) are still in ``matrix`` and must be masked out of any ranking.
+    """
+
+    path: Path
+    version: int
+    model: str
+    dimensions: int
+    fingerprint: Fingerprint | None
+    files: int
+    matrix: FloatMatrix
+    alive: BoolMask | None
+    rows: Sequence[RowRecord]
+
+    @property
+    def count(self) -> int:
+        """Live entries."""
+        return len(self.rows) if self.alive is None else int(self.alive.sum())
+
+    @property
+    def normalized(self) -> bool:
+        """True when the vectors are unit length (so a dot product is the cosine)."""
+        return self.fingerprint is not None and self.fingerprint.normalize
+
+    def entry(self, i: int) -> Entry:
+        """The entry at row ``i`` (its vector a read-only view)."""
+        r = self.rows[i]
+        return Entry(r.id, r.content, r.source, r.page, r.chunk, r.hash, self.matrix[i], r.timestamp, r.extra)
+
+    def source_mask(self, prefix: str) -> BoolMask:
+        """Rows whose source starts with ``prefix``."""
+        return np.fromiter(
+            (r.source.startswith(prefix) for r in self.rows), dtype=np.bool_, count=len(self.rows)
+        )
+
+
+class Published:
+    """The snapshot the store's writer published last; readers take it without any lock.
+
+    The writer calls ``publish`` (under the store's lock) after each change it applies, so a
+    reader sees every change whole, and never waits for a change or a save.
+    """
+
+    def __init__(self, store: _Snapshots) -> None:
+        self._snap = store.snapshot()
+
+    def publish(self, store: _Snapshots) -> None:
+        """Make the store's current state the one readers get; cheap when nothing changed."""
+        self._snap = store.snapshot()  # one reference assignment: atomic for readers
+
+    def current(self) -> Snapshot:
+        """The latest published snapshot."""
+        return self._snap
+
+
+class _Snapshots(Protocol):
+    def snapshot(self) -> Snapshot: ...

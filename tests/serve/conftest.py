@@ -1,0 +1,116 @@
+"""An in-process API server over the real model: real HTTP on a real Unix socket and loopback TCP.
+
+The server runs exactly as in the daemon (``ApiServer`` over ``DaemonBackend`` over the
+``Scheduler`` and a published ``Store`` snapshot); only the worker is missing, so the store
+holds what the fixture put in it, and the test decides when the daemon is "ready" or "stopping".
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from daemon.config import ServeConfig
+from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
+from daemon.serve.backend import DaemonBackend
+from daemon.serve.server import ApiServer, HeaderDeadlineH11Protocol
+from daemon.service.scheduler import Priority, Scheduler
+from daemon.store.format import content_hash
+from daemon.store.snapshot import Published
+from daemon.store.store import FileState, Fingerprint, NewEntry, Store
+
+TOKEN = "s3cret-token-for-tests"
+DOCS = {
+    "inbox/harbour.txt": [
+        "Meeting notes: the harbour survey starts in May. Bring boots and a torch for the tunnels.",
+        "The survey team meets at the old lighthouse at seven in the morning.",
+    ],
+    "inbox/bread.md": ["A sourdough loaf needs a long, cool rise: twelve hours in the fridge is typical."],
+    "inbox/trams.txt": ["The maintenance log of the city trams lists every brake inspection since 2019."],
+}
+
+
+@dataclass
+class Api:
+    """The running in-process server and its parts."""
+
+    socket: Path
+    tcp: tuple[str, int]
+    embedder: LlamaEmbedder
+    scheduler: Scheduler
+    store: Store
+    backend: DaemonBackend
+    phase_stop: threading.Event
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(self.socket)), base_url="http://embedd", **kw
+        )
+
+    def tcp_client(self, token: str | None = TOKEN, **kw: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=f"http://{self.tcp[0]}:{self.tcp[1]}", headers=headers, **kw)
+
+
+@pytest.fixture(scope="module")
+def api(default_model: Path) -> Iterator[Api]:
+    # A short folder: a Unix socket path holds at most 107 bytes.
+    root = Path(tempfile.mkdtemp(prefix="embedd-api-"))
+    old_timeout = HeaderDeadlineH11Protocol.header_timeout
+    HeaderDeadlineH11Protocol.header_timeout = 1.0  # the slowloris test waits for it
+    embedder = LlamaEmbedder(default_model, EmbedderSettings(threads=2))
+    scheduler = Scheduler(embedder)
+    scheduler.start()
+    store = Store.open(
+        root / "embeddings.json",
+        model=embedder.name,
+        dimensions=embedder.dimension,
+        fingerprint=Fingerprint(embedder.fingerprint, embedder.pooling, True, 500, 50),
+    )
+    for n, (source, texts) in enumerate(DOCS.items()):
+        vectors = scheduler.embed(texts, Priority.INDEX)
+        entries = [
+            NewEntry(t, None, i, content_hash(t), v, 1_764_100_000_000)
+            for i, (t, v) in enumerate(zip(texts, vectors, strict=True))
+        ]
+        store.replace_source(source, entries, FileState(10 + n, 1, 100 + n))
+    published = Published(store)
+    phase_stop = threading.Event()
+    backend = DaemonBackend(
+        scheduler, published, query_prefix="", status=lambda: {"daemon": {"running": True}}, stop=phase_stop
+    )
+    token_file = root / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    serve = ServeConfig(
+        socket=root / "api.sock", tcp=("127.0.0.1", 0), token_file=token_file, max_body_bytes=64 * 1024
+    )
+    server = ApiServer(serve, backend)
+    server.start()
+    port = int(server.listeners[1].address.rsplit(":", 1)[1])
+    try:
+        yield Api(root / "api.sock", ("127.0.0.1", port), embedder, scheduler, store, backend, phase_stop)
+    finally:
+        server.stop()
+        scheduler.close()
+        embedder.close()
+        store.close()
+        HeaderDeadlineH11Protocol.header_timeout = old_timeout
+        for p in root.iterdir():
+            p.unlink()
+        root.rmdir()
+
+
+@pytest.fixture
+def ready(api: Api) -> Api:
+    """The API in its "ready" phase (the startup reconcile done)."""
+    api.phase_stop.clear()
+    api.backend.mark_ready()
+    return api
