@@ -74,7 +74,7 @@ def test_example_file_loads_and_equals_the_defaults() -> None:
 def test_defaults_are_converted_to_units() -> None:
     cfg = parse_config(minimal(), Path("/srv/embedd"))
     assert cfg.daemon.max_file_bytes == 100 * 1024 * 1024
-    assert cfg.daemon.pdf_memory_bytes == 1024 * 1024 * 1024
+    assert cfg.daemon.extract_memory_bytes == 1024 * 1024 * 1024
     assert cfg.daemon.rescan_interval_s == 300.0
     assert cfg.model.threads == 0
     assert cfg.chunking.size == 500

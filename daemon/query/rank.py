@@ -61,7 +61,20 @@ def rank_store(store: Store, vector: FloatMatrix, k: int) -> list[Hit]:
     hits = []
     for rank, (row, score) in enumerate(ranked, start=1):
         e = store.entry(row)
-        hits.append(Hit(rank, score, e.id, e.source, e.page, e.chunk, e.content, e.timestamp))
+        hits.append(
+            Hit(
+                rank,
+                score,
+                e.id,
+                e.source,
+                e.page,
+                e.chunk,
+                e.content,
+                e.timestamp,
+                section=e.section,
+                title=e.title,
+            )
+        )
     return hits
 
 
