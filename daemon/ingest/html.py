@@ -55,7 +55,8 @@ _SECTIONING = frozenset(("article", "main", "section"))
 _BOILERPLATE_ROLES = frozenset(
     ("navigation", "banner", "contentinfo", "complementary", "search", "menu", "menubar", "dialog")
 )
-# Whole class or id tokens, so that "entry-header" (a post's title) is kept but "site-header" is not.
+# Class or id tokens of chrome, matched whole ("site-header" is chrome, "entry-header" holds a
+# post's title), or by their last word ("rustdoc-breadcrumbs", "left-sidebar", "post-share").
 _BOILERPLATE_TOKENS = frozenset(
     (
         "nav", "navbar", "navigation", "menu", "menu-bar", "menubar", "topbar", "breadcrumb",
@@ -65,6 +66,14 @@ _BOILERPLATE_TOKENS = frozenset(
         "advertisement", "ads", "ad",
     )
 )  # fmt: skip
+_BOILERPLATE_LAST_WORDS = frozenset(
+    (
+        "breadcrumb", "breadcrumbs", "navbar", "sidebar", "nav", "navigation", "menu", "menubar",
+        "toolbar", "cookie", "cookies", "share", "sharing", "social", "footer", "advert",
+    )
+)  # fmt: skip
+# Links that only mark a heading's anchor: "§" (rustdoc), "¶" (Sphinx), "#" (GitHub).
+_ANCHOR_MARKS = frozenset(("§", "¶", "#", "🔗"))
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}
 _BLOCKS = frozenset(
     (
@@ -118,6 +127,16 @@ def _tokens(element: etree._Element) -> set[str]:
     return {t.lower() for attr in ("class", "id") for t in (element.get(attr) or "").split()}
 
 
+def _boilerplate_token(tokens: set[str]) -> bool:
+    if not tokens.isdisjoint(_BOILERPLATE_TOKENS):
+        return True
+    return any(
+        t.replace("_", "-").rsplit("-", 1)[-1] in _BOILERPLATE_LAST_WORDS
+        for t in tokens
+        if "-" in t or "_" in t
+    )
+
+
 def _is_chrome(element: lhtml.HtmlElement, tag: str, drop: frozenset[str], site: bool) -> bool:
     """Whether ``element`` is left out: a dropped tag, hidden, or (on a web ``site``) its chrome."""
     if tag in drop:
@@ -134,11 +153,22 @@ def _is_chrome(element: lhtml.HtmlElement, tag: str, drop: frozenset[str], site:
     style = element.get("style")
     if style and _HIDDEN_STYLE.search(style):
         return True
-    return (
-        site
-        and tag not in ("body", "main", "article")
-        and not _tokens(element).isdisjoint(_BOILERPLATE_TOKENS)
-    )
+    if tag == "a" and (element.text or "").strip() in _ANCHOR_MARKS and len(element) == 0:
+        return True
+    return site and tag not in ("body", "main", "article") and _boilerplate_token(_tokens(element))
+
+
+def _text(element: lhtml.HtmlElement, drop: frozenset[str], site: bool) -> str:
+    """The text of ``element`` without what the walker leaves out (a heading's "copy" button ...)."""
+    parts = [element.text or ""]
+    for child in element:
+        if isinstance(child.tag, str) and not _is_chrome(child, child.tag.lower(), drop, site):
+            if child.tag.lower() == "img" and child.get("alt"):
+                parts.append(f" [image: {one_line(child.get('alt') or '')}] ")
+            else:
+                parts.append(_text(child, drop, site))
+        parts.append(child.tail or "")
+    return "".join(parts)
 
 
 class _Walker:
@@ -171,10 +201,10 @@ class _Walker:
                 continue
             if tag in _HEADINGS:
                 self.end_paragraph()
-                self.sections.heading(_HEADINGS[tag], child.text_content())
+                self.sections.heading(_HEADINGS[tag], _text(child, self.drop, self.site))
             elif tag == "table":
                 self.end_paragraph()
-                self.sections.block("\n".join(_rows(child)))
+                self.sections.block("\n".join(_rows(child, self.drop, self.site)))
             elif tag == "pre":
                 self.end_paragraph()
                 self.sections.block(child.text_content().strip("\n"))
@@ -195,7 +225,7 @@ class _Walker:
             self.text(child.tail)
 
 
-def _rows(table: lhtml.HtmlElement) -> list[str]:
+def _rows(table: lhtml.HtmlElement, drop: frozenset[str], site: bool) -> list[str]:
     """One ``cell | cell`` line per row of ``table`` (not of tables nested in its cells)."""
     lines = []
     rows: list[lhtml.HtmlElement] = []
@@ -205,7 +235,7 @@ def _rows(table: lhtml.HtmlElement) -> list[str]:
         elif child.tag in ("thead", "tbody", "tfoot"):
             rows.extend(r for r in child if r.tag == "tr")
     for row in rows:
-        cells = [one_line(cell.text_content()) for cell in row if cell.tag in ("td", "th")]
+        cells = [one_line(_text(cell, drop, site)) for cell in row if cell.tag in ("td", "th")]
         if any(cells):
             lines.append(" | ".join(cells))
     caption = table.find("caption")

@@ -67,24 +67,35 @@ def _inline(element: etree._Element, notes: list[str]) -> str:
             body = child.find(TEXT + "note-body")
             if body is not None:
                 inner: list[str] = []
-                text = "\n".join(_inline(p, inner) for p in body.iter(TEXT + "p", TEXT + "h"))
+                text = "\n".join(_inline(p, inner) for p in _paragraphs_in(body))
                 notes.append(f"[^{mark}]: {text.strip()}")
                 notes.extend(inner)
-        elif tag in (DRAW + "frame", DRAW + "custom-shape"):
+        elif isinstance(tag, str) and tag.startswith(DRAW):
+            # A frame, shape or group: its alt text (title and description), then its own text
+            # (a caption frame, a text box, the words on a rectangle).
             alt = one_line(
                 " ".join((child.findtext(SVG + "title") or "", child.findtext(SVG + "desc") or ""))
             )
             if alt:
                 parts.append(f" [image: {alt}] ")
-            box = child.find(DRAW + "text-box")
-            if box is not None:  # a caption frame or a text box
-                parts.append(
-                    " " + " ".join(_inline(p, notes) for p in box.iter(TEXT + "p", TEXT + "h")) + " "
-                )
+            inside = [_inline(p, notes) for p in _paragraphs_in(child)]
+            if any(t.strip() for t in inside):
+                parts.append(" " + " ".join(inside) + " ")
         elif isinstance(tag, str) and tag not in _SKIPPED_INLINE:
             parts.append(_inline(child, notes))  # spans, links, fields, ruby ...
         parts.append(child.tail or "")
     return "".join(parts)
+
+
+def _paragraphs_in(element: etree._Element) -> list[etree._Element]:
+    """The paragraphs and headings below ``element``, but not those inside one of them."""
+    found = []
+    for child in element:
+        if child.tag in (TEXT + "p", TEXT + "h"):
+            found.append(child)
+        elif isinstance(child.tag, str):
+            found += _paragraphs_in(child)
+    return found
 
 
 class _Reader:

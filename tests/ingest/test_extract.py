@@ -358,7 +358,8 @@ def test_worker_reads_the_opened_file_not_the_path(tmp_path: Path, monkeypatch: 
     # The worker gets the checked descriptor as stdin, never the path.
     code = (
         "import json, sys; data = sys.stdin.buffer.read();"
-        "print(json.dumps({'status': 'ok', 'units': [[1, None, str(len(data))]], 'title': None, 'warnings': []}))"
+        "print(json.dumps({'status': 'ok', 'units': [[1, None, str(len(data))]], 'title': None,"
+        " 'warnings': []}))"
     )
     started = use_worker(monkeypatch, code)
     path = write(tmp_path / "doc.pdf", b"%PDF-" + b"x" * 95)
