@@ -347,3 +347,28 @@ def test_sink_names_must_be_unique() -> None:
     same = {"type": "milvus", "uri": "x.db"}
     assert error_of(minimal(sink=[same, same])).field == "sink[1].name"
     assert error_of(minimal(sink={"type": "milvus"})).field == "sink"
+
+
+# --- document extraction -----------------------------------------------------------------
+
+
+def test_extract_limits_and_their_old_pdf_names() -> None:
+    cfg = parse_config(minimal(), Path("/srv"))
+    assert (cfg.daemon.extract_timeout_s, cfg.daemon.extract_memory_bytes) == (60.0, 1024 * 1024 * 1024)
+    assert cfg.daemon.max_html_bytes == 20 * 1024 * 1024
+    new = parse_config(minimal(daemon={"extract_timeout_s": 9, "extract_memory_mb": 256}), Path("/srv"))
+    old = parse_config(minimal(daemon={"pdf_timeout_s": 9, "pdf_memory_mb": 256}), Path("/srv"))
+    assert new == old
+    assert (old.daemon.extract_timeout_s, old.daemon.extract_memory_bytes) == (9.0, 256 * 1024 * 1024)
+    both = error_of(minimal(daemon={"pdf_timeout_s": 9, "extract_timeout_s": 10}))
+    assert both.field in ("daemon.pdf_timeout_s", "daemon.extract_timeout_s")
+    assert "old name of extract_timeout_s" in both.reason
+    assert error_of(minimal(daemon={"extract_memory_mb": 32})).field == "daemon.extract_memory_mb"
+    assert error_of(minimal(daemon={"max_html_mb": 0})).field == "daemon.max_html_mb"
+
+
+def test_default_include_takes_every_document_format() -> None:
+    inbox = parse_config(minimal(), Path("/srv")).watches[0]
+    for name in ("a.txt", "b.md", "c.PDF", "d.html", "e.htm", "f.docx", "g.pptx", "h.epub", "i.odt", "j.rst"):
+        assert inbox.matches(name), name
+    assert not inbox.matches("k.xlsx") and not inbox.matches("l.doc")

@@ -69,8 +69,10 @@ COMMENTS: Mapping[str, Mapping[str, str]] = {
         "log_level": '"debug", "info", "warning" or "error".',
         "max_file_mb": "Files larger than this (MiB) are skipped with a log line saying so.",
         "extract_timeout_s": "Wall-clock limit in seconds for extracting one document (PDF, Word,\n"
-        "PowerPoint, EPUB, OpenDocument, HTML, reST) in a sandboxed child process. Old name: pdf_timeout_s.",
-        "extract_memory_mb": "Memory limit (MiB) for that child process; at least 64. Old name: pdf_memory_mb.",
+        "PowerPoint, EPUB, OpenDocument, HTML, reST) in a sandboxed child process.\n"
+        "Old name: pdf_timeout_s.",
+        "extract_memory_mb": "Memory limit (MiB) for that child process; at least 64.\n"
+        "Old name: pdf_memory_mb.",
         "max_html_mb": "An HTML page larger than this (MiB) is indexed up to this size, with a warning.",
         "name": "This daemon's name in shared [[sink]] collections; empty means the host name.",
     },

@@ -23,7 +23,7 @@ from .ooxml import MC, PART_CAP, choice, core_title, local_name, main_part, rela
 from .sections import SectionBuilder, one_line
 from .units import CORRUPT, Parsed, Refused
 from .xmlsafe import parse_xml
-from .zipguard import Package, open_package
+from .zipguard import Package, article, open_package
 
 W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 WHAT = "Word document (.docx)"
@@ -238,7 +238,7 @@ def parse(stream: BinaryIO) -> Parsed:
     package = open_package(stream, WHAT, ("[Content_Types].xml",))
     main = main_part(package, "word/document.xml")
     if not package.has(main):
-        raise Refused(CORRUPT, f"not a {WHAT}: the zip has no {main!r}")
+        raise Refused(CORRUPT, f"not {article(WHAT)}: the zip has no {main!r}")
     root = parse_xml(package.read(main, PART_CAP), main)
     body = root.find(W + "body")
     reader = _Reader(package, main)

@@ -17,7 +17,7 @@ from lxml import etree
 from .sections import SectionBuilder, one_line
 from .units import CORRUPT, ENCRYPTED, UNSUPPORTED, Parsed, Refused
 from .xmlsafe import parse_xml
-from .zipguard import Package, open_package
+from .zipguard import Package, article, open_package
 
 TEXT = "{urn:oasis:names:tc:opendocument:xmlns:text:1.0}"
 TABLE = "{urn:oasis:names:tc:opendocument:xmlns:table:1.0}"
@@ -165,7 +165,7 @@ def parse(stream: BinaryIO) -> Parsed:
     root = parse_xml(package.read("content.xml", PART_CAP), "content.xml")
     body = root.find(OFFICE + "body")
     if body is None:
-        raise Refused(CORRUPT, f"not a {WHAT}: content.xml has no office:body")
+        raise Refused(CORRUPT, f"not {article(WHAT)}: content.xml has no office:body")
     text = body.find(OFFICE + "text")
     if text is None:
         kinds = ", ".join(etree.QName(child).localname for child in body if isinstance(child.tag, str))

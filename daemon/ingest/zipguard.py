@@ -32,6 +32,11 @@ _ENCRYPTED_STREAMS = ("EncryptedPackage".encode("utf-16-le"), "EncryptionInfo".e
 _CFB_SCAN_BYTES = 256 * MIB  # the directory of a compound file can sit anywhere in it
 
 
+def article(what: str) -> str:
+    """``what`` with "a" or "an" before it: "a Word document", "an EPUB book"."""
+    return ("an " if what[:1] in "AEIOU" else "a ") + what
+
+
 def _cfb_is_encrypted(stream: BinaryIO) -> bool:
     """Whether a compound file's directory names the streams of an encrypted OOXML package.
 
@@ -59,7 +64,7 @@ def sniff(stream: BinaryIO, what: str) -> None:
     stream.seek(0)
     head = stream.read(8)
     if not head:
-        raise Refused(CORRUPT, f"empty file, not a {what}")
+        raise Refused(CORRUPT, f"empty file, not {article(what)}")
     if head.startswith(CFB_MAGIC):
         if _cfb_is_encrypted(stream):
             raise Refused(
@@ -70,10 +75,10 @@ def sniff(stream: BinaryIO, what: str) -> None:
         raise Refused(
             UNSUPPORTED,
             f"an OLE2 compound file (a legacy binary .doc/.ppt/.xls with a new name?), "
-            f"not a {what}; save it in the new format to index it",
+            f"not {article(what)}; save it in the new format to index it",
         )
     if not head.startswith(ZIP_MAGICS):
-        raise Refused(CORRUPT, f"not a {what} (not a zip package; it starts with {head!r})")
+        raise Refused(CORRUPT, f"not {article(what)} (not a zip package; it starts with {head!r})")
 
 
 class Package:
@@ -125,7 +130,7 @@ def open_package(stream: BinaryIO, what: str, required: tuple[str, ...] = ()) ->
     try:
         archive = zipfile.ZipFile(stream)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise Refused(CORRUPT, f"not a {what}: corrupt zip ({exc})") from None
+        raise Refused(CORRUPT, f"not {article(what)}: corrupt zip ({exc})") from None
     infos = archive.infolist()
     if len(infos) > MAX_ENTRIES:
         raise Refused(
@@ -164,5 +169,5 @@ def open_package(stream: BinaryIO, what: str, required: tuple[str, ...] = ()) ->
     package = Package(archive, what)
     for member in required:
         if not package.has(member):
-            raise Refused(CORRUPT, f"not a {what}: the zip has no {member!r}")
+            raise Refused(CORRUPT, f"not {article(what)}: the zip has no {member!r}")
     return package
