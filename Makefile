@@ -40,6 +40,7 @@ bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/embed_throughput.py
 	$(BIN)/python bench/store_scale.py
+	$(BIN)/python bench/extract_formats.py
 
 clean:
 	rm -rf $(VENV) $(MODEL)

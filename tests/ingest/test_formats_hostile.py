@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import documents as docs
+import psutil  # type: ignore[import-untyped]  # no stubs installed
 import pytest
 from support import Daemon, read_store, wait_for, write_config
 
@@ -336,6 +337,7 @@ def test_the_daemon_skips_each_hostile_document_and_stays_up(
             return store if store is not None and "inbox/after.md" in store["files"] else None
 
         store = wait_for(settled, what="the store to hold every good file")
+        rss_mb = psutil.Process(daemon.proc.pid).memory_info().rss / MIB
     finally:
         died = daemon.proc.poll()
         code = daemon.stop()
@@ -350,3 +352,8 @@ def test_the_daemon_skips_each_hostile_document_and_stays_up(
         assert len(daemon.events_matching("file_skipped", path=str(inbox / name))) == 1, name
     with Store.open_readonly(store_path) as opened:
         assert opened.count == store["count"] == len(store["embeddings"])
+    page = daemon.events_matching("file_indexed", source="inbox/huge.html")[0]
+    print(
+        f"hostile documents: {len(HOSTILE) + 1} skipped, huge.html cut to {page['chunks']} chunks "
+        f"({page['embedded']} embedded), daemon RSS {rss_mb:.0f} MB"
+    )
