@@ -40,21 +40,25 @@ class Format:
     version: int = 1
 
 
+# Version 1 is how every file was read before formats had versions: as text, a PDF by pypdf.
+# A format that reads its files differently starts at 2, so a file an older embedd read as
+# text (a Markdown file in one piece, an HTML page with its tags, if `include` selected it) is
+# indexed again; any later change to a format's text or splitting adds one.
 TEXT = Format("text", sandboxed=False)
-# Version 2: split by headings (version 1 read a Markdown file as one piece of plain text).
 MARKDOWN = Format("markdown", sandboxed=False, version=2)
+HTML = Format("html", sandboxed=True, version=2)
 FORMATS: dict[str, Format] = {
     ".md": MARKDOWN,
     ".markdown": MARKDOWN,
     ".pdf": Format("pdf", sandboxed=True),
-    ".html": Format("html", sandboxed=True),
-    ".htm": Format("html", sandboxed=True),
-    ".xhtml": Format("html", sandboxed=True),
-    ".docx": Format("docx", sandboxed=True),
-    ".pptx": Format("pptx", sandboxed=True),
-    ".odt": Format("odt", sandboxed=True),
-    ".epub": Format("epub", sandboxed=True),
-    ".rst": Format("rst", sandboxed=True),
+    ".html": HTML,
+    ".htm": HTML,
+    ".xhtml": HTML,
+    ".docx": Format("docx", sandboxed=True, version=2),
+    ".pptx": Format("pptx", sandboxed=True, version=2),
+    ".odt": Format("odt", sandboxed=True, version=2),
+    ".epub": Format("epub", sandboxed=True, version=2),
+    ".rst": Format("rst", sandboxed=True, version=2),
 }
 """File suffix (lower case) -> its format; any other suffix is read as text."""
 

@@ -362,8 +362,8 @@ class Service:
             log.info(
                 "extraction_upgraded",
                 files=upgraded,
-                detail="files unchanged since they were indexed, but their format is now read or split "
-                "differently (Markdown by its headings); indexed again, unchanged chunks keep their vectors",
+                detail="files unchanged since they were indexed, but read or split differently now (a "
+                "Markdown file by its headings); indexed again, unchanged chunks keep their vectors",
             )
         if queued:
             self._bulk.start(queued)

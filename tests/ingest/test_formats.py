@@ -315,13 +315,13 @@ def test_worker_loads_only_its_own_format_modules(tmp_path: Path) -> None:
 # -- versions ------------------------------------------------------------------------------------
 
 
-def test_only_markdown_is_read_differently_than_before_formats_existed() -> None:
-    # Version 1 is what a store without versions recorded; anything else is indexed again.
+def test_only_text_and_pdf_are_read_as_before_formats_existed() -> None:
+    # Version 1 is what a store without versions recorded (text, or a PDF); any other is indexed
+    # again: a Markdown file is split by its headings, an .html file no longer read as text.
     assert extraction_version(Path("a.md")) == extraction_version(Path("B.MARKDOWN")) == 2
-    assert {
-        extraction_version(Path(f"x{suffix}")) for suffix in FORMATS if suffix not in (".md", ".markdown")
-    } == {1}
+    assert {extraction_version(Path(f"x{suffix}")) for suffix in FORMATS if suffix != ".pdf"} == {2}
     assert extraction_version(Path("notes.txt")) == extraction_version(Path("no-suffix")) == 1
+    assert extraction_version(Path("scan.PDF")) == 1
 
 
 def _write(path: Path, text: str) -> Path:

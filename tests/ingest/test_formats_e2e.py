@@ -227,22 +227,28 @@ def test_a_store_from_before_keeps_working_and_only_markdown_is_indexed_again(
     inbox, store_path = tmp_path / "inbox", tmp_path / "data" / "embeddings.json"
     (inbox / "notes.txt").write_text("Plain notes about the harbour survey, which starts in May.\n")
     (inbox / "chess.md").write_text(docs.MD_TEXT)
+    page = (
+        "<html><head><title>Tides</title></head><body><h1>Tides</h1><p>Spring tides follow the new moon.</p>"
+    )
+    (inbox / "tides.html").write_text(page)
     daemon = Daemon(cfg, cli_env).ready()
     try:
-        wait_store(store_path, {"inbox/notes.txt", "inbox/chess.md"})
+        wait_store(store_path, {"inbox/notes.txt", "inbox/chess.md", "inbox/tides.html"})
     finally:
         assert daemon.stop() == 0
     # Make it the store an embedd from before this change wrote: no extraction versions in
-    # "files", no sections, Markdown as one piece of plain text, no sidecar cache.
+    # "files", no sections or titles, Markdown and HTML (which an `include` could select) read
+    # as one piece of plain text each, no sidecar cache.
     old = orjson.loads(store_path.read_bytes())
     for record in old["files"].values():
         record.pop("extraction", None)
-    md = [e for e in old["embeddings"] if e["metadata"]["source"] == "inbox/chess.md"]
-    old["embeddings"] = [e for e in old["embeddings"] if e not in md]
-    whole = dict(md[0], content=docs.MD_TEXT.strip())
-    whole["metadata"] = {k: v for k, v in md[0]["metadata"].items() if k != "section"}
-    whole["metadata"]["hash"] = content_hash(whole["content"])
-    old["embeddings"].append(whole)
+    for source, text in (("inbox/chess.md", docs.MD_TEXT), ("inbox/tides.html", page)):
+        first = next(e for e in old["embeddings"] if e["metadata"]["source"] == source)
+        old["embeddings"] = [e for e in old["embeddings"] if e["metadata"]["source"] != source]
+        meta = {k: v for k, v in first["metadata"].items() if k not in ("section", "title")}
+        old["embeddings"].append(
+            dict(first, content=text.strip(), metadata=meta | {"hash": content_hash(text.strip())})
+        )
     old["count"] = len(old["embeddings"])
     store_path.write_bytes(orjson.dumps(old))
     store_path.with_name(store_path.name + ".idx").unlink(missing_ok=True)
@@ -250,12 +256,14 @@ def test_a_store_from_before_keeps_working_and_only_markdown_is_indexed_again(
 
     stale = cli(["verify", "--config", str(cfg), "--json"], cli_env)
     assert [(d["kind"], d["source"]) for d in json.loads(stale.stdout)["differences"]] == [
-        ("stale_extraction", "inbox/chess.md")
+        ("stale_extraction", "inbox/chess.md"),
+        ("stale_extraction", "inbox/tides.html"),
     ]
     daemon = Daemon(cfg, cli_env).ready()
     try:
-        assert daemon.wait_event("extraction_upgraded")[0]["files"] == 1
+        assert daemon.wait_event("extraction_upgraded")[0]["files"] == 2
         daemon.wait_event("file_indexed", source="inbox/chess.md")
+        daemon.wait_event("file_indexed", source="inbox/tides.html")
         # A text file renamed to .md is read as Markdown now: indexed again, not just renamed.
         (inbox / "notes.txt").rename(inbox / "notes.md")
         removed = daemon.wait_event("file_removed", source="inbox/notes.txt")[0]
@@ -268,6 +276,8 @@ def test_a_store_from_before_keeps_working_and_only_markdown_is_indexed_again(
     assert not list(store_path.parent.glob("*.bak-*"))
     assert not daemon.events_matching("file_indexed", source="inbox/notes.txt")
     assert [s for _, s in structure(store, "inbox/chess.md")][1] == "# Openings"
+    assert joined(store, "inbox/tides.html") == "Tides\n\nSpring tides follow the new moon."
+    assert titles(store, "inbox/tides.html") == {"Tides"}
     assert store["files"]["inbox/chess.md"]["extraction"] == 2
     assert store["files"]["inbox/notes.md"]["extraction"] == 2
     assert txt_before and txt_before[0]["content"] == entries_by_source(store, "inbox/notes.md")[0]["content"]
