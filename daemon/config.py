@@ -416,8 +416,9 @@ class _Table:
         for key, value in raw.items():
             name = (aliases or {}).get(key, key)
             if name in values:
+                old = key if key != name else self._written[name]
                 raise ConfigError(
-                    f"{field}.{key}", value, f"the old name of {name}, which is set too; keep only {name}"
+                    f"{field}.{old}", raw[old], f"the old name of {name}, which is set too; keep only {name}"
                 )
             values[name] = value
             self._written[name] = key

@@ -208,7 +208,7 @@ def _metadata(
     title: object = None,
 ) -> dict[str, Any]:
     """The export's metadata object: the walkthrough's keys, the hash, the section and title when
-    there are, then any keys another writer added."""
+    the entry has them, then any keys another writer added."""
     metadata: dict[str, Any] = {
         "content": content,
         "source": source,

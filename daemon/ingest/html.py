@@ -275,7 +275,7 @@ def parse_document(
         doc = lhtml.document_fromstring(text.encode("utf-8"), parser=parser)
     except (etree.ParserError, ValueError):
         return [], None, warnings  # "Document is empty": no element at all
-    title_el = doc.find(".//title")
+    title_el = doc.find("head/title")  # not an <svg> <title> in the body
     title = one_line(title_el.text_content()) if title_el is not None else ""
     body = doc.find("body")
     root = _content_root(doc) if web_page else (body if body is not None else doc)

@@ -26,38 +26,28 @@ def path_title(title: str) -> str:
     return flat if len(flat) <= MAX_TITLE_CHARS else flat[: MAX_TITLE_CHARS - 1] + "…"
 
 
-def format_path(headings: list[tuple[int, str]], prefix: str | None = None) -> str | None:
-    """``[(1, "A"), (2, "B")]`` -> ``"# A > ## B"``; ``prefix`` (an EPUB chapter) goes first."""
-    parts = [prefix] if prefix else []
-    parts += ["#" * level + " " + title for level, title in headings]
-    return SEPARATOR.join(parts) or None
+def format_path(headings: list[tuple[int, str]]) -> str | None:
+    """``[(1, "A"), (2, "B")]`` -> ``"# A > ## B"``; None for no heading."""
+    return SEPARATOR.join("#" * level + " " + title for level, title in headings) or None
 
 
 class SectionBuilder:
     """Collects blocks under the current heading path and closes a unit at each heading.
 
-    ``page`` is given to every unit (a slide); ``prefix`` starts every path (an EPUB chapter);
     ``joiner`` goes between blocks (Markdown keeps its own line breaks, so it passes "\n").
     """
 
-    def __init__(self, *, page: int | None = None, prefix: str | None = None, joiner: str = "\n\n") -> None:
+    def __init__(self, *, joiner: str = "\n\n") -> None:
         self._stack: list[tuple[int, str]] = []
         self._blocks: list[str] = []
         self._has_body = False
         self._units: list[TextUnit] = []
-        self._page = page
-        self._prefix = prefix
         self._joiner = joiner
 
     @property
     def path(self) -> str | None:
         """The heading path of the section being collected."""
-        return format_path(self._stack, self._prefix)
-
-    @property
-    def top_heading(self) -> str | None:
-        """The first heading of the current path, if any."""
-        return self._stack[0][1] if self._stack else None
+        return format_path(self._stack)
 
     def heading(self, level: int, title: str, text: str | None = None) -> None:
         """Start a section: close the one before, pop headings of this level or deeper.
@@ -89,7 +79,7 @@ class SectionBuilder:
 
     def _close(self) -> None:
         if self._blocks:
-            self._units.append(TextUnit(self._joiner.join(self._blocks), self._page, self.path))
+            self._units.append(TextUnit(self._joiner.join(self._blocks), None, self.path))
         self._blocks = []
         self._has_body = False
 
