@@ -2,6 +2,9 @@
 
 python-docx, python-pptx, odfpy and ebooklib (the dev extra) build a Word file, a slide deck,
 an OpenDocument text and an EPUB; the HTML page, the reST and the Markdown are written out.
+Documents made by office programs themselves are read where installed packages ship them
+(never copied into the project), and password-protected ones are made here the way Word and
+LibreOffice encrypt (msoffcrypto-tool; the ODF 1.2 scheme with ``cryptography``).
 Each document has a few sections on distinct topics, so a search can tell them apart, and
 planted markers (``TABLE-...``, ``NOTE-...``, ``ALT-...``) for what must survive extraction,
 and ``NOISE-...`` for what must not.
@@ -9,7 +12,13 @@ and ``NOISE-...`` for what must not.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
+import os
+import zipfile
+import zlib
+from importlib.resources import files
 from pathlib import Path
 
 from PIL import Image
@@ -218,6 +227,73 @@ def make_epub(path: Path) -> Path:
     return path
 
 
+EPUB2_LOCKS = "A pound lock lifts a boat between two gates; the lock keeper opens the paddles slowly."
+EPUB2_NARROWBOATS = "Narrowboats are seven feet wide so that two can pass in the narrow locks."
+EPUB2_BARGES = "Wide barges carried coal and grain on the broad canals of the north."
+_XHTML11 = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.1//EN" "http://www.w3.org/TR/xhtml11/DTD/xhtml11.dtd">\n'
+    '<html xmlns="http://www.w3.org/1999/xhtml"><head><title>The Canal Companion</title></head><body>'
+)
+
+
+def make_epub2(path: Path) -> Path:
+    """An EPUB 2 book as EPUB 2 tools write it, with no EPUB 3 navigation document.
+
+    An OPF 2.0 package whose spine names an NCX table of contents; the NCX starts with its
+    DOCTYPE (which must be accepted: only entity declarations are refused) and lists the
+    subchapters of chapter 2 by fragment; XHTML 1.1 chapters with their DOCTYPE, each titled
+    with the book's name (so only the NCX can name the chapters).
+    """
+    ncx = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<!DOCTYPE ncx PUBLIC "-//NISO//DTD ncx 2005-1//EN" "http://www.daisy.org/z3986/2005/ncx-2005-1.dtd">\n'
+        '<ncx xmlns="http://www.daisy.org/z3986/2005/ncx/" version="2005-1"><head>'
+        '<meta name="dtb:uid" content="canal-companion"/><meta name="dtb:depth" content="2"/></head>'
+        "<docTitle><text>The Canal Companion</text></docTitle><navMap>"
+        '<navPoint id="np1" playOrder="1"><navLabel><text>Locks</text></navLabel>'
+        '<content src="text/chapter1.xhtml"/></navPoint>'
+        '<navPoint id="np2" playOrder="2"><navLabel><text>Boats</text></navLabel>'
+        '<content src="text/chapter2.xhtml"/>'
+        '<navPoint id="np3" playOrder="3"><navLabel><text>Narrowboats</text></navLabel>'
+        '<content src="text/chapter2.xhtml#narrowboats"/></navPoint>'
+        '<navPoint id="np4" playOrder="4"><navLabel><text>Barges</text></navLabel>'
+        '<content src="text/chapter2.xhtml#barges"/></navPoint>'
+        "</navPoint></navMap></ncx>"
+    )
+    opf = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<package xmlns="http://www.idpf.org/2007/opf" version="2.0" unique-identifier="uid">'
+        '<metadata xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:opf="http://www.idpf.org/2007/opf">'
+        "<dc:title>The Canal Companion</dc:title><dc:language>en</dc:language>"
+        '<dc:identifier id="uid">canal-companion</dc:identifier></metadata><manifest>'
+        '<item id="ncx" href="toc.ncx" media-type="application/x-dtbncx+xml"/>'
+        '<item id="c1" href="text/chapter1.xhtml" media-type="application/xhtml+xml"/>'
+        '<item id="c2" href="text/chapter2.xhtml" media-type="application/xhtml+xml"/>'
+        '</manifest><spine toc="ncx"><itemref idref="c1"/><itemref idref="c2"/></spine></package>'
+    )
+    container = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<container version="1.0" xmlns="urn:oasis:names:tc:opendocument:xmlns:container"><rootfiles>'
+        '<rootfile full-path="OEBPS/content.opf" media-type="application/oebps-package+xml"/>'
+        "</rootfiles></container>"
+    )
+    chapter1 = f"{_XHTML11}<h1>Locks</h1><p>{EPUB2_LOCKS}</p></body></html>"
+    chapter2 = (
+        f"{_XHTML11}<h1>Boats</h1><p>Two kinds of boat work the canals.</p>"
+        f'<h2 id="narrowboats">Narrowboats</h2><p>{EPUB2_NARROWBOATS}</p>'
+        f'<h2 id="barges">Barges</h2><p>{EPUB2_BARGES}</p></body></html>'
+    )
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as book:
+        book.writestr("mimetype", "application/epub+zip", compress_type=zipfile.ZIP_STORED)
+        book.writestr("META-INF/container.xml", container)
+        book.writestr("OEBPS/content.opf", opf)
+        book.writestr("OEBPS/toc.ncx", ncx)
+        book.writestr("OEBPS/text/chapter1.xhtml", chapter1)
+        book.writestr("OEBPS/text/chapter2.xhtml", chapter2)
+    return path
+
+
 # -- HTML ---------------------------------------------------------------------------------------
 
 HTML_SHIELD = "Shield volcanoes are broad and gentle, built by runny basalt lava flows."
@@ -311,3 +387,119 @@ King and pawn endings turn on the opposition.
 
 Put the rook behind the passed pawn.
 """
+
+
+# -- Made by office programs, and password-protected -----------------------------------------------
+
+
+def installed(package: str, resource: str) -> Path:
+    """A file an installed package ships, read where it is (never copied into the project)."""
+    path = Path(str(files(package).joinpath(resource)))
+    assert path.is_file(), f"the installed {package} ships no {resource}"
+    return path
+
+
+def word_document() -> Path:
+    """An empty document saved by Microsoft Word (python-docx's template, with Word's styles and theme)."""
+    return installed("docx", "templates/default.docx")
+
+
+def powerpoint_deck() -> Path:
+    """An empty deck saved by Microsoft PowerPoint (python-pptx's template: a master, 11 layouts, a theme)."""
+    return installed("pptx", "templates/default.pptx")
+
+
+def libreoffice_text() -> Path:
+    """A text saved by LibreOffice 3.3 (docutils' ODT style sheet): two tables, bookmarks, no headings."""
+    return installed("docutils", "writers/odf_odt/styles.odt")
+
+
+PASSWORD = "correct horse"
+
+
+def encrypt_docx(plain: Path, password: str = PASSWORD) -> bytes:
+    """``plain`` saved with a password as Word does: ECMA-376 agile encryption, an OLE2 compound
+    file holding ``EncryptionInfo`` and ``EncryptedPackage``."""
+    from msoffcrypto.format.ooxml import OOXMLFile
+
+    out = io.BytesIO()
+    with plain.open("rb") as stream:
+        OOXMLFile(stream).encrypt(password, out)
+    return out.getvalue()
+
+
+MANIFEST = "urn:oasis:names:tc:opendocument:xmlns:manifest:1.0"
+ODF_ITERATIONS = 100_000
+
+
+def odf_key(password: str, salt: bytes, iterations: int = ODF_ITERATIONS) -> bytes:
+    """The ODF 1.2 AES key: PBKDF2-HMAC-SHA1 over the SHA-256 of the password."""
+    return hashlib.pbkdf2_hmac("sha1", hashlib.sha256(password.encode()).digest(), salt, iterations, 32)
+
+
+def encrypt_odt(plain: Path, password: str = PASSWORD) -> bytes:
+    """``plain`` saved with a password as LibreOffice does (ODF 1.2 encryption).
+
+    Every XML stream is deflated, then encrypted with AES-256-CBC under a key from PBKDF2 of the
+    password's SHA-256, and stored; ``META-INF/manifest.xml`` gives each encrypted entry its
+    ``manifest:encryption-data`` (algorithm, IV, salt, iterations and the SHA-256 of its first
+    kilobyte). The thumbnail, which would show the first page, is left out, as LibreOffice does.
+    """
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from lxml import etree
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zout:
+        old = etree.fromstring(zin.read("META-INF/manifest.xml"))
+        media = {
+            e.get(f"{{{MANIFEST}}}full-path"): e.get(f"{{{MANIFEST}}}media-type", "")
+            for e in old.iter(f"{{{MANIFEST}}}file-entry")
+        }
+        media.setdefault("/", "application/vnd.oasis.opendocument.text")
+        entries = [
+            f'<manifest:file-entry manifest:full-path="/" manifest:version="1.2" '
+            f'manifest:media-type="{media["/"]}"/>'
+        ]
+        zout.writestr("mimetype", zin.read("mimetype"), compress_type=zipfile.ZIP_STORED)
+        for info in zin.infolist():
+            name = info.filename
+            if name in ("mimetype", "META-INF/manifest.xml") or name.startswith("Thumbnails/"):
+                continue
+            data = zin.read(name)
+            kind = media.get(name, "")
+            entry = f'<manifest:file-entry manifest:full-path="{name}" manifest:media-type="{kind}"'
+            if not name.endswith((".xml", ".rdf")):
+                zout.writestr(info, data)
+                entries.append(entry + "/>")
+                continue
+            deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+            packed = deflate.compress(data) + deflate.flush()
+            salt, iv = os.urandom(16), os.urandom(16)
+            padder = padding.PKCS7(128).padder()
+            encryptor = Cipher(algorithms.AES(odf_key(password, salt)), modes.CBC(iv)).encryptor()
+            sealed = encryptor.update(padder.update(packed) + padder.finalize()) + encryptor.finalize()
+            zout.writestr(name, sealed, compress_type=zipfile.ZIP_STORED)
+            entries.append(
+                f'{entry} manifest:size="{len(data)}"><manifest:encryption-data '
+                f'manifest:checksum-type="urn:oasis:names:tc:opendocument:xmlns:manifest:1.0#sha256-1k" '
+                f'manifest:checksum="{b64(hashlib.sha256(packed[:1024]).digest())}">'
+                '<manifest:algorithm manifest:algorithm-name="http://www.w3.org/2001/04/xmlenc#aes256-cbc" '
+                f'manifest:initialisation-vector="{b64(iv)}"/>'
+                "<manifest:start-key-generation manifest:start-key-generation-name="
+                '"http://www.w3.org/2000/09/xmldsig#sha256" manifest:key-size="32"/>'
+                '<manifest:key-derivation manifest:key-derivation-name="PBKDF2" manifest:key-size="32" '
+                f'manifest:iteration-count="{ODF_ITERATIONS}" manifest:salt="{b64(salt)}"/>'
+                "</manifest:encryption-data></manifest:file-entry>"
+            )
+        manifest = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<manifest:manifest xmlns:manifest="{MANIFEST}" manifest:version="1.2">'
+            + "".join(entries)
+            + "</manifest:manifest>"
+        )
+        zout.writestr("META-INF/manifest.xml", manifest)
+    return out.getvalue()

@@ -126,6 +126,36 @@ def test_epub_chapters_in_spine_order_named_by_the_table_of_contents(tmp_path: P
     assert in_order(text_of(result), docs.EPUB_STEAM, "TABLE-EPUB", docs.EPUB_SIGNALS)
 
 
+def test_epub2_table_of_contents_with_a_doctype_names_the_chapters(tmp_path: Path) -> None:
+    # The NCX and the XHTML 1.1 chapters start with a DOCTYPE: harmless, accepted, never loaded.
+    result = extract(docs.make_epub2(tmp_path / "canal.epub"), LIMITS)
+    assert result.title == "The Canal Companion"
+    assert sections(result) == ["Locks", "Boats", "Boats > ## Narrowboats", "Boats > ## Barges"]
+    assert unit_with(result, docs.EPUB2_BARGES) == (None, "Boats > ## Barges")
+    assert not result.warnings
+
+
+# -- Made by office programs -----------------------------------------------------------------
+
+
+def test_documents_saved_by_office_programs_are_read_as_they_are() -> None:
+    """Word's and PowerPoint's empty documents (their styles, theme, master and layouts hold no
+    text) and a LibreOffice text, read where the packages that ship them are installed. The
+    documents the other tests write start from the same Word and PowerPoint files."""
+    for empty in (docs.word_document(), docs.powerpoint_deck()):
+        result = extract(empty, LIMITS)
+        assert (result.units, result.title, result.warnings) == ((), None, ()), empty
+    result = extract(docs.libreoffice_text(), LIMITS)
+    assert (sections(result), result.title, result.warnings) == ([None], None, ())
+    text = text_of(result)
+    # Text split by bookmarks and <text:s/> comes out whole; table rows are lines of cells.
+    assert text.startswith("Table style 0 (rststyle-table-0) \u2013 the default table style\n")
+    assert "rststyle-table-0 is the default style used by odf-odt writer. | Name all table styles" in text
+    assert in_order(
+        text, "Table style 0", "Table style 1 (rststyle-table-1)", "the \u201cclass\u201d directive"
+    )
+
+
 # -- HTML ------------------------------------------------------------------------------------
 
 

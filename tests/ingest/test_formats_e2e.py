@@ -1,6 +1,7 @@
 """Documents end to end: the real daemon indexes real .docx, .pptx, .odt, .epub, .html, .rst and
-.md files (written by their libraries, and real-world ones from tests/data/formats), and the
-store, search and export carry their structure. Every wait polls with a generous deadline."""
+.md files (written by their libraries; saved by Word, PowerPoint and LibreOffice, read where
+installed packages ship them; and pages from this machine's documentation in tests/data/formats),
+and the store, search and export carry their structure. Every wait polls with a generous deadline."""
 
 from __future__ import annotations
 
@@ -172,25 +173,32 @@ def test_documents_keep_their_structure_from_store_to_search(
 
 
 def test_real_world_documents(tmp_path: Path, default_model: Path, cli_env: dict[str, str]) -> None:
+    """Documents made by the programs people use: Word's and PowerPoint's own (empty) documents, a
+    LibreOffice text, the same saved with a password, an EPUB 2 book, and documentation pages."""
     cfg = write_config(tmp_path, default_model)
     inbox, store_path = tmp_path / "inbox", tmp_path / "data" / "embeddings.json"
     for path in DATA.iterdir():
         if not path.name.startswith(("LICENSE", "README")):
             shutil.copy(path, inbox / path.name)
-    readable = {
-        "tika-testWORD.docx",
-        "tika-testPPT.pptx",
-        "tika-testODFwithOOo3.odt",
-        "tika-testEPUB.epub",
+    shutil.copy(docs.word_document(), inbox / "word-empty.docx")
+    shutil.copy(docs.powerpoint_deck(), inbox / "powerpoint-empty.pptx")
+    shutil.copy(docs.libreoffice_text(), inbox / "libreoffice-tables.odt")
+    docs.make_epub2(inbox / "canal-epub2.epub")
+    word = docs.encrypt_docx(docs.make_docx(tmp_path / "orchard.docx"))
+    (inbox / "word-password.docx").write_bytes(word)
+    (inbox / "libreoffice-password.odt").write_bytes(docs.encrypt_odt(docs.libreoffice_text()))
+    empty = {"word-empty.docx", "powerpoint-empty.pptx"}
+    readable = empty | {
+        "libreoffice-tables.odt",
+        "canal-epub2.epub",
         "rustdoc-std-collections.html",
         "cmake-if.rst",
         "nodejs-path.md",
     }
-    locked = {"tika-testWORD_protected_passtika.docx", "tika-testODTEncrypted.odt"}
+    locked = {"word-password.docx", "libreoffice-password.odt"}
     daemon = Daemon(cfg, cli_env).ready()
     try:
-        for name in readable:
-            daemon.wait_event("file_indexed", source=f"inbox/{name}")
+        indexed = {name: daemon.wait_event("file_indexed", source=f"inbox/{name}")[0] for name in readable}
         reasons = {
             name: daemon.wait_event("file_skipped", path=str(inbox / name))[0]["reason"] for name in locked
         }
@@ -200,16 +208,20 @@ def test_real_world_documents(tmp_path: Path, default_model: Path, cli_env: dict
     assert all(reason.startswith("encrypted (a password-protected") for reason in reasons.values()), reasons
     assert not daemon.events("file_warning")
 
-    word = structure(store, "inbox/tika-testWORD.docx")
-    assert (None, "# Heading Level 1 > ## Heading Level 2 > ### Heading Level 3") in word
-    assert titles(store, "inbox/tika-testWORD.docx") == {"Sample Word Document"}
-    assert "This is a sample Microsoft Word Document." in joined(store, "inbox/tika-testWORD.docx")
-    assert [page for page, _ in structure(store, "inbox/tika-testPPT.pptx")] == [1, 2, 3]
-    odt = joined(store, "inbox/tika-testODFwithOOo3.odt")
-    assert "[^1]: This is of course a simple footnote" in odt and "[image: Rectangle Title" in odt
-    assert structure(store, "inbox/tika-testODFwithOOo3.odt")[0] == (None, "# Apache Tika Test Document")
-    epub = structure(store, "inbox/tika-testEPUB.epub")
-    assert (None, "Chapter 2 > ## Subchapter 2.2") in epub  # an EPUB 2 whose NCX has a DOCTYPE
+    # Word's and PowerPoint's empty documents: read without error, no text, recorded as indexed.
+    assert {name: indexed[name]["chunks"] for name in empty} == dict.fromkeys(empty, 0)
+    assert not any(entries_by_source(store, f"inbox/{name}") for name in empty)
+    odt = joined(store, "inbox/libreoffice-tables.odt")
+    assert "Table style 0 (rststyle-table-0) \u2013 the default table style" in odt
+    assert "used by odf-odt writer. | Name all table styles with prefix" in odt
+    assert structure(store, "inbox/libreoffice-tables.odt") == [(None, None)]
+    assert structure(store, "inbox/canal-epub2.epub") == [
+        (None, "Locks"),
+        (None, "Boats"),
+        (None, "Boats > ## Narrowboats"),
+        (None, "Boats > ## Barges"),
+    ]  # an EPUB 2 whose NCX has a DOCTYPE names its chapters
+    assert titles(store, "inbox/canal-epub2.epub") == {"The Canal Companion"}
     html = joined(store, "inbox/rustdoc-std-collections.html")
     assert "Rust\u2019s standard collection library" in html
     assert not any(chrome in html for chrome in ("Copy item path", "Settings", "Keyboard Shortcuts", "§"))
