@@ -43,6 +43,7 @@ bench: setup
 	$(BIN)/python bench/contention.py
 	$(BIN)/python bench/store_scale.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/extract_formats.py
 
 clean:
 	rm -rf $(VENV) $(MODEL) models/all-MiniLM-L6-v2.*.gguf

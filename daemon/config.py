@@ -51,8 +51,9 @@ DEFAULTS: Mapping[str, Mapping[str, object]] = MappingProxyType(
                 "log_format": "auto",
                 "log_level": "info",
                 "max_file_mb": 100,
-                "pdf_timeout_s": 60,
-                "pdf_memory_mb": 1024,
+                "extract_timeout_s": 60,
+                "extract_memory_mb": 1024,
+                "max_html_mb": 20,
                 "name": "",
                 "nice": 10,
             }
@@ -71,10 +72,23 @@ DEFAULTS: Mapping[str, Mapping[str, object]] = MappingProxyType(
 )
 """Every key of every plain table with its default; a key not listed here is rejected."""
 
+ALIASES: Mapping[str, Mapping[str, str]] = MappingProxyType(
+    {
+        # Before documents other than PDFs were parsed in the sandboxed worker, its limits had PDF names.
+        "daemon": MappingProxyType(
+            {"pdf_timeout_s": "extract_timeout_s", "pdf_memory_mb": "extract_memory_mb"}
+        ),
+    }
+)
+"""Old names still accepted for a key, per table; errors name the key as the user wrote it."""
+
 WATCH_DEFAULTS: Mapping[str, object] = MappingProxyType(
     {
         "path": None,  # required
-        "include": ("*.txt", "*.md", "*.pdf"),
+        "include": (
+            *("*.txt", "*.md", "*.pdf", "*.html", "*.htm"),
+            *("*.docx", "*.pptx", "*.epub", "*.odt", "*.rst"),
+        ),
         "exclude": (".*", "*~", "*.tmp", "*.part"),
         "recursive": True,
     }
@@ -153,15 +167,20 @@ class WatchConfig:
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    """Service behaviour: timing, logging and the limits on one file."""
+    """Service behaviour: timing, logging and the limits on one file.
+
+    ``extract_timeout_s`` and ``extract_memory_bytes`` bound the sandboxed worker that parses
+    every document but plain text and Markdown; an HTML page is read up to ``max_html_bytes``.
+    """
 
     debounce_ms: int
     rescan_interval_s: float
     log_format: str
     log_level: str
     max_file_bytes: int
-    pdf_timeout_s: float
-    pdf_memory_bytes: int
+    extract_timeout_s: float
+    extract_memory_bytes: int
+    max_html_bytes: int
     name: str = ""  # this daemon's name in shared sinks; the host name when not set
     nice: int = 10  # niceness the daemon lowers itself to (with batch CPU and idle I/O); 0: as started
 
@@ -265,9 +284,10 @@ def parse_config(data: Mapping[str, object], base_dir: Path, *, source_path: Pat
             log_format=daemon.choice("log_format", LOG_FORMATS),
             log_level=daemon.choice("log_level", LOG_LEVELS),
             max_file_bytes=int(daemon.number("max_file_mb") * _MIB),
-            pdf_timeout_s=daemon.number("pdf_timeout_s"),
-            # Python and pypdf alone take about 45 MB of address space in the PDF worker.
-            pdf_memory_bytes=int(daemon.number("pdf_memory_mb", minimum=64) * _MIB),
+            extract_timeout_s=daemon.number("extract_timeout_s"),
+            # Python and pypdf alone take about 45 MB of address space in the worker.
+            extract_memory_bytes=int(daemon.number("extract_memory_mb", minimum=64) * _MIB),
+            max_html_bytes=int(daemon.number("max_html_mb") * _MIB),
             name=daemon.string("name").strip() or socket.gethostname(),
             nice=daemon.integer("nice", minimum=0, maximum=19),
         ),
@@ -486,7 +506,7 @@ def _section(data: Mapping[str, object], name: str, base: Path) -> _Table:
     raw = data.get(name, {})
     if not isinstance(raw, Mapping):
         raise ConfigError(name, raw, f"must be a table: write [{name}]")
-    return _Table(raw, name, DEFAULTS[name], base)
+    return _Table(raw, name, DEFAULTS[name], base, ALIASES.get(name, {}))
 
 
 def _type_name(value: object) -> str:
@@ -502,14 +522,26 @@ class _Table:
         field: str,
         defaults: Mapping[str, object],
         base: Path,
+        aliases: Mapping[str, str] | None = None,
     ) -> None:
-        _reject_unknown(raw, f"{field}.", tuple(defaults))
-        self._values: Mapping[str, object] = {**defaults, **raw}
+        values: dict[str, object] = {}
+        self._written: dict[str, str] = {}  # key -> the (old) name the user wrote it under
+        for key, value in raw.items():
+            name = (aliases or {}).get(key, key)
+            if name in values:
+                old = key if key != name else self._written[name]
+                raise ConfigError(
+                    f"{field}.{old}", raw[old], f"the old name of {name}, which is set too; keep only {name}"
+                )
+            values[name] = value
+            self._written[name] = key
+        _reject_unknown(values, f"{field}.", tuple(defaults))
+        self._values: Mapping[str, object] = {**defaults, **values}
         self._field = field
         self._base = base
 
     def _get(self, key: str) -> tuple[str, object]:
-        return f"{self._field}.{key}", self._values[key]
+        return f"{self._field}.{self._written.get(key, key)}", self._values[key]
 
     def integer(self, key: str, *, minimum: int, maximum: int | None = None) -> int:
         field, value = self._get(key)

@@ -75,7 +75,7 @@ def test_example_file_loads_and_equals_the_defaults() -> None:
 def test_defaults_are_converted_to_units() -> None:
     cfg = parse_config(minimal(), Path("/srv/embedd"))
     assert cfg.daemon.max_file_bytes == 100 * 1024 * 1024
-    assert cfg.daemon.pdf_memory_bytes == 1024 * 1024 * 1024
+    assert cfg.daemon.extract_memory_bytes == 1024 * 1024 * 1024
     assert cfg.daemon.rescan_interval_s == 300.0
     assert cfg.model.threads == 0
     assert cfg.model.gpu_layers == 0
@@ -418,3 +418,30 @@ def test_remote_tcp_with_a_token_is_allowed() -> None:
         Path("/s"),
     )
     assert cfg.serve.tcp == ("0.0.0.0", 8765) and cfg.serve.allow_remote
+# --- document extraction -----------------------------------------------------------------
+
+
+def test_extract_limits_and_their_old_pdf_names() -> None:
+    cfg = parse_config(minimal(), Path("/srv"))
+    assert (cfg.daemon.extract_timeout_s, cfg.daemon.extract_memory_bytes) == (60.0, 1024 * 1024 * 1024)
+    assert cfg.daemon.max_html_bytes == 20 * 1024 * 1024
+    new = parse_config(minimal(daemon={"extract_timeout_s": 9, "extract_memory_mb": 256}), Path("/srv"))
+    old = parse_config(minimal(daemon={"pdf_timeout_s": 9, "pdf_memory_mb": 256}), Path("/srv"))
+    assert new == old
+    assert (old.daemon.extract_timeout_s, old.daemon.extract_memory_bytes) == (9.0, 256 * 1024 * 1024)
+    for both in (
+        {"pdf_timeout_s": 9, "extract_timeout_s": 10},
+        {"extract_timeout_s": 10, "pdf_timeout_s": 9},
+    ):
+        error = error_of(minimal(daemon=both))
+        assert (error.field, error.value) == ("daemon.pdf_timeout_s", 9)
+        assert error.reason.startswith("the old name of extract_timeout_s, which is set too; keep only")
+    assert error_of(minimal(daemon={"extract_memory_mb": 32})).field == "daemon.extract_memory_mb"
+    assert error_of(minimal(daemon={"max_html_mb": 0})).field == "daemon.max_html_mb"
+
+
+def test_default_include_takes_every_document_format() -> None:
+    inbox = parse_config(minimal(), Path("/srv")).watches[0]
+    for name in ("a.txt", "b.md", "c.PDF", "d.html", "e.htm", "f.docx", "g.pptx", "h.epub", "i.odt", "j.rst"):
+        assert inbox.matches(name), name
+    assert not inbox.matches("k.xlsx") and not inbox.matches("l.doc")

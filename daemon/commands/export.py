@@ -4,6 +4,9 @@ One object per line::
 
     {"id": ..., "vector": [...], "metadata": {"content", "source", "page", "chunk", "timestamp", "hash"}}
 
+with ``section`` (heading path, slide title, EPUB chapter) and ``title`` (the document's own)
+after ``hash`` for the entries that have them.
+
 Our store layout holds one entry per line (``daemon.store.format``), so the export reads it
 line by line and converts each entry on its own: memory stays constant whatever the store's
 size, and a vector's numbers are copied as the store wrote them, never parsed. A store in
@@ -26,7 +29,7 @@ from daemon.store.format import CLOSE, Header, content_hash, entry_id, parse_hea
 # Where our layout puts the vector: '"embedding":[' ... '],"timestamp":' (see storeformat).
 _EMB_KEY = b'"embedding":['
 _EMB_END = b'],"timestamp":'
-_KNOWN_META = ("source", "page", "chunk", "hash")
+_KNOWN_META = ("source", "page", "chunk", "hash", "section", "title")
 _FLUSH_BYTES = 1 << 20
 
 
@@ -186,6 +189,8 @@ def _convert_line(line: bytes, dims: int) -> bytes:
             timestamp=item.get("timestamp"),
             hash_=hash_,
             extra=meta,
+            section=meta.get("section"),
+            title=meta.get("title"),
         ),
     )
 
@@ -199,8 +204,11 @@ def _metadata(
     timestamp: object,
     hash_: str,
     extra: dict[str, Any],
+    section: object = None,
+    title: object = None,
 ) -> dict[str, Any]:
-    """The export's metadata object: the walkthrough's keys, the hash, then any keys another writer added."""
+    """The export's metadata object: the walkthrough's keys, the hash, the section and title when
+    the entry has them, then any keys another writer added."""
     metadata: dict[str, Any] = {
         "content": content,
         "source": source,
@@ -209,6 +217,10 @@ def _metadata(
         "timestamp": timestamp,
         "hash": hash_,
     }
+    if section is not None:
+        metadata["section"] = section
+    if title is not None:
+        metadata["title"] = title
     metadata.update((k, v) for k, v in extra.items() if k not in _KNOWN_META and k not in metadata)
     return metadata
 
@@ -242,6 +254,8 @@ def _loaded_lines(path: Path) -> Iterator[bytes]:
                 timestamp=e.timestamp,
                 hash_=e.hash,
                 extra=e.extra or {},
+                section=e.section,
+                title=e.title,
             )
             yield _line(e.id, raw_vector, meta)
 

@@ -58,7 +58,9 @@ COMMENTS: Mapping[str, Mapping[str, str]] = {
         "": "One [[watch]] table per folder. A folder may be watched once, and not inside a\n"
         "recursive watch of a parent folder (its files would be indexed twice).",
         "path": 'The folder; as written it also names the sources in the store ("inbox/notes.md").',
-        "include": "Glob patterns for the file names to index (case-insensitive).",
+        "include": "Glob patterns for the file names to index (case-insensitive). .md, .rst, .html,\n"
+        ".docx, .odt and .epub are split at their headings, .pptx by slide, .pdf by page; any\n"
+        "other suffix is read as UTF-8 or UTF-16 text.",
         "exclude": "Glob patterns tested on the file name and every folder name below path:\n"
         '".*" skips hidden files and folders, "*~" and "*.tmp" editor backups, "*.part" downloads.',
         "recursive": "Also watch subfolders.",
@@ -70,8 +72,12 @@ COMMENTS: Mapping[str, Mapping[str, str]] = {
         "log_format": '"auto": console on a terminal, JSON lines otherwise; or "json", "console".',
         "log_level": '"debug", "info", "warning" or "error".',
         "max_file_mb": "Files larger than this (MiB) are skipped with a log line saying so.",
-        "pdf_timeout_s": "Wall-clock limit in seconds for extracting one PDF (in a child process).",
-        "pdf_memory_mb": "Memory limit (MiB) for that child process; at least 64.",
+        "extract_timeout_s": "Wall-clock limit in seconds for extracting one document (PDF, Word,\n"
+        "PowerPoint, EPUB, OpenDocument, HTML, reST) in a sandboxed child process.\n"
+        "Old name: pdf_timeout_s.",
+        "extract_memory_mb": "Memory limit (MiB) for that child process; at least 64.\n"
+        "Old name: pdf_memory_mb.",
+        "max_html_mb": "An HTML page larger than this (MiB) is indexed up to this size, with a warning.",
         "name": "This daemon's name in shared [[sink]] collections; empty means the host name.",
         "nice": "Run below interactive work: this nice value (0-19), the batch CPU policy and the\n"
         "idle I/O class, set at start. 0 = keep the priority the daemon was started with.",

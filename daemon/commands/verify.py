@@ -1,9 +1,10 @@
 """``embedd verify``: check a store against the folders and the configuration it claims to follow.
 
 Reads the store read-only (a running daemon is not disturbed) and lists every difference:
-indexed files that are gone or changed, selected files that are not indexed, entries whose
-hash is not the sha256 of their text, duplicate ids, a wrong declared count, and a
-fingerprint that does not match the configured model and chunking.
+indexed files that are gone or changed (or were read by an older version of their format's
+extraction), selected files that are not indexed, entries whose hash is not the sha256 of
+their text, duplicate ids, a wrong declared count, and a fingerprint that does not match the
+configured model and chunking.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, TextIO
 from daemon.commands.output import print_json
 from daemon.config import Config
 from daemon.errors import StoreCorruptError
+from daemon.ingest.extract import extraction_version, format_of
 from daemon.store.format import FileState, Fingerprint, content_hash
 from daemon.store.store import Store
 from daemon.watch.scan import FoundFile, locate, path_of, selected_files, unindexable
@@ -230,6 +232,17 @@ def _check_source(config: Config, source: str, recorded: FileState | None) -> li
         changed.append(f"inode {recorded.inode} -> {st.st_ino}")
     if changed:
         return [Difference("changed_file", f"changed since it was indexed: {', '.join(changed)}", source)]
+    version = extraction_version(path)
+    if recorded.extraction != version:
+        return [
+            Difference(
+                "stale_extraction",
+                f"indexed by version {recorded.extraction} of the {format_of(path).name} extraction, "
+                f"which is at version {version} now; the daemon indexes it again when it next starts "
+                "or rescans (unchanged chunks keep their vectors)",
+                source,
+            )
+        ]
     return []
 
 

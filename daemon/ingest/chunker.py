@@ -1,6 +1,7 @@
 """Text units -> chunks: recursive character splitting, each chunk with its content hash.
 
-Splitting happens per unit, so a PDF chunk never spans two pages. When a token
+Splitting happens per unit, so a chunk never spans two PDF pages, two slides or two sections
+of a structured document. When a token
 budget is given, a chunk over it is split again at half the character size
 (recursively, down to single characters) instead of being truncated: nothing
 the user wrote is silently dropped.
@@ -17,7 +18,7 @@ from typing import Protocol
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from daemon.errors import TextTooLongError
-from daemon.ingest.extract import TextUnit
+from daemon.ingest.units import TextUnit
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,10 @@ class Chunk:
     """One piece of a file's text.
 
     ``index`` is the chunk's position in the file across all pages (0-based,
-    contiguous); ``hash`` is the sha256 hex digest of ``text`` in UTF-8; ``tokens`` is what
-    the text costs the model (special tokens included) when a token counter was given, so
-    nobody downstream tokenizes it again just to count, and None otherwise (it takes no
-    part in equality: it follows from the text).
+    contiguous); ``page`` and ``section`` are its unit's; ``hash`` is the sha256 hex digest
+    of ``text`` in UTF-8; ``tokens`` is what the text costs the model (special tokens
+    included) when a token counter was given, so nobody downstream tokenizes it again just
+    to count, and None otherwise (it takes no part in equality: it follows from the text).
     """
 
     text: str
@@ -36,6 +37,7 @@ class Chunk:
     index: int
     hash: str
     tokens: int | None = field(default=None, compare=False)
+    section: str | None = None
 
 
 class TokenCounter(Protocol):
@@ -114,5 +116,14 @@ def chunk_units(
             )
             for text, tokens in fitted:
                 digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-                chunks.append(Chunk(text=text, page=unit.page, index=len(chunks), hash=digest, tokens=tokens))
+                chunks.append(
+                    Chunk(
+                        text=text,
+                        page=unit.page,
+                        index=len(chunks),
+                        hash=digest,
+                        tokens=tokens,
+                        section=unit.section,
+                    )
+                )
     return chunks

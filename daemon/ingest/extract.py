@@ -1,86 +1,131 @@
-"""Path -> text units: UTF-8/UTF-16 text files as one unit, PDFs as one unit per page.
+"""Path -> text units: which parser reads a file, and opening it safely first.
 
-Every failure a user's file can cause is an ``ExtractError`` naming the file and
-the reason. Files are opened without following symlinks and without blocking
-(FIFOs, devices), and their size is checked on the open descriptor before a
-byte is read. PDFs are parsed in a separate, resource-limited process
-(``daemon/pdfworker.py``) so a hostile or broken PDF costs one file, never the
-daemon.
+The suffix decides the format (``FORMATS``); anything else is read as text. Every failure a
+user's file can cause is an ``ExtractError`` naming the file and the reason. Files are opened
+without following symlinks and without blocking (FIFOs, devices), and their size is checked on
+the open descriptor before a byte is read. Text and Markdown are decoded here, in the daemon;
+every other format (PDF, the zip-based .docx, .pptx, .odt and .epub, HTML, reST) is parsed in
+the sandboxed worker (``sandbox``, ``worker``) under a time and memory limit, so a hostile or
+broken document costs one file, never the daemon.
 """
 
 from __future__ import annotations
 
 import errno
-import json
-import math
 import os
-import re
-import signal
 import stat
-import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from daemon.errors import ExtractError
+from daemon.ingest import markdown, text
+from daemon.ingest.sandbox import SandboxLimits, run_worker
+from daemon.ingest.units import Parsed, Refused, TextUnit
+
+__all__ = ["FORMATS", "ExtractLimits", "Extracted", "Format", "TextUnit", "extract", "extraction_version"]
 
 _MIB = 1024 * 1024
-_WORKER_SCRIPT = Path(__file__).with_name("pdfworker.py")
-# Lone surrogates in text decoded with "surrogateescape"/"surrogatepass" mark the
-# bytes that were not valid in the file's encoding.
-_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
-_ESCAPED_RUN = re.compile("[\udc80-\udcff]+")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-_BOM_UTF8 = b"\xef\xbb\xbf"
-_BOM_UTF16_LE = b"\xff\xfe"
-_BOM_UTF16_BE = b"\xfe\xff"
 
 
 @dataclass(frozen=True)
-class TextUnit:
-    """A piece of a file's text: a whole text file, or one PDF page (1-based ``page``)."""
+class Format:
+    """How files of one kind are read.
 
-    text: str
-    page: int | None
+    ``version`` goes up whenever the text or the splitting this format gives changes, so the
+    files it read before are indexed again (and only those; see ``extraction_version``).
+    """
+
+    name: str
+    sandboxed: bool
+    version: int = 1
+
+
+# Version 1 is how every file was read before formats had versions: as text, a PDF by pypdf.
+# A format that reads its files differently starts at 2, so a file an older embedd read as
+# text (a Markdown file in one piece, an HTML page with its tags, if `include` selected it) is
+# indexed again; any later change to a format's text or splitting adds one.
+TEXT = Format("text", sandboxed=False)
+MARKDOWN = Format("markdown", sandboxed=False, version=2)
+HTML = Format("html", sandboxed=True, version=2)
+FORMATS: dict[str, Format] = {
+    ".md": MARKDOWN,
+    ".markdown": MARKDOWN,
+    ".pdf": Format("pdf", sandboxed=True),
+    ".html": HTML,
+    ".htm": HTML,
+    ".xhtml": HTML,
+    ".docx": Format("docx", sandboxed=True, version=2),
+    ".pptx": Format("pptx", sandboxed=True, version=2),
+    ".odt": Format("odt", sandboxed=True, version=2),
+    ".epub": Format("epub", sandboxed=True, version=2),
+    ".rst": Format("rst", sandboxed=True, version=2),
+}
+"""File suffix (lower case) -> its format; any other suffix is read as text."""
+
+
+def format_of(path: PurePath) -> Format:
+    """The format a file is read as, by its suffix (any case)."""
+    return FORMATS.get(path.suffix.lower(), TEXT)
+
+
+def extraction_version(path: PurePath) -> int:
+    """The version of the extraction that reads ``path`` now (recorded with each indexed file)."""
+    return format_of(path).version
 
 
 @dataclass(frozen=True)
 class Extracted:
-    """The text units of one file, plus non-fatal problems found on the way."""
+    """The text units of one file, the title it declares, and non-fatal problems found on the way."""
 
     units: tuple[TextUnit, ...]
     warnings: tuple[str, ...]
+    title: str | None = None
 
 
 @dataclass(frozen=True)
 class ExtractLimits:
-    """Per-file resource limits: file size, PDF worker wall-clock time and address space."""
+    """Per-file limits: file size; the worker's wall-clock time and address space; HTML read."""
 
     max_bytes: int
-    pdf_timeout_s: float
-    pdf_memory_bytes: int
+    timeout_s: float
+    memory_bytes: int
+    max_html_bytes: int = 20 * _MIB
 
     def __post_init__(self) -> None:
-        if self.max_bytes < 0 or self.pdf_timeout_s <= 0 or self.pdf_memory_bytes <= 0:
+        if min(self.max_bytes, self.max_html_bytes) < 0 or self.timeout_s <= 0 or self.memory_bytes <= 0:
             raise ValueError(f"invalid extract limits: {self}")
 
 
 def extract(path: Path, limits: ExtractLimits) -> Extracted:
-    """Returns the text units of ``path``; ``.pdf`` (any case) is a PDF, anything else text.
+    """Returns the text units of ``path``, read as the format its suffix names.
 
-    Raises ``ExtractError`` for a file that is not a readable regular file, is too
-    large, is binary, or is a PDF that is corrupt, encrypted, too slow or too big
-    to parse. An empty or whitespace-only file gives zero units, not an error.
+    Raises ``ExtractError`` for a file that is not a readable regular file, is too large, is
+    binary, or is a document that is corrupt, encrypted, too slow or too big to parse. An
+    empty or whitespace-only file gives zero units, not an error.
     """
     _reject_special_file(path)
+    fmt = format_of(path)
     fd = _open_regular_file(path, limits.max_bytes)
     try:
-        if path.suffix.lower() == ".pdf":
-            return _extract_pdf(path, fd, limits)
-        return _decode_text(path, _read_all(path, fd, limits.max_bytes))
+        if fmt.sandboxed:
+            sandbox = SandboxLimits(limits.timeout_s, limits.memory_bytes, limits.max_html_bytes)
+            parsed = run_worker(path, fd, fmt.name, sandbox)
+        else:
+            data = _read_all(path, fd, limits.max_bytes)
+            try:
+                parsed = markdown.parse(data) if fmt is MARKDOWN else text.parse(data)
+            except Refused as exc:
+                raise ExtractError(path, exc.detail) from None
     finally:
         os.close(fd)
+    return _extracted(parsed)
+
+
+def _extracted(parsed: Parsed) -> Extracted:
+    units = tuple(
+        TextUnit(text.normalise_newlines(u.text), u.page, u.section) for u in parsed.units if u.text.strip()
+    )
+    return Extracted(units, parsed.warnings, parsed.title)
 
 
 # --- opening -----------------------------------------------------------------
@@ -170,169 +215,3 @@ def _read_all(path: Path, fd: int, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise ExtractError(path, _too_large(len(data), max_bytes))
     return data
-
-
-# --- text --------------------------------------------------------------------
-
-
-def _normalise_newlines(text: str) -> str:
-    # A lone CR (classic Mac) is a line break too; left alone it would glue lines.
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _decode_utf8(data: bytes, offset: int) -> tuple[str, list[str]]:
-    """Decodes UTF-8, replacing each run of invalid bytes with one U+FFFD."""
-    try:
-        return data.decode("utf-8"), []
-    except UnicodeDecodeError as exc:
-        first_bad = exc.start
-    # surrogateescape maps every invalid byte to one lone surrogate, which lets
-    # the C-speed regex engine count and replace them (valid UTF-8 never
-    # decodes to a lone surrogate).
-    escaped = data.decode("utf-8", "surrogateescape")
-    replaced = len(escaped) - len(_ESCAPED_BYTE.sub("", escaped))
-    warning = f"invalid UTF-8 at byte {first_bad + offset}, {replaced} bytes replaced"
-    return _ESCAPED_RUN.sub("\ufffd", escaped), [warning]
-
-
-def _decode_utf16(data: bytes, codec: str, offset: int) -> tuple[str, list[str]]:
-    """Decodes BOM-less UTF-16, replacing unpaired surrogates and a dangling odd byte."""
-    odd = len(data) % 2
-    body = data[: len(data) - odd]
-    first_bad: int | None = len(body) if odd else None
-    replaced = odd
-    try:
-        text = body.decode(codec)
-    except UnicodeDecodeError as exc:
-        first_bad = exc.start
-        # surrogatepass keeps unpaired surrogates as code points (valid pairs
-        # still combine), so every surrogate left is one bad 2-byte unit.
-        text, bad_units = _SURROGATE.subn("\ufffd", body.decode(codec, "surrogatepass"))
-        replaced += 2 * bad_units
-    if odd:
-        text += "\ufffd"
-    if first_bad is None:
-        return text, []
-    return text, [f"invalid UTF-16 at byte {first_bad + offset}, {replaced} bytes replaced"]
-
-
-def _decode_text(path: Path, data: bytes) -> Extracted:
-    if data.startswith(_BOM_UTF16_LE) or data.startswith(_BOM_UTF16_BE):
-        codec = "utf-16-le" if data.startswith(_BOM_UTF16_LE) else "utf-16-be"
-        text, warnings = _decode_utf16(data[2:], codec, offset=2)
-        if "\x00" in text:
-            raise ExtractError(path, "binary file (NUL characters in UTF-16 text); not indexed")
-    else:
-        nul = data.find(b"\x00")
-        if nul >= 0:
-            raise ExtractError(
-                path,
-                f"binary file (NUL bytes, first at byte {nul}); only UTF-8/UTF-16 text, "
-                "Markdown and PDF files are indexed",
-            )
-        offset = len(_BOM_UTF8) if data.startswith(_BOM_UTF8) else 0
-        text, warnings = _decode_utf8(data[offset:], offset)
-    text = _normalise_newlines(text)
-    units = (TextUnit(text=text, page=None),) if text.strip() else ()
-    return Extracted(units=units, warnings=tuple(warnings))
-
-
-# --- PDF ---------------------------------------------------------------------
-
-
-def _worker_argv(limits: ExtractLimits) -> list[str]:
-    """Command line of the PDF worker (a seam for tests).
-
-    The worker runs by file path rather than ``-m daemon.ingest.pdfworker`` so the
-    ``daemon`` package (and whatever it imports) is never loaded in the child;
-    ``-P`` keeps the script's own directory off ``sys.path`` so sibling modules
-    cannot shadow the standard library.
-    """
-    cpu_seconds = math.ceil(limits.pdf_timeout_s) + 1
-    return [sys.executable, "-P", str(_WORKER_SCRIPT), str(limits.pdf_memory_bytes), str(cpu_seconds)]
-
-
-def _extract_pdf(path: Path, fd: int, limits: ExtractLimits) -> Extracted:
-    try:
-        # The checked descriptor itself becomes the worker's stdin, so the child
-        # never resolves the path again (no symlink/rename races) and nothing is
-        # copied through a pipe.
-        proc = subprocess.Popen(
-            _worker_argv(limits),
-            stdin=fd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-    except OSError as exc:
-        raise ExtractError(path, f"cannot start the PDF worker: {exc}") from exc
-    try:
-        out, err = proc.communicate(timeout=limits.pdf_timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise ExtractError(
-            path,
-            f"timed out after {limits.pdf_timeout_s:g}s; raise daemon.pdf_timeout_s if the PDF is just big",
-        ) from None
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return _parse_worker_result(path, proc.returncode, out, err, limits)
-
-
-def _memory_reason(limits: ExtractLimits) -> str:
-    return (
-        f"exceeded memory limit ({limits.pdf_memory_bytes / _MIB:.0f} MB); "
-        "raise daemon.pdf_memory_mb if the PDF is just big"
-    )
-
-
-def _crash_reason(returncode: int, err: bytes, limits: ExtractLimits) -> str:
-    stderr = err.decode("utf-8", "replace").strip()
-    if "MemoryError" in stderr or "Cannot allocate memory" in stderr:
-        return _memory_reason(limits)
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"PDF worker died from {name}"
-    last_line = stderr.splitlines()[-1] if stderr else "no error output"
-    return f"PDF worker failed (exit status {returncode}): {last_line}"
-
-
-def _parse_worker_result(
-    path: Path, returncode: int, out: bytes, err: bytes, limits: ExtractLimits
-) -> Extracted:
-    if returncode != 0:
-        raise ExtractError(path, _crash_reason(returncode, err, limits))
-    try:
-        result = json.loads(out.decode("utf-8"))
-    except ValueError as exc:
-        raise ExtractError(path, f"PDF worker returned malformed output: {exc}") from exc
-    if not isinstance(result, dict):
-        raise ExtractError(path, "PDF worker returned malformed output: not an object")
-    if result.get("status") == "error":
-        raise ExtractError(path, _error_reason(result.get("kind"), str(result.get("detail", "")), limits))
-    pages, warnings = result.get("pages"), result.get("warnings")
-    if not isinstance(pages, list) or not isinstance(warnings, list):
-        raise ExtractError(path, "PDF worker returned malformed output: missing pages")
-    units: list[TextUnit] = []
-    for entry in pages:
-        match entry:
-            case [int() as page, str() as text]:
-                units.append(TextUnit(text=_normalise_newlines(text), page=page))
-            case _:
-                raise ExtractError(path, f"PDF worker returned a malformed page: {entry!r:.80}")
-    return Extracted(units=tuple(units), warnings=tuple(str(w) for w in warnings))
-
-
-def _error_reason(kind: object, detail: str, limits: ExtractLimits) -> str:
-    if kind == "encrypted":
-        return f"encrypted ({detail})" if detail else "encrypted (needs a password)"
-    if kind == "memory":
-        return _memory_reason(limits)
-    if kind == "limit":
-        return f"exceeded a pypdf safety limit (decompression bomb or oversized structure?): {detail}"
-    return f"not a PDF / corrupt: {detail}"

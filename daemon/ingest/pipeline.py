@@ -117,6 +117,8 @@ class Pipeline:
                 hash=c.hash,
                 vector=known[c.hash][0],
                 timestamp=known[c.hash][1],
+                section=c.section,
+                title=extracted.title,
             )
             for c in chunks
             if c.hash in known

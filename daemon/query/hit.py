@@ -14,7 +14,8 @@ class Hit:
     """One ranked chunk; ``score`` is the cosine similarity (higher is closer).
 
     ``daemon`` names the daemon whose row it is (sink searches cover every daemon's rows);
-    ``hash`` is the sha256 of ``content`` when the source of the hit records it.
+    ``hash`` is the sha256 of ``content`` when the source of the hit records it; ``section``
+    (heading path, slide title, EPUB chapter) and ``title`` (the document's own) when it has them.
     """
 
     rank: int
@@ -27,9 +28,12 @@ class Hit:
     timestamp: int | None = None
     daemon: str | None = None
     hash: str | None = None
+    section: str | None = None
+    title: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The hit as a JSON object (full content); ``daemon`` and ``hash`` only when known."""
+        """The hit as a JSON object (full content); ``daemon``, ``hash``, ``section`` and ``title``
+        only when known."""
         doc: dict[str, Any] = {
             "rank": self.rank,
             "score": self.score,
@@ -44,6 +48,10 @@ class Hit:
             doc["daemon"] = self.daemon
         if self.hash is not None:
             doc["hash"] = self.hash
+        if self.section is not None:
+            doc["section"] = self.section
+        if self.title is not None:
+            doc["title"] = self.title
         return doc
 
     @classmethod
@@ -60,6 +68,8 @@ class Hit:
             timestamp=None if doc.get("timestamp") is None else int(doc["timestamp"]),
             daemon=doc.get("daemon"),
             hash=doc.get("hash"),
+            section=doc.get("section"),
+            title=doc.get("title"),
         )
 
 
@@ -73,7 +83,8 @@ def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
 
 
 def render_hits(hits: Sequence[Hit], out: TextIO, *, empty: str = "no results") -> None:
-    """Print hits for a person: rank, score, where (and whose), and a snippet of the text."""
+    """Print hits for a person: rank, score, where (and whose), the document's title and the
+    section, and a snippet of the text."""
     if not hits:
         out.write(empty + "\n")
         return
@@ -81,4 +92,10 @@ def render_hits(hits: Sequence[Hit], out: TextIO, *, empty: str = "no results") 
         where = hit.source + (f"  page {hit.page}" if hit.page is not None else "") + f"  chunk {hit.chunk}"
         if hit.daemon is not None:
             where += f"  daemon {hit.daemon}"
-        out.write(f"{hit.rank:>2}. {hit.score:.4f}  {where}\n    {snippet(hit.content)}\n")
+        out.write(f"{hit.rank:>2}. {hit.score:.4f}  {where}\n")
+        context = [f'"{snippet(hit.title, 80)}"'] if hit.title else []
+        if hit.section:
+            context.append(snippet(hit.section, 120))
+        if context:
+            out.write(f"    in {'  '.join(context)}\n")
+        out.write(f"    {snippet(hit.content)}\n")

@@ -95,7 +95,20 @@ def rank_snapshot(
         if min_score is not None and score < min_score:
             break
         e = snap.entry(row)
-        hits.append(Hit(rank, score, e.id, e.source, e.page, e.chunk, e.content, e.timestamp))
+        hits.append(
+            Hit(
+                rank,
+                score,
+                e.id,
+                e.source,
+                e.page,
+                e.chunk,
+                e.content,
+                e.timestamp,
+                section=e.section,
+                title=e.title,
+            )
+        )
     return hits
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 import structlog
@@ -24,7 +24,7 @@ import structlog
 from daemon.config import Config, WatchConfig
 from daemon.embed.embedder import Embedder
 from daemon.errors import ExtractError, IndexingInterrupted
-from daemon.ingest.extract import ExtractLimits, file_kind
+from daemon.ingest.extract import ExtractLimits, extraction_version, file_kind, format_of
 from daemon.ingest.pipeline import ChunkingParams, Pipeline
 from daemon.log import display_path
 from daemon.service.progress import Progress
@@ -62,9 +62,20 @@ def fingerprint_for(config: Config, embedder: Embedder) -> Fingerprint:
     )
 
 
-def file_state(st: os.stat_result) -> FileState:
-    """The cheap signature that tells a file changed without reading it."""
-    return FileState(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+def file_state(st: os.stat_result, path: Path) -> FileState:
+    """The cheap signature that tells a file changed without reading it, and the version of the
+    extraction that reads it now: a file read differently than when it was indexed is stale."""
+    return FileState(st.st_size, st.st_mtime_ns, st.st_ino, extraction_version(path))
+
+
+def extract_limits(config: Config) -> ExtractLimits:
+    """The limits on reading one file that ``config`` sets."""
+    return ExtractLimits(
+        max_bytes=config.daemon.max_file_bytes,
+        timeout_s=config.daemon.extract_timeout_s,
+        memory_bytes=config.daemon.extract_memory_bytes,
+        max_html_bytes=config.daemon.max_html_bytes,
+    )
 
 
 # A file that failed, as it was when it failed: its FileState plus its ctime, because a
@@ -72,9 +83,9 @@ def file_state(st: os.stat_result) -> FileState:
 FailedAs = tuple[FileState, int]
 
 
-def failed_as(st: os.stat_result) -> FailedAs:
+def failed_as(st: os.stat_result, path: Path) -> FailedAs:
     """The signature under which a failed file is not tried again until it changes."""
-    return file_state(st), st.st_ctime_ns
+    return file_state(st, path), st.st_ctime_ns
 
 
 def _not_regular(st: os.stat_result) -> str:
@@ -111,11 +122,7 @@ class Service:
             embedder,
             store,
             ChunkingParams(config.chunking.size, config.chunking.overlap),
-            ExtractLimits(
-                max_bytes=config.daemon.max_file_bytes,
-                pdf_timeout_s=config.daemon.pdf_timeout_s,
-                pdf_memory_bytes=config.daemon.pdf_memory_bytes,
-            ),
+            extract_limits(config),
         )
         self.debouncer = Debouncer(config.daemon.debounce_ms / 1000.0, clock=clock)
         self._wake = threading.Event()
@@ -165,20 +172,20 @@ class Service:
         except OSError as exc:
             self._skip(source, path, None, f"cannot stat: {exc.strerror or exc}")
             return
-        state = file_state(st)
+        state = file_state(st, path)
         if not stat.S_ISREG(st.st_mode):
-            self._skip(source, path, failed_as(st), _not_regular(st))
+            self._skip(source, path, failed_as(st, path), _not_regular(st))
             return
-        if self.store.file_state(source) == state or self._failed.get(source) == failed_as(st):
+        if self.store.file_state(source) == state or self._failed.get(source) == failed_as(st, path):
             return
         why_not = scan.unindexable(watch, source, path)
         if why_not is not None:
-            self._skip(source, path, failed_as(st), why_not)
+            self._skip(source, path, failed_as(st, path), why_not)
             return
         self._index(path, source, st)
 
     def _index(self, path: Path, source: str, st: os.stat_result) -> None:
-        state = file_state(st)
+        state = file_state(st, path)
         bar: Progress | None = None
 
         def on_embedded(done: int, total: int) -> None:
@@ -192,7 +199,7 @@ class Service:
         try:
             result = self.pipeline.index_file(path, source, state, on_embedded, self._stop.is_set)
         except ExtractError as exc:
-            self._skip(source, path, failed_as(st), exc.reason)
+            self._skip(source, path, failed_as(st, path), exc.reason)
             return
         except IndexingInterrupted as exc:
             log.info(
@@ -284,7 +291,18 @@ class Service:
             self._remove(old_source, reason=f"moved to {display_path(dest)}, which is not indexed")
             self._changed(dest)  # says why, once
             return
-        self.pipeline.rename(old_source, new[1], file_state(st))
+        state = file_state(st, dest)
+        old = self.store.file_state(old_source)
+        if format_of(PurePosixPath(old_source)) != format_of(dest) or (
+            old is not None and old.extraction != state.extraction
+        ):
+            # The stored chunks are not what reading the file under its new name gives (notes.txt
+            # renamed notes.md is split by its headings now): index it afresh. Unchanged chunks
+            # still find their vectors by hash.
+            self._remove(old_source, reason=f"moved to {display_path(dest)}, which is read as another format")
+            self._changed(dest)
+            return
+        self.pipeline.rename(old_source, new[1], state)
         self._failed.pop(old_source, None)
         self._changed_sources(old_source, new[1])
         log.info("file_renamed", source=old_source, to=new[1])
@@ -295,10 +313,12 @@ class Service:
         """Bring the store in line with the disk below ``top`` (every watch when None).
 
         Unchanged files (size, mtime, inode) cost nothing; files that vanished leave the store,
-        unless the same inode shows up under another name, which is a rename. Changed files are
-        queued through the debouncer. Returns how many files were queued.
+        unless the same inode shows up under another name, which is a rename. Changed files, and
+        files indexed by an older version of their format's extraction, are queued through the
+        debouncer. Returns how many files were queued.
         """
         queued = 0
+        upgraded = 0
         for watch in self.config.watches:
             if top is not None and top != watch.path and watch.path not in top.parents:
                 continue
@@ -317,15 +337,17 @@ class Service:
             for found in scan.walk(self.config.watches, watch, start) if present else ():
                 path, source, st = found.path, found.source, found.stat
                 seen.add(source)
-                state = file_state(st)
+                state = file_state(st, path)
                 stored = self.store.file_state(source)
                 if stored == state:
                     continue
                 if not stat.S_ISREG(st.st_mode):
-                    self._skip(source, path, failed_as(st), _not_regular(st))
+                    self._skip(source, path, failed_as(st, path), _not_regular(st))
                     continue
-                if self._failed.get(source) == failed_as(st):
+                if self._failed.get(source) == failed_as(st, path):
                     continue
+                if stored is not None and replace(stored, extraction=state.extraction) == state:
+                    upgraded += 1
                 if stored is None:
                     new[(state.inode, state.size, state.mtime_ns)] = (path, source)
                 else:
@@ -343,6 +365,13 @@ class Service:
             for path in [*changed, *(p for p, _ in new.values())]:
                 self.debouncer.push(FileEvent(EventKind.CHANGED, path, from_scan=True))
                 queued += 1
+        if upgraded:
+            log.info(
+                "extraction_upgraded",
+                files=upgraded,
+                detail="files unchanged since they were indexed, but read or split differently now (a "
+                "Markdown file by its headings); indexed again, unchanged chunks keep their vectors",
+            )
         if queued:
             self._bulk.start(queued)
             self._wake.set()
@@ -427,11 +456,7 @@ class Service:
             if before.get(path) != watch:
                 self.watcher.add_root(path, watch.recursive)
         self.debouncer.set_quiet(effective.daemon.debounce_ms / 1000.0)
-        self.pipeline.limits = ExtractLimits(
-            max_bytes=effective.daemon.max_file_bytes,
-            pdf_timeout_s=effective.daemon.pdf_timeout_s,
-            pdf_memory_bytes=effective.daemon.pdf_memory_bytes,
-        )
+        self.pipeline.limits = extract_limits(effective)
         queued = self.reconcile()
         log.info(
             "config_reloaded",

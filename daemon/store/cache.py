@@ -9,7 +9,8 @@ start, never data.
 
 Layout: magic, a little-endian u32 header length, a JSON header, then the payload: the
 float32 matrix, an int64 (count, 4) array of span offset, span length, chunk and timestamp,
-and an orjson object of the string columns.
+and an orjson object of the string columns (a cache without the ``sections`` and ``titles``
+columns was made before they existed and is not used).
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def write_cache(store: Path, sig: JsonSignature, cols: Columns) -> None:
             "hashes": cols.hashes,
             "pages": cols.pages,
             "extras": cols.extras,
+            "sections": cols.sections,
+            "titles": cols.titles,
         }
     )
     crc = zlib.crc32(meta, zlib.crc32(ints.data, zlib.crc32(matrix.data)))
@@ -151,6 +154,8 @@ def _read(f: BufferedReader, sig: JsonSignature, dims: int) -> Columns:
     if zlib.crc32(meta_bytes, zlib.crc32(ints.data, zlib.crc32(matrix[:n].data))) != header["crc"]:
         raise _Unusable("checksum mismatch")
     meta = orjson.loads(meta_bytes)
+    if "sections" not in meta or "titles" not in meta:
+        raise _Unusable("made by an older embedd (no sections)")
     interned: dict[str, str] = {}
     cols = Columns(
         ids=meta["ids"],
@@ -161,12 +166,13 @@ def _read(f: BufferedReader, sig: JsonSignature, dims: int) -> Columns:
         hashes=meta["hashes"],
         timestamps=ints[:, 3].tolist(),
         extras=meta["extras"],
+        sections=[s if s is None else interned.setdefault(s, s) for s in meta["sections"]],
+        titles=[t if t is None else interned.setdefault(t, t) for t in meta["titles"]],
         matrix=matrix,
         spans=np.ascontiguousarray(ints[:, :2]),
     )
-    if not all(
-        len(c) == n for c in (cols.ids, cols.contents, cols.sources, cols.hashes, cols.pages, cols.extras)
-    ):
+    columns = (cols.ids, cols.contents, cols.sources, cols.hashes, cols.pages, cols.extras)
+    if not all(len(column) == n for column in (*columns, cols.sections, cols.titles)):
         raise _Unusable("columns of different lengths")
     return cols
 

@@ -19,6 +19,8 @@ class NewEntry:
     hash: str
     vector: FloatMatrix
     timestamp: int  # ms since the epoch when the vector was computed
+    section: str | None = None  # heading path, slide title or EPUB chapter
+    title: str | None = None  # the document's own title (an HTML <title>, a .docx's title)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class Entry:
     vector: FloatMatrix  # read-only view; valid until the store next changes
     timestamp: int
     extra: Extra | None = None  # metadata keys a foreign writer added
+    section: str | None = None
+    title: str | None = None
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -55,6 +59,10 @@ class Entry:
             "chunk": self.chunk,
             "hash": self.hash,
         }
+        if self.section is not None:
+            meta["section"] = self.section
+        if self.title is not None:
+            meta["title"] = self.title
         if self.extra:
             meta.update(self.extra)
         return meta

@@ -43,7 +43,7 @@ CLOSE = b"]}\n"
 _HEADER_END = b'"embeddings":['
 _EMB_KEY = b'"embedding":['
 _EMB_END = b'],"timestamp":'
-_KNOWN_META = frozenset(("source", "page", "chunk", "hash"))
+_KNOWN_META = frozenset(("source", "page", "chunk", "hash", "section", "title"))
 
 
 class FormatError(ValueError):
@@ -95,15 +95,25 @@ class Fingerprint:
 
 @dataclass(frozen=True)
 class FileState:
-    """The stat signature of an indexed file: equal signatures mean the file was not touched."""
+    """The signature of an indexed file: equal signatures mean its entries are up to date.
+
+    The stat signature says the file was not touched; ``extraction`` is the version of the
+    extraction and splitting that made its entries (see ``daemon.ingest.extract``), so a file
+    whose format is read differently now is indexed again although it did not change. It is
+    written only when it is not 1, so records from before versions existed stay as they were.
+    """
 
     size: int
     mtime_ns: int
     inode: int
+    extraction: int = 1
 
     def to_json(self) -> dict[str, int]:
         """The per-file object under ``files``."""
-        return {"size": self.size, "mtime_ns": self.mtime_ns, "inode": self.inode}
+        doc = {"size": self.size, "mtime_ns": self.mtime_ns, "inode": self.inode}
+        if self.extraction != 1:
+            doc["extraction"] = self.extraction
+        return doc
 
     @classmethod
     def from_json(cls, raw: object) -> FileState | None:
@@ -111,9 +121,10 @@ class FileState:
         if not isinstance(raw, dict):
             return None
         size, mtime, inode = raw.get("size"), raw.get("mtime_ns"), raw.get("inode")
-        if not (_is_int(size) and _is_int(mtime) and _is_int(inode)):
+        extraction = raw.get("extraction", 1)
+        if not (_is_int(size) and _is_int(mtime) and _is_int(inode) and _is_int(extraction)):
             return None
-        return cls(size, mtime, inode)
+        return cls(size, mtime, inode, extraction)
 
 
 @dataclass
@@ -142,6 +153,8 @@ class Columns:
     hashes: list[str]
     timestamps: list[int]
     extras: list[Extra | None]
+    sections: list[str | None]  # heading path (``metadata.section``), None when the format has none
+    titles: list[str | None]  # the document's own title (``metadata.title``)
     # Row i is entry i's vector; rows past len(ids) are spare capacity, not initialised.
     matrix: FloatMatrix
     # (offset, length) of each entry's bytes in the file it came from; None when unknown.
@@ -196,9 +209,19 @@ def encode_entry(
     extra: Extra | None,
     vector: FloatMatrix,
     timestamp: int,
+    section: str | None = None,
+    title: str | None = None,
 ) -> bytes:
-    """One entry as compact JSON; ``vector`` is a contiguous float32 row, written shortest."""
+    """One entry as compact JSON; ``vector`` is a contiguous float32 row, written shortest.
+
+    ``section`` and ``title`` are written only when there is one, so an entry without them
+    keeps the exact bytes it had before they existed.
+    """
     metadata: dict[str, object] = {"source": source, "page": page, "chunk": chunk, "hash": hash_}
+    if section is not None:
+        metadata["section"] = section
+    if title is not None:
+        metadata["title"] = title
     if extra:
         metadata.update(extra)
     entry = {
@@ -265,7 +288,7 @@ class _Builder:
         self.dims = dims
         # Headroom lets the store append without copying the matrix; untouched rows cost no RAM.
         self.matrix: FloatMatrix = np.empty((capacity + capacity // 8 + 64, dims), dtype=np.float32)
-        self.cols = Columns([], [], [], [], [], [], [], [], self.matrix, None)
+        self.cols = Columns([], [], [], [], [], [], [], [], [], [], self.matrix, None)
         self._interned: dict[str, str] = {}
         self._missing_chunk = False
 
@@ -303,6 +326,8 @@ class _Builder:
         if type(hash_) is not str or len(hash_) != 64:
             hash_ = content_hash(content)
         page = meta.get("page")
+        section = meta.get("section")
+        title = meta.get("title")
         eid = item.get("id")
         timestamp = item.get("timestamp")
 
@@ -313,9 +338,16 @@ class _Builder:
         cols.chunks.append(chunk)
         cols.hashes.append(hash_)
         cols.timestamps.append(timestamp if type(timestamp) is int else 0)
-        cols.extras.append(
+        extra = (
             None if meta.keys() <= _KNOWN_META else {k: v for k, v in meta.items() if k not in _KNOWN_META}
         )
+        for key, value in (("section", section), ("title", title)):
+            if value is not None and type(value) is not str:
+                extra = {**(extra or {}), key: value}  # not ours: kept as another writer's key
+        cols.extras.append(extra)
+        # Every chunk of a section repeats its path, every chunk of a file its title: one copy each.
+        cols.sections.append(self._interned.setdefault(section, section) if type(section) is str else None)
+        cols.titles.append(self._interned.setdefault(title, title) if type(title) is str else None)
 
     def finish(self, spans: Iterable[int] | None) -> Columns:
         cols = self.cols

@@ -43,6 +43,10 @@ class RowRecord(Protocol):
     def timestamp(self) -> int: ...
     @property
     def extra(self) -> Extra | None: ...
+    @property
+    def section(self) -> str | None: ...
+    @property
+    def title(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,10 @@ class Snapshot:
     def entry(self, i: int) -> Entry:
         """The entry at row ``i`` (its vector a read-only view)."""
         r = self.rows[i]
-        return Entry(r.id, r.content, r.source, r.page, r.chunk, r.hash, self.matrix[i], r.timestamp, r.extra)
+        return Entry(
+            r.id, r.content, r.source, r.page, r.chunk, r.hash, self.matrix[i], r.timestamp, r.extra,
+            section=r.section, title=r.title,
+        )  # fmt: skip
 
     def source_mask(self, prefix: str) -> BoolMask:
         """Rows whose source starts with ``prefix``."""

@@ -43,6 +43,10 @@ class Row(Protocol):
     def timestamp(self) -> int: ...
     @property
     def extra(self) -> Extra | None: ...
+    @property
+    def section(self) -> str | None: ...
+    @property
+    def title(self) -> str | None: ...
 
 
 def write_spliced(
@@ -93,6 +97,8 @@ def write_spliced(
             extra=r.extra,
             vector=vectors[i],
             timestamp=r.timestamp,
+            section=r.section,
+            title=r.title,
         )
         new[i] = (w.position, len(data))
         w.write(data)

@@ -78,6 +78,8 @@ class _Row:
     timestamp: int
     extra: Extra | None
     row: int
+    section: str | None = None
+    title: str | None = None
     alive: bool = True
 
 
@@ -125,8 +127,8 @@ class Store:
         if cols.spans is not None:
             self._spans[: len(cols)] = cols.spans
         self._rows = [
-            _Row(eid, content, source, page, chunk, hash_, ts, extra, row)
-            for row, (eid, content, source, page, chunk, hash_, ts, extra) in enumerate(
+            _Row(eid, content, source, page, chunk, hash_, ts, extra, row, section, title)
+            for row, (eid, content, source, page, chunk, hash_, ts, extra, section, title) in enumerate(
                 zip(
                     cols.ids,
                     cols.contents,
@@ -136,6 +138,8 @@ class Store:
                     cols.hashes,
                     cols.timestamps,
                     cols.extras,
+                    cols.sections,
+                    cols.titles,
                     strict=True,
                 )
             )
@@ -411,15 +415,19 @@ class Store:
     def _entry(self, r: _Row) -> Entry:
         vector = self._vecs[r.row]
         vector.flags.writeable = False
-        return Entry(r.id, r.content, r.source, r.page, r.chunk, r.hash, vector, r.timestamp, r.extra)
+        return Entry(
+            r.id, r.content, r.source, r.page, r.chunk, r.hash, vector, r.timestamp, r.extra,
+            section=r.section, title=r.title,
+        )  # fmt: skip
 
     # ----- changing -----
 
     def replace_source(self, source: str, entries: Sequence[NewEntry], state: FileState) -> None:
         """Make ``entries`` the chunks of ``source`` and record its stat signature.
 
-        A chunk identical to the stored one (position, text, page, vector, timestamp) keeps
-        its bytes in the file, so re-indexing an unchanged file costs nothing at save.
+        A chunk identical to the stored one (position, text, page, section, title, vector,
+        timestamp) keeps its bytes in the file, so re-indexing an unchanged file costs nothing
+        at save.
         """
         self._check_writable()
         vectors = [self._checked_vector(source, e) for e in entries]
@@ -523,6 +531,8 @@ class Store:
         return (
             r.hash == e.hash
             and r.page == e.page
+            and r.section == e.section
+            and r.title == e.title
             and r.timestamp == e.timestamp
             and r.extra is None
             and r.content == e.content
@@ -551,7 +561,17 @@ class Store:
         self._spans[row] = (-1, 0)
         self._alive[row] = True
         r = _Row(
-            entry_id(source, e.chunk), e.content, source, e.page, e.chunk, e.hash, e.timestamp, None, row
+            entry_id(source, e.chunk),
+            e.content,
+            source,
+            e.page,
+            e.chunk,
+            e.hash,
+            e.timestamp,
+            None,
+            row,
+            e.section,
+            e.title,
         )
         self._rows.append(r)
         self._by_hash.setdefault(r.hash, []).append(r)
@@ -693,6 +713,8 @@ class Store:
             hashes=[r.hash for r in rows],
             timestamps=[r.timestamp for r in rows],
             extras=[r.extra for r in rows],
+            sections=[r.section for r in rows],
+            titles=[r.title for r in rows],
             matrix=self._vecs[: len(rows)],
             spans=spans,
         )

@@ -414,7 +414,10 @@ def _check_export_lines(lines: list[str], store: dict[str, Any]) -> None:
         entry = by_id[doc["id"]]
         assert doc["vector"] == entry["embedding"]  # the same numbers, to the last digit
         meta = doc["metadata"]
-        assert list(meta) == ["content", "source", "page", "chunk", "timestamp", "hash"]
+        # A Markdown chunk's heading path follows the walkthrough's keys; a text file's has none.
+        structure = [key for key in ("section", "title") if key in entry["metadata"]]
+        assert list(meta) == ["content", "source", "page", "chunk", "timestamp", "hash", *structure]
+        assert all(meta[key] == entry["metadata"][key] for key in structure)
         assert meta["content"] == entry["content"] and meta["timestamp"] == entry["timestamp"]
         assert meta["hash"] == entry["metadata"]["hash"] == content_hash(meta["content"])
         assert (meta["source"], meta["page"], meta["chunk"]) == (

@@ -1,4 +1,4 @@
-"""Tests of daemon.ingest.extract (and its PDF worker) with real files, FIFOs, symlinks and PDFs."""
+"""Tests of daemon.ingest.extract (and its sandboxed worker) with real files, FIFOs, symlinks and PDFs."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from support import make_pdf, raw_pdf, zeros_flate
 
 from daemon.errors import ExtractError
 from daemon.ingest import extract as extract_mod
+from daemon.ingest import sandbox
 from daemon.ingest.extract import Extracted, ExtractLimits, TextUnit, extract
 
 MIB = 1024 * 1024
-LIMITS = ExtractLimits(max_bytes=10 * MIB, pdf_timeout_s=120, pdf_memory_bytes=1024 * MIB)
+LIMITS = ExtractLimits(max_bytes=10 * MIB, timeout_s=120, memory_bytes=1024 * MIB)
 DEADLINE_S = 60  # generous: only a hang may exceed it
 
 
@@ -75,10 +76,21 @@ def run_with_deadline(fn: Any, *args: Any) -> Any:
 
 
 def test_text_file_is_one_unit_with_crlf_normalised(tmp_path: Path) -> None:
-    path = write(tmp_path / "notes.md", b"# Title\r\n\r\n*Markdown* stays text.\rold mac line\n")
+    path = write(tmp_path / "notes.txt", b"# Title\r\n\r\n*Markdown* stays text.\rold mac line\n")
     result = extract(path, LIMITS)
     assert result == Extracted(
         units=(TextUnit(text="# Title\n\n*Markdown* stays text.\nold mac line\n", page=None),),
+        warnings=(),
+    )
+
+
+def test_markdown_is_split_by_headings_with_crlf_normalised(tmp_path: Path) -> None:
+    path = write(tmp_path / "notes.md", b"# Title\r\n\r\nIntro.\r## Part\r\nBody.\n")
+    assert extract(path, LIMITS) == Extracted(
+        units=(
+            TextUnit("# Title\n\nIntro.", None, "# Title"),
+            TextUnit("## Part\nBody.\n", None, "# Title > ## Part"),
+        ),
         warnings=(),
     )
 
@@ -183,7 +195,7 @@ def test_size_limit_is_checked_before_reading(tmp_path: Path, name: str) -> None
 
 def test_file_at_the_size_limit_is_read(tmp_path: Path) -> None:
     path = write(tmp_path / "exact.txt", b"x" * 100)
-    limits = ExtractLimits(max_bytes=100, pdf_timeout_s=1, pdf_memory_bytes=MIB)
+    limits = ExtractLimits(max_bytes=100, timeout_s=1, memory_bytes=MIB)
     assert extract(path, limits).units == (TextUnit(text="x" * 100, page=None),)
     write(path, b"x" * 101)
     assert "daemon.max_file_mb" in extract_error(path, limits)
@@ -277,10 +289,10 @@ def test_zeros_flate_inflates_to_zeros() -> None:
 
 
 def test_decompression_bomb_hits_the_memory_limit(bomb_pdf: Path) -> None:
-    limits = ExtractLimits(max_bytes=10 * MIB, pdf_timeout_s=120, pdf_memory_bytes=128 * MIB)
+    limits = ExtractLimits(max_bytes=10 * MIB, timeout_s=120, memory_bytes=128 * MIB)
     reason = extract_error(bomb_pdf, limits)
     assert reason.startswith("exceeded memory limit (128 MB)")
-    assert "daemon.pdf_memory_mb" in reason
+    assert "daemon.extract_memory_mb" in reason
 
 
 def test_decompression_bomb_under_a_generous_limit_hits_pypdfs_limit(bomb_pdf: Path) -> None:
@@ -291,7 +303,7 @@ def test_memory_limit_also_covers_lazy_imports(tmp_path: Path) -> None:
     # Below the interpreter's own footprint, imports fail to map their shared
     # objects: still a memory problem, not a corrupt PDF.
     path = write(tmp_path / "doc.pdf", pdf_with_content(zeros_flate(8)))
-    limits = ExtractLimits(max_bytes=10 * MIB, pdf_timeout_s=120, pdf_memory_bytes=24 * MIB)
+    limits = ExtractLimits(max_bytes=10 * MIB, timeout_s=120, memory_bytes=24 * MIB)
     assert extract_error(path, limits).startswith("exceeded memory limit (24 MB)")
 
 
@@ -306,8 +318,8 @@ class RecordingPopen(subprocess.Popen[bytes]):
 
 
 def use_worker(monkeypatch: pytest.MonkeyPatch, code: str) -> list[subprocess.Popen[bytes]]:
-    """Replaces the PDF worker with a Python snippet and records the processes started."""
-    monkeypatch.setattr(extract_mod, "_worker_argv", lambda limits: [sys.executable, "-c", code])
+    """Replaces the sandboxed worker with a Python snippet and records the processes started."""
+    monkeypatch.setattr(sandbox, "_worker_argv", lambda fmt, limits: [sys.executable, "-c", code])
     started: list[subprocess.Popen[bytes]] = []
     monkeypatch.setattr(RecordingPopen, "started", started)
     monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
@@ -317,7 +329,7 @@ def use_worker(monkeypatch: pytest.MonkeyPatch, code: str) -> list[subprocess.Po
 def test_hanging_worker_is_killed_on_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started = use_worker(monkeypatch, "import time; time.sleep(600)")
     path = write(tmp_path / "doc.pdf", make_pdf(["Text."]))
-    limits = ExtractLimits(max_bytes=10 * MIB, pdf_timeout_s=0.5, pdf_memory_bytes=1024 * MIB)
+    limits = ExtractLimits(max_bytes=10 * MIB, timeout_s=0.5, memory_bytes=1024 * MIB)
     reason = run_with_deadline(extract_error, path, limits)
     assert reason.startswith("timed out after 0.5s")
     assert [proc.returncode for proc in started] == [-signal.SIGKILL]
@@ -326,27 +338,28 @@ def test_hanging_worker_is_killed_on_timeout(tmp_path: Path, monkeypatch: pytest
 def test_real_worker_times_out(tmp_path: Path) -> None:
     # No interpreter starts and imports pypdf within a millisecond.
     path = write(tmp_path / "doc.pdf", make_pdf(["Text."]))
-    limits = ExtractLimits(max_bytes=10 * MIB, pdf_timeout_s=0.001, pdf_memory_bytes=1024 * MIB)
+    limits = ExtractLimits(max_bytes=10 * MIB, timeout_s=0.001, memory_bytes=1024 * MIB)
     assert extract_error(path, limits).startswith("timed out after 0.001s")
 
 
 def test_crashing_worker_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     use_worker(monkeypatch, "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     path = write(tmp_path / "doc.pdf", make_pdf(["Text."]))
-    assert extract_error(path) == "PDF worker died from SIGSEGV"
+    assert extract_error(path) == "extraction worker died from SIGSEGV"
 
 
 def test_worker_garbage_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     use_worker(monkeypatch, "print('not json')")
     path = write(tmp_path / "doc.pdf", make_pdf(["Text."]))
-    assert extract_error(path).startswith("PDF worker returned malformed output")
+    assert extract_error(path).startswith("extraction worker returned malformed output")
 
 
 def test_worker_reads_the_opened_file_not_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The worker gets the checked descriptor as stdin, never the path.
     code = (
         "import json, sys; data = sys.stdin.buffer.read();"
-        "print(json.dumps({'status': 'ok', 'pages': [[1, str(len(data))]], 'warnings': []}))"
+        "print(json.dumps({'status': 'ok', 'units': [[1, None, str(len(data))]], 'title': None,"
+        " 'warnings': []}))"
     )
     started = use_worker(monkeypatch, code)
     path = write(tmp_path / "doc.pdf", b"%PDF-" + b"x" * 95)

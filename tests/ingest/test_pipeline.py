@@ -26,7 +26,7 @@ PARAS = [para(f"Paragraph{i} text") for i in range(6)]
 EDITED = para("Rewritten paragraph")
 FRESH = para("Brand new")
 POISONED = para("POISON inside")
-LIMITS = ExtractLimits(max_bytes=10 * 2**20, pdf_timeout_s=30, pdf_memory_bytes=512 * 2**20)
+LIMITS = ExtractLimits(max_bytes=10 * 2**20, timeout_s=30, memory_bytes=512 * 2**20)
 
 
 class Clock:
