@@ -20,6 +20,7 @@ from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
 from daemon.errors import ConfigError
 from daemon.service.service import Service, fingerprint_for
 from daemon.sinks.mirror import Mirror
+from daemon.sinks.registry import check_sinks
 from daemon.store.store import Store
 
 log = structlog.get_logger("embedd")
@@ -103,6 +104,9 @@ def run_service(
     on_main = threading.current_thread() is threading.main_thread()
     restore = install_signals(stop, wake, reload) if on_main else None
     try:
+        # A sink whose client is not installed is a configuration error: say so before
+        # spending seconds on the model.
+        check_sinks(config.sinks)
         started = time.monotonic()
         embedder = LlamaEmbedder(
             config.model.path,
