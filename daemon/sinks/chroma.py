@@ -186,9 +186,17 @@ class ChromaSink(BaseSink):
 
     def _drop(self) -> None:
         client, self._client, self._col = self._client, None, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
+        if client is None:
+            return
+        with contextlib.suppress(Exception):
+            client.close()
+        # chromadb's close() leaves the HTTP connections of an HttpClient (and of the admin
+        # client it made to check the tenant) open; each HttpClient has its own, so close them.
+        for owner in (client, getattr(client, "_admin_client", None)):
+            session = getattr(getattr(owner, "_server", None), "_session", None)
+            if session is not None:
+                with contextlib.suppress(Exception):
+                    session.close()
 
     def _ensure_collection(self, c: _Chroma) -> None:
         client = self._client

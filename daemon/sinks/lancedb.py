@@ -15,6 +15,7 @@ versions older than ``KEEP_VERSIONS``, from ``flush`` and every ``OPTIMIZE_EVERY
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -38,6 +39,7 @@ UPSERT_ROWS = 5000  # rows per merge_insert: each one is a new version of the ta
 DELETE_IDS = 1000
 OPTIMIZE_EVERY = 200  # writes between compactions
 KEEP_VERSIONS = timedelta(minutes=10)  # a reader in another process may still be on an older one
+_RUST_PLACE = re.compile(r",\s*/\S+\.rs:\d+:\d+")
 SCALARS = ("id", "content", "source", "page", "chunk", "timestamp", "hash", "daemon")
 
 
@@ -197,6 +199,7 @@ class LanceDBSink(BaseSink):
 
     def _error(self, what: str, exc: BaseException) -> SinkError:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = _RUST_PLACE.sub("", reason)  # ", /root/.cargo/.../commit.rs:653:26" helps no user
         return SinkError(self._name, f"{what} failed: {reason}")
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -248,10 +251,13 @@ class LanceDBSink(BaseSink):
                 "hash": pa.array([r.hash for r in rows], pa.string()),
                 "daemon": pa.array([self._daemon] * len(rows), pa.string()),
             },
-            schema=table.schema,
+            schema=self._schema(_load_lance()).remove_metadata(),
         )
-        merge = table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
-        self._call("upsert", merge.execute, data)
+
+        def merge() -> Any:
+            return table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+
+        self._call("upsert", merge)
         self._wrote()
         return len(rows)
 
@@ -299,8 +305,10 @@ class LanceDBSink(BaseSink):
 
     def _scan(self, where: str, columns: list[str]) -> list[dict[str, Any]]:
         table = self._ready()
-        query = table.search().where(where).select(columns).limit(None)
-        return list(self._call("query", lambda: query.to_arrow().to_pylist()))
+        rows = self._call(
+            "query", lambda: table.search().where(where).select(columns).limit(None).to_arrow().to_pylist()
+        )
+        return list(rows)
 
     def digests(self) -> dict[str, RowDigest]:
         """Each of this daemon's rows by primary key: hash, page and timestamp; vectors are not read."""
@@ -357,11 +365,15 @@ class LanceDBSink(BaseSink):
             terms.append(f"daemon = {sql_string(daemon)}")
         if source_prefix:
             terms.append(f"starts_with(source, {sql_string(source_prefix)})")
-        query = table.search(self._query(vector), vector_column_name="vector").distance_type("cosine")
-        if terms:
-            query = query.where(" AND ".join(terms), prefilter=True)
-        query = query.select([*SCALARS, "_distance"]).limit(k)
-        found = self._call("search", query.to_list)
+        vec = self._query(vector)
+
+        def search() -> Any:
+            query = table.search(vec, vector_column_name="vector").distance_type("cosine")
+            if terms:
+                query = query.where(" AND ".join(terms), prefilter=True)
+            return query.select([*SCALARS, "_distance"]).limit(k).to_list()
+
+        found = self._call("search", search)
         return [
             Hit(
                 rank=rank,

@@ -46,7 +46,8 @@ VARCHAR_MAX = 65535  # Milvus' largest VARCHAR, in bytes
 NO_PAGE = -1  # Milvus INT64 fields hold no null everywhere; text files have no page
 UPSERT_ROWS = 500
 UPSERT_BYTES = 16 << 20  # well under gRPC's 64 MiB message limit even with long chunks
-ITERATOR_BATCH = 1000  # rows a page when scanning a server, which caps one query at 16,384
+ITERATOR_BATCH = 1000  # rows a page when a scan of a server needs more than one query
+QUERY_MAX = 16384  # the most rows a Milvus server answers to one query
 DELETE_IDS = 1000  # keys a delete call
 
 
@@ -140,6 +141,7 @@ class MilvusSink(BaseSink):
         # over the collection, so pages would make a scan quadratic; a server caps a query
         # at 16,384 rows, so there scans iterate.
         self._scan_in_one_query = self._lite is not None
+        self._query_max = QUERY_MAX
         self._client: Any = None
         self._mine = f"daemon == {quote(daemon)}"
 
@@ -500,6 +502,19 @@ class MilvusSink(BaseSink):
                 output_fields=fields,
                 timeout=self._timeout,
             )
+            return [dict(r) for r in rows]
+        # Most scans (one source, a small store) fit one query, which costs one consistency
+        # wait instead of an iterator's several; a query holds at most QUERY_MAX rows.
+        rows = self._call(
+            "query",
+            client.query,
+            self._collection,
+            filter=expr,
+            output_fields=fields,
+            limit=self._query_max,
+            timeout=self._timeout,
+        )
+        if len(rows) < self._query_max:
             return [dict(r) for r in rows]
         it = self._call(
             "query",

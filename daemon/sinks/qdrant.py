@@ -13,6 +13,7 @@ UUID and back. The embedd properties live in the collection's metadata.
 from __future__ import annotations
 
 import contextlib
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -49,6 +50,8 @@ class _Qdrant(NamedTuple):
 
 
 _qdrant: _Qdrant | None = None
+_local_lock = threading.Lock()
+_local_clients: dict[str, tuple[Any, int]] = {}  # local folder -> (its one client here, sinks using it)
 
 
 def _load_qdrant() -> _Qdrant:
@@ -112,25 +115,15 @@ class QdrantSink(BaseSink):
         if self._client is not None:
             return
         q = _load_qdrant()
-        try:
-            if self._path is not None:
-                if not self._path.parent.is_dir():
-                    raise SinkError(
-                        self._name, f"cannot open Qdrant folder {self._path}: {self._path.parent} is missing"
-                    )
-                client = q.client(path=str(self._path))
-            else:
+        if self._path is not None:
+            client = self._open_local(q, self._path)
+        else:
+            try:
                 client = q.client(
                     url=self._uri, api_key=self._secret or None, timeout=max(1, round(self._timeout))
                 )
-        except RuntimeError as exc:
-            raise SinkError(
-                self._name,
-                f"Qdrant folder {self._path} is open in another process (a running embedd?); "
-                "one process at a time can open it",
-            ) from exc
-        except q.errors as exc:
-            raise self._error("connect", exc) from exc
+            except q.errors as exc:
+                raise self._error("connect", exc) from exc
         self._client = client
         try:
             self._ensure_collection(q)
@@ -143,11 +136,43 @@ class QdrantSink(BaseSink):
         """Close the client (a local folder is free for other processes then); a later call reconnects."""
         self._drop()
 
+    def _open_local(self, q: _Qdrant, path: Path) -> Any:
+        """The one client of this process for a local folder (it locks the folder), shared by its sinks."""
+        key = str(path.absolute())
+        with _local_lock:
+            if key in _local_clients:
+                client, users = _local_clients[key]
+                _local_clients[key] = (client, users + 1)
+                return client
+            if not path.parent.is_dir():
+                raise SinkError(self._name, f"cannot open Qdrant folder {path}: {path.parent} is missing")
+            try:
+                client = q.client(path=key)
+            except RuntimeError as exc:
+                raise SinkError(
+                    self._name,
+                    f"Qdrant folder {path} is open in another process (a running embedd?); "
+                    "one process at a time can open it",
+                ) from exc
+            except q.errors as exc:
+                raise self._error("connect", exc) from exc
+            _local_clients[key] = (client, 1)
+            return client
+
     def _drop(self) -> None:
         client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
+        if client is None:
+            return
+        if self._path is not None:
+            key = str(self._path.absolute())
+            with _local_lock:
+                _, users = _local_clients.get(key, (client, 1))
+                if users > 1:
+                    _local_clients[key] = (client, users - 1)
+                    return
+                _local_clients.pop(key, None)
+        with contextlib.suppress(Exception):
+            client.close()
 
     def _ensure_collection(self, q: _Qdrant) -> None:
         client = self._client

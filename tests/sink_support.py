@@ -1,0 +1,192 @@
+"""What the sink tests share: synthetic rows, the engines to run them on, and the mirror check.
+
+``Backend`` is one engine at one place (a local folder or a server on loopback); every sink
+test that is not about one engine runs on each of them through the ``backend`` fixture
+(tests/sinks/conftest.py). The store is stood in for by a dict of rows: what matters is that
+the collection ends up equal to it, row for row.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from daemon.config import SinkConfig
+from daemon.sinks.base import BaseSink, SinkRow, fingerprint_digest, row_id
+from daemon.sinks.registry import open_sink
+
+DIMS = 16
+FP = fingerprint_digest({"model_sha256": "0" * 64, "pooling": "mean", "normalize": True, "chunk_size": 500})
+# File names that break naive filter strings: quotes, backslashes, LIKE wildcards, newlines.
+AWKWARD = [
+    'docs/say "hi".md',
+    "docs/back\\slash.txt",
+    "docs/100%_done.md",
+    "docs/it's.txt",
+    "docs/tab\there.txt",
+    "docs/new\nline.txt",
+    "docs/ünïcødé ✓.md",
+]
+
+Store = dict[str, list[SinkRow]]
+_names = itertools.count()
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_rows(source: str, n: int, seed: int, *, pages: bool = False, start: int = 0) -> list[SinkRow]:
+    rng = np.random.default_rng(seed)
+    vecs = rng.standard_normal((n, DIMS)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    return [
+        SinkRow(
+            vector=vecs[i],
+            content=f"chunk {start + i} of {source} (seed {seed})",
+            source=source,
+            page=(i // 2 + 1) if pages else None,
+            chunk=start + i,
+            timestamp=1_700_000_000_000 + seed * 1000 + i,
+            hash=f"{seed:08x}{i:056x}",
+        )
+        for i in range(n)
+    ]
+
+
+def assert_mirrors(sink: BaseSink, store: Store) -> None:
+    """The sink holds exactly the store's rows for its daemon, field for field."""
+    expected = {s for s, rows in store.items() if rows}
+    assert sink.sources() == expected
+    assert sink.count() == sum(len(rows) for rows in store.values())
+    for source in expected:
+        got = sink.rows_for(source)
+        want = sorted(store[source], key=lambda r: r.chunk)
+        assert [g.id for g in got] == [row_id(sink.daemon, source, r.chunk) for r in want]
+        for g, w in zip(got, want, strict=True):
+            assert (g.source, g.chunk, g.page, g.content, g.hash, g.timestamp, g.daemon) == (
+                w.source,
+                w.chunk,
+                w.page,
+                w.content,
+                w.hash,
+                w.timestamp,
+                sink.daemon,
+            )
+            np.testing.assert_allclose(g.vector, w.vector, rtol=1e-6, atol=1e-7)
+
+
+@dataclass
+class Backend:
+    """One engine at one place: ``uri`` is a server URL or a local folder (``fresh`` makes one)."""
+
+    id: str
+    type: str
+    uri: str
+    local: bool  # one process at a time (the engine's file or folder)
+    fresh: Callable[[Path], str] | None = None  # a new local location under a folder
+    foreign: Callable[[str, str], None] | None = field(default=None, repr=False)
+
+    def config(self, collection: str, *, name: str = "mirror", uri: str | None = None) -> SinkConfig:
+        return SinkConfig(name=name, type=self.type, uri=uri or self.uri, collection=collection)
+
+    def sink(
+        self,
+        collection: str,
+        *,
+        daemon: str = "alpha",
+        fp: str = FP,
+        dims: int = DIMS,
+        timeout: float = 5.0,
+        name: str = "mirror",
+        uri: str | None = None,
+    ) -> BaseSink:
+        return open_sink(
+            self.config(collection, name=name, uri=uri),
+            daemon=daemon,
+            dimensions=dims,
+            fingerprint=fp,
+            timeout_s=timeout,
+        )
+
+    def make_foreign(self, collection: str) -> None:
+        """Make a collection of ``DIMS`` vectors the way a user of the engine would, not embedd."""
+        assert self.foreign is not None
+        self.foreign(self.uri, collection)
+
+
+def unique_collection(hint: str) -> str:
+    """A collection name no other test uses (servers are shared by the whole session)."""
+    clean = "".join(ch if ch.isalnum() else "_" for ch in hint)[:40].strip("_") or "c"
+    return f"c{next(_names)}_{clean}x"
+
+
+# ----- collections not made by embedd, one way per engine -----
+
+
+def foreign_milvus(uri: str, collection: str) -> None:
+    from pymilvus import MilvusClient  # type: ignore[import-untyped]
+
+    client = MilvusClient(uri)
+    try:
+        client.create_collection(collection, dimension=DIMS)
+    finally:
+        client.close()
+    if uri.endswith(".db"):  # stop the Lite server pymilvus started here, freeing the folder
+        from milvus_lite.server_manager import server_manager_instance  # type: ignore[import-untyped]
+
+        server_manager_instance.release_server(str(Path(uri).absolute()))
+
+
+def foreign_qdrant(uri: str, collection: str) -> None:
+    from qdrant_client import QdrantClient, models
+
+    from daemon.sinks import qdrant as engine
+
+    # This process may hold the folder open already (a keeper sink): use that client then.
+    shared = engine._local_clients.get(str(Path(uri).absolute()))
+    client: Any = shared[0] if shared else QdrantClient(path=uri)
+    try:
+        client.create_collection(
+            collection, vectors_config=models.VectorParams(size=DIMS, distance=models.Distance.COSINE)
+        )
+    finally:
+        if not shared:
+            client.close()
+
+
+def foreign_chroma(uri: str, collection: str) -> None:
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    if "://" in uri:
+        host, port = uri.split("://", 1)[1].rsplit(":", 1)
+        client: Any = chromadb.HttpClient(host=host, port=int(port), settings=settings)
+    else:
+        client = chromadb.PersistentClient(path=uri, settings=settings)
+    try:
+        client.create_collection(collection, embedding_function=None)
+    finally:
+        client.close()
+        for owner in (client, getattr(client, "_admin_client", None)):  # see ChromaSink._drop
+            session = getattr(getattr(owner, "_server", None), "_session", None)
+            if session is not None:
+                session.close()
+
+
+def foreign_lancedb(uri: str, collection: str) -> None:
+    import lancedb
+    import pyarrow as pa  # type: ignore[import-untyped]
+
+    schema = pa.schema([pa.field("id", pa.string()), pa.field("vector", pa.list_(pa.float32(), DIMS))])
+    lancedb.connect(uri).create_table(collection, schema=schema)
