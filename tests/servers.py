@@ -95,10 +95,18 @@ def milvus_bin_dir() -> Path:
 class MilvusTestServer:
     """A Milvus standalone server for one data folder, on ports from ``port`` up."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, session_ttl: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        session_ttl: int | None = None,
+        time_tick_ms: int = 20,
+    ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.port = port if port is not None else free_ports(MILVUS_PORTS)
         self.session_ttl = session_ttl
+        self.time_tick_ms = time_tick_ms
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -144,6 +152,12 @@ class MilvusTestServer:
         for role in ROLES:
             cfg.set(f"{role}.ip", "127.0.0.1")
         cfg.set("etcd.endpoints", f"127.0.0.1:{p + 2}")
+        # A Strong-consistency read waits for the next time tick: 200 ms by default, which
+        # would make each of the tests' many small reads cost that much.
+        cfg.set("proxy.timeTickInterval", self.time_tick_ms)
+        # Loading a new collection waits for these checks (1 s and 0.5 s by default).
+        cfg.set("queryCoord.checkInterval", 100)
+        cfg.set("queryCoord.distPullInterval", 100)
         if self.session_ttl is not None:
             cfg.set("common.session.ttl", self.session_ttl)
         cfg.resolve()  # writes configs/milvus.yaml under data_dir
@@ -188,10 +202,9 @@ class MilvusTestServer:
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"milvus exited with {self.proc.returncode} while starting; see {logs}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(health, timeout=2) as resp:
-                    if b"OK" in resp.read():
-                        return time.monotonic() - t0
+            with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=2) as resp:
+                if b"OK" in resp.read():
+                    return time.monotonic() - t0
             time.sleep(0.2)
         self.kill()
         raise TimeoutError(f"milvus not healthy after {timeout:.0f} s; see {logs}")
@@ -253,9 +266,11 @@ class ChromaTestServer:
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"chroma exited with {self.proc.returncode}; see {self.data_dir}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.uri}/api/v2/heartbeat", timeout=2):
-                    return time.monotonic() - t0
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.uri}/api/v2/heartbeat", timeout=2),
+            ):
+                return time.monotonic() - t0
             time.sleep(0.1)
         self.stop()
         raise TimeoutError(f"chroma not up after {timeout:.0f} s")

@@ -255,7 +255,9 @@ class LanceDBSink(BaseSink):
         )
 
         def merge() -> Any:
-            return table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+            return (
+                table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+            )
 
         self._call("upsert", merge)
         self._wrote()

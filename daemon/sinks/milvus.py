@@ -400,7 +400,13 @@ class MilvusSink(BaseSink):
         }
 
     def flush(self) -> None:
-        """Ask Milvus to seal what was written; Milvus Lite then filters it much faster."""
+        """Ask Milvus Lite to seal what was written: it then filters it much faster.
+
+        A server seals and indexes growing segments by itself; a flush there only makes the
+        caller wait for it (seconds), so it is left to the server.
+        """
+        if self._lite is None:
+            return
         client = self._ready()
         self._call("flush", client.flush, self._collection, timeout=max(self._timeout, 60.0))
 

@@ -146,12 +146,22 @@ def _sink_config(config: Config, name: str | None) -> SinkConfig:
     raise UsageError(f"no [[sink]] named {name!r}; configured: {', '.join(s.name for s in config.sinks)}")
 
 
+def checked_sink(config: Config, name: str | None) -> SinkConfig:
+    """The ``[[sink]]`` named ``name`` (or the only one), once every sink's engine can start here.
+
+    Raises UsageError for a name that is not configured, ConfigError for an engine that cannot
+    start (see ``check_sinks``).
+    """
+    cfg = _sink_config(config, name)
+    check_sinks(config.sinks)
+    return cfg
+
+
 def sync_sink(
     config: Config, name: str | None = None, *, rewrite: bool = False
 ) -> tuple[str, FullSyncReport]:
     """Make a sink hold exactly what the store holds for this daemon (``embedd sink sync``); idempotent."""
-    cfg = _sink_config(config, name)
-    check_sinks(config.sinks)
+    cfg = checked_sink(config, name)
     with Store.open_readonly(config.store.path) as store:
         sink = open_sink(cfg, daemon=config.daemon.name, store=store)
         try:
@@ -166,8 +176,7 @@ def search_sink(
     config: Config, name: str | None, vector: npt.NDArray[np.float32], k: int, *, source_prefix: str | None
 ) -> list[Hit]:
     """The ``k`` rows of a sink (every daemon's) closest to ``vector``, optionally under a source prefix."""
-    cfg = _sink_config(config, name)
-    check_sinks(config.sinks)
+    cfg = checked_sink(config, name)
     with Store.open_readonly(config.store.path) as store:
         sink = open_sink(cfg, daemon=config.daemon.name, store=store)
     try:

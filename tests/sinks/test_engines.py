@@ -43,7 +43,9 @@ def test_a_collection_of_another_dimension_is_refused(backend: Backend, collecti
     made.connect()
     made.close()
     other = backend.sink(collection, dims=DIMS * 2)
-    with pytest.raises(SinkMismatchError, match=f"holds {DIMS}-dimension vectors, this store {DIMS * 2}") as info:
+    with pytest.raises(
+        SinkMismatchError, match=f"holds {DIMS}-dimension vectors, this store {DIMS * 2}"
+    ) as info:
         other.connect()
     assert info.value.sink == "mirror"
     assert collection in str(info.value)
@@ -297,7 +299,9 @@ def test_a_refused_write_stays_queued_and_does_not_hold_up_another_sink(
     syncers = []
     for sink in (broken, other):
         queue = SinkQueue.open(tmp_path / f"{sink.name}.queue", sink=sink.name, clock=clock)
-        syncers.append(SinkSyncer(sink, queue, store.get, lambda: set(store), clock=clock, release_idle_s=None))
+        syncers.append(
+            SinkSyncer(sink, queue, store.get, lambda: set(store), clock=clock, release_idle_s=None)
+        )
     assert [s.step() for s in syncers] == [1, 1]
 
     # Under the connected sink, its collection is replaced by one of another dimension.
