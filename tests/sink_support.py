@@ -8,6 +8,7 @@ the collection ends up equal to it, row for row.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from daemon.config import SinkConfig
 from daemon.sinks.base import BaseSink, SinkRow, fingerprint_digest, row_id
@@ -93,7 +95,6 @@ class Backend:
     type: str
     uri: str
     local: bool  # one process at a time (the engine's file or folder)
-    fresh: Callable[[Path], str] | None = None  # a new local location under a folder
     foreign: Callable[[str, str], None] | None = field(default=None, repr=False)
 
     def config(self, collection: str, *, name: str = "mirror", uri: str | None = None) -> SinkConfig:
@@ -190,3 +191,35 @@ def foreign_lancedb(uri: str, collection: str) -> None:
 
     schema = pa.schema([pa.field("id", pa.string()), pa.field("vector", pa.list_(pa.float32(), DIMS))])
     lancedb.connect(uri).create_table(collection, schema=schema)
+
+
+# ----- the backends -----
+
+LOCAL = {
+    "milvus-lite": ("milvus", "lite.db", foreign_milvus, ("pymilvus", "milvus_lite")),
+    "qdrant-local": ("qdrant", "qdrant", foreign_qdrant, ("qdrant_client",)),
+    "chroma-local": ("chroma", "chroma", foreign_chroma, ("chromadb",)),
+    "lancedb-local": ("lancedb", "lance", foreign_lancedb, ("lancedb",)),
+}
+SERVERS = ("milvus-server", "chroma-server")
+ALL = (*LOCAL, *SERVERS)
+
+
+def need(*modules: str) -> None:
+    """Skip the test unless these modules are installed (the dev extra installs them all)."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed (pip install -e '.[dev]')")
+
+
+def make_backend(kind: str, request: pytest.FixtureRequest, folder: Path) -> Backend:
+    """The backend ``kind`` (an id of ``ALL``), with a fresh local folder under ``folder``."""
+    if kind in LOCAL:
+        engine, name, foreign, modules = LOCAL[kind]
+        need(*modules)
+        return Backend(kind, engine, str(folder / name), local=kind != "lancedb-local", foreign=foreign)
+    if kind == "milvus-server":
+        server = request.getfixturevalue("milvus_server")
+        return Backend(kind, "milvus", server.uri, local=False, foreign=foreign_milvus)
+    server = request.getfixturevalue("chroma_server")
+    return Backend(kind, "chroma", server.uri, local=False, foreign=foreign_chroma)

@@ -390,7 +390,7 @@ def test_the_collection_incarnation_survives_reopen_and_compaction(tmp_path: Pat
     q.close()
     q = SinkQueue.open(path)
     assert q.incarnation == "abc"
-    for i in range(600):  # enough lines to rewrite the journal
+    for i in range(200):  # enough lines to rewrite the journal
         q.mark([f"s{i % 5}"])
         q.done(q.take())
     q.set_incarnation("def")
