@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from support import Daemon, read_store, wait_for
 
-from daemon.config import SinkConfig
+from daemon.config import SinkConfig, load_config
 from daemon.sinks.base import BaseSink, SinkRow, fingerprint_digest, row_id
+from daemon.sinks.queue import SinkQueue, queue_path
 from daemon.sinks.registry import open_sink
 
 DIMS = 16
@@ -223,3 +227,74 @@ def make_backend(kind: str, request: pytest.FixtureRequest, folder: Path) -> Bac
         return Backend(kind, "milvus", server.uri, local=False, foreign=foreign_milvus)
     server = request.getfixturevalue("chroma_server")
     return Backend(kind, "chroma", server.uri, local=False, foreign=foreign_chroma)
+
+
+# ----- a daemon mirroring into a sink (the real CLI in a subprocess) -----
+
+DOCS = {
+    "orchard.md": "Apple orchards need pruning in late winter before the buds open. " * 4,
+    "glacier.md": "Glaciers carve valleys as they slide downhill under their own weight. " * 4,
+    "harbour.txt": "The harbour master schedules tugboats for container ships at dawn. " * 4,
+}
+Rows = dict[str, list[tuple[int, str, int]]]
+
+
+def sink_for(cfg_path: Path) -> BaseSink:
+    config = load_config(cfg_path)
+    store = read_store(config.store.path)
+    assert store is not None
+    return open_sink(
+        config.sinks[0],
+        daemon=config.daemon.name,
+        dimensions=store["dimensions"],
+        fingerprint=fingerprint_digest(store["fingerprint"]),
+    )
+
+
+def expected_rows(cfg_path: Path) -> Rows:
+    store = read_store(load_config(cfg_path).store.path)
+    assert store is not None
+    out: Rows = {}
+    for e in store["embeddings"]:
+        m = e["metadata"]
+        out.setdefault(m["source"], []).append((m["chunk"], m["hash"], e["timestamp"]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def actual_rows(cfg_path: Path) -> Rows:
+    sink = sink_for(cfg_path)
+    try:
+        return {s: sorted((r.chunk, r.hash, r.timestamp) for r in sink.rows_for(s)) for s in sink.sources()}
+    finally:
+        sink.close()
+
+
+def synced(cfg_path: Path, store_ok: Callable[[dict[str, Any]], bool]) -> None:
+    """Wait until the store passes ``store_ok`` and the sink's queue holds nothing more.
+
+    Sources are marked in the queue (durably) before the store that holds their change is
+    saved, so once the store shows a change, an empty queue means the sink has it.
+    """
+    config = load_config(cfg_path)
+
+    def done() -> bool:
+        store = read_store(config.store.path)
+        if store is None or not store_ok(store):
+            return False
+        lag = SinkQueue.read_lag(queue_path(config.store.path, config.sinks[0].name))
+        return lag is not None and lag.pending == 0 and not lag.full_sync
+
+    wait_for(done, what="the store change to reach the sink")
+
+
+def store_sources(store: dict[str, Any]) -> set[str]:
+    return {e["metadata"]["source"] for e in store["embeddings"]}
+
+
+@contextmanager
+def running(cfg_path: Path, env: dict[str, str]) -> Iterator[Daemon]:
+    daemon = Daemon(cfg_path, env).ready()
+    try:
+        yield daemon
+    finally:
+        assert daemon.stop(signal.SIGTERM) == 0, daemon.log_path.read_text()[-3000:]

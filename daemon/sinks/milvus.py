@@ -47,7 +47,8 @@ NO_PAGE = -1  # Milvus INT64 fields hold no null everywhere; text files have no 
 UPSERT_ROWS = 500
 UPSERT_BYTES = 16 << 20  # well under gRPC's 64 MiB message limit even with long chunks
 ITERATOR_BATCH = 1000  # rows a page when a scan of a server needs more than one query
-QUERY_MAX = 16384  # the most rows a Milvus server answers to one query
+QUERY_MAX = 16384
+LOAD_TIMEOUT_S = 120.0  # the most rows a Milvus server answers to one query
 DELETE_IDS = 1000  # keys a delete call
 
 
@@ -239,7 +240,14 @@ class MilvusSink(BaseSink):
         if not self._call("has_collection", client.has_collection, self._collection, timeout=self._timeout):
             self._create(milvus)
         self._validate()
-        self._call("load_collection", client.load_collection, self._collection, timeout=self._timeout)
+        # Loading waits until the query nodes hold the collection: seconds even when empty, far
+        # past one request's timeout; a frozen server still fails the calls before it quickly.
+        self._call(
+            "load_collection",
+            client.load_collection,
+            self._collection,
+            timeout=max(self._timeout, LOAD_TIMEOUT_S),
+        )
 
     def _create(self, milvus: _Milvus) -> None:
         dt = milvus.data_type
