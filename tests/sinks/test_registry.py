@@ -117,3 +117,13 @@ def test_each_engine_client_is_imported_by_its_own_module_only() -> None:
             top = words[1].split(".")[0]
             if top in owners:
                 assert rel == owners[top], f"{rel} imports {top}: only {owners[top]} may"
+
+
+def test_a_qdrant_server_that_does_not_answer_is_a_sink_error() -> None:
+    from daemon.errors import SinkError
+
+    cfg = SinkConfig(name="q", type="qdrant", uri="http://127.0.0.1:1", collection="docs", timeout_s=1.0)
+    sink = open_sink(cfg, daemon="alpha", dimensions=DIMS, fingerprint=FP)
+    with pytest.raises(SinkError, match="sink q: ") as info:
+        sink.connect()
+    assert not sink.connected and info.value.reason
