@@ -63,10 +63,11 @@ ENGINES = {  # id -> (type, where: "file" for a local file or folder, else the s
     "chroma-server": ("chroma", "chroma"),
     "lancedb-local": ("lancedb", "file"),
 }
-_WORDS = (
+_TEXT = (
     "the store keeps every chunk of text with its vector so a restart finds unchanged files "
     "without reading them again while edits rewrite only what moved embedding daemon watch"
-).split()
+)
+_WORDS = _TEXT.split(" ")
 
 
 def _rows(source: str, count: int, seed: int) -> list[SinkRow]:
@@ -188,7 +189,9 @@ def _run_engine(engine: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--chunks", type=int, default=100_000, help="rows in the store")
     parser.add_argument("--per-source", type=int, default=10, help="chunks a file")
     parser.add_argument("--steps", type=int, default=3, help="sync steps to time (the median is shown)")
@@ -233,8 +236,8 @@ def main() -> int:
         server = f"{r['server_rss_mb']:,.0f} MB" if r["server_rss_mb"] is not None else "-"
         print(
             f"| {r['engine']} | {r['rows']:,} | {r['sync_s']:.1f} s | {r['rows_per_s']:,.0f} | "
-            f"{r['step_s']:.2f} s ({r['step_rows']} rows) | {r['search_ms']:.1f} ms | {r['prefix_ms']:.1f} ms | "
-            f"{r['rss_mb']:,.0f} MB | {server} |"
+            f"{r['step_s']:.2f} s ({r['step_rows']} rows) | {r['search_ms']:.1f} ms | "
+            f"{r['prefix_ms']:.1f} ms | {r['rss_mb']:,.0f} MB | {server} |"
         )
     return 0
 
