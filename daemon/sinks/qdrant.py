@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -120,17 +119,17 @@ class QdrantSink(BaseSink):
             client = self._open_local(q, self._path)
         else:
             try:
-                # The client asks the server's version and warns (warnings.warn) when it cannot
-                # or when they differ: say it in the log instead of on stderr.
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    client = q.client(
-                        url=self._uri, api_key=self._secret or None, timeout=max(1, round(self._timeout))
-                    )
+                # check_compatibility=False: the client would ask the server's version in a
+                # thread of its own and warn there (on stderr) when it cannot; an unreachable
+                # server shows as the first call's SinkError instead.
+                client = q.client(
+                    url=self._uri,
+                    api_key=self._secret or None,
+                    timeout=max(1, round(self._timeout)),
+                    check_compatibility=False,
+                )
             except q.errors as exc:
                 raise self._error("connect", exc) from exc
-            for warning in caught:
-                log.warning("sink_client_warning", sink=self._name, reason=str(warning.message))
         self._client = client
         try:
             self._ensure_collection(q)
