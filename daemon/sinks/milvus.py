@@ -47,8 +47,8 @@ NO_PAGE = -1  # Milvus INT64 fields hold no null everywhere; text files have no 
 UPSERT_ROWS = 500
 UPSERT_BYTES = 16 << 20  # well under gRPC's 64 MiB message limit even with long chunks
 ITERATOR_BATCH = 1000  # rows a page when a scan of a server needs more than one query
-QUERY_MAX = 16384
-LOAD_TIMEOUT_S = 120.0  # the most rows a Milvus server answers to one query
+QUERY_MAX = 16384  # the most rows a Milvus server answers to one query
+LOAD_TIMEOUT_S = 120.0  # loading a collection takes seconds even when it is empty
 DELETE_IDS = 1000  # keys a delete call
 
 
@@ -140,7 +140,7 @@ class MilvusSink(BaseSink):
         self._lite = str(Path(self._uri).absolute()) if self._uri.endswith(".db") else None
         # Milvus Lite answers a query with every match at once, and each query costs a pass
         # over the collection, so pages would make a scan quadratic; a server caps a query
-        # at 16,384 rows, so there scans iterate.
+        # at QUERY_MAX rows, so there a longer scan iterates.
         self._scan_in_one_query = self._lite is not None
         self._query_max = QUERY_MAX
         self._client: Any = None
