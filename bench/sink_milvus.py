@@ -35,6 +35,9 @@ import numpy as np
 import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import describe
 
 from daemon.config import SinkConfig
 from daemon.sinks.base import SinkRow, fingerprint_digest
@@ -204,6 +207,7 @@ def main() -> int:
     for phase, t, detail, rss in results:
         print(f"| {phase} | {t} | {detail} | {rss} |")
     print(f"\nLite folder at the end: {size / 1e6:,.0f} MB; {args.per_source} chunks a file; 384 dimensions.")
+    print(describe())
     return 0
 
 

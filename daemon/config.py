@@ -19,7 +19,7 @@ import os
 import socket
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePath
 from types import MappingProxyType
@@ -95,7 +95,7 @@ WATCH_DEFAULTS: Mapping[str, object] = MappingProxyType(
 )
 """Every key of a ``[[watch]]`` table with its default; ``path`` has none and is required."""
 
-SINK_TYPES = ("milvus",)
+SINK_TYPES = ("milvus", "qdrant", "chroma", "lancedb")
 SINK_DEFAULTS: Mapping[str, object] = MappingProxyType(
     {
         "type": None,  # required
@@ -103,6 +103,8 @@ SINK_DEFAULTS: Mapping[str, object] = MappingProxyType(
         "name": "",  # default: the collection name
         "collection": "embedd",
         "token": "",
+        "api_key_file": None,  # optional: a file holding the key, read when the daemon starts
+        "timeout_s": 5.0,
     }
 )
 """Every key of a ``[[sink]]`` table with its default; ``type`` and ``uri`` are required."""
@@ -190,10 +192,12 @@ class SinkConfig:
     """One vector database the store is mirrored into."""
 
     name: str
-    type: str
-    uri: str  # a server URI, or an absolute path to a Milvus Lite file
+    type: str  # one of SINK_TYPES
+    uri: str  # a server URI, or an absolute path to the engine's local file or folder
     collection: str
-    token: str
+    token: str = field(default="", repr=False)  # a secret: kept out of logs and reprs
+    api_key_file: Path | None = None
+    timeout_s: float = 5.0  # the longest one request to the engine may take
 
 
 # sun_path holds 108 bytes with the terminating NUL.
@@ -339,13 +343,13 @@ def _parse_sinks(raw: object, base: Path) -> tuple[SinkConfig, ...]:
         kind = table.choice("type", SINK_TYPES)
         if item.get("uri") is None:
             raise ConfigError(
-                f"{field}.uri", None, "required: a server URI (http://host:19530) or a .db file"
+                f"{field}.uri", None, "required: a server URL (http://host:port) or a local path"
             )
         uri = table.string("uri").strip()
         if not uri:
             raise ConfigError(f"{field}.uri", uri, "must not be empty")
         if "://" not in uri:
-            # A Milvus Lite database file: relative to the config file like every other path.
+            # The engine's local file or folder: relative to the config file like every other path.
             uri = str(table.path("uri")[1])
         collection = table.string("collection").strip()
         if not collection or not collection.replace("_", "a").isalnum() or collection[0].isdigit():
@@ -357,8 +361,17 @@ def _parse_sinks(raw: object, base: Path) -> tuple[SinkConfig, ...]:
         name = table.string("name").strip() or collection
         if any(s.name == name for s in sinks):
             raise ConfigError(f"{field}.name", name, "another [[sink]] has this name; names must be unique")
+        key_file = table.path("api_key_file")[1] if item.get("api_key_file") is not None else None
         sinks.append(
-            SinkConfig(name=name, type=kind, uri=uri, collection=collection, token=table.string("token"))
+            SinkConfig(
+                name=name,
+                type=kind,
+                uri=uri,
+                collection=collection,
+                token=table.string("token"),
+                api_key_file=key_file,
+                timeout_s=table.number("timeout_s"),
+            )
         )
     return tuple(sinks)
 

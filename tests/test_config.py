@@ -341,14 +341,39 @@ def test_sinks_parse_with_defaults_and_resolve_lite_files() -> None:
     lite, server = cfg.sinks
     assert (lite.name, lite.uri, lite.collection) == ("embedd", "/srv/embedd/data/milvus.db", "embedd")
     assert (server.name, server.uri, server.token) == ("docs", "http://milvus:19530", "t")
+    assert (lite.timeout_s, lite.api_key_file) == (5.0, None)
+    assert "'t'" not in repr(server)  # a secret stays out of logs and tracebacks
     assert parse_config(minimal(), Path("/srv")).sinks == ()
+
+
+def test_every_engine_parses_and_local_paths_and_key_files_resolve() -> None:
+    cfg = parse_config(
+        minimal(
+            sink=[
+                {"type": "qdrant", "uri": "http://qdrant:6333", "api_key_file": "keys/qdrant.key"},
+                {"type": "chroma", "uri": "data/chroma", "name": "notes"},
+                {"type": "LanceDB", "uri": "~/lance", "collection": "docs", "timeout_s": 30},
+            ]
+        ),
+        Path("/srv/embedd"),
+    )
+    qdrant, chroma, lance = cfg.sinks
+    assert (qdrant.type, qdrant.uri, qdrant.api_key_file) == (
+        "qdrant",
+        "http://qdrant:6333",
+        Path("/srv/embedd/keys/qdrant.key"),
+    )
+    assert (chroma.type, chroma.uri, chroma.name) == ("chroma", "/srv/embedd/data/chroma", "notes")
+    assert (lance.type, lance.uri, lance.timeout_s) == ("lancedb", str(Path("~/lance").expanduser()), 30.0)
 
 
 @pytest.mark.parametrize(
     ("sink", "field"),
     [
         ({"uri": "x.db"}, "sink[0].type"),
-        ({"type": "qdrant", "uri": "x.db"}, "sink[0].type"),
+        ({"type": "pinecone", "uri": "x.db"}, "sink[0].type"),
+        ({"type": "qdrant", "uri": "x", "timeout_s": 0}, "sink[0].timeout_s"),
+        ({"type": "qdrant", "uri": "x", "api_key_file": ""}, "sink[0].api_key_file"),
         ({"type": "milvus"}, "sink[0].uri"),
         ({"type": "milvus", "uri": "  "}, "sink[0].uri"),
         ({"type": "milvus", "uri": "x.db", "collection": "9bad"}, "sink[0].collection"),

@@ -95,12 +95,16 @@ COMMENTS: Mapping[str, Mapping[str, str]] = {
 }
 
 _OUTRO = """\
-# Optional: mirror every change of the store into a vector database (Milvus). The JSON store
-# stays the source of truth; a sink that is down never blocks indexing.
+# Optional: mirror every change of the store into a vector database. The JSON store stays the
+# source of truth; a sink that is down never blocks indexing. Each engine's client is an extra:
+# pip install 'embedd[lancedb]' (or [milvus], [qdrant], [chroma]; [sinks] for all four).
 # [[sink]]
-# type = "milvus"
-# uri = "data/milvus.db"                # a Milvus Lite file, or "http://milvus-host:19530"
+# type = "lancedb"                      # "milvus" | "qdrant" | "chroma" | "lancedb"
+# uri = "data/lance"                    # a local folder (Milvus Lite: "data/milvus.db"), or a
+#                                       # server URL such as "http://qdrant-host:6333"
 # collection = "embedd"
+# api_key_file = "/etc/embedd/sink.key" # optional: the server's API key, read at start
+# timeout_s = 5                         # the longest one request to the server may take
 """
 
 

@@ -122,9 +122,10 @@ def run_sink_search(
 ) -> SearchResult:
     """Search a ``[[sink]]`` (every daemon's rows), the query embedded with ``config``'s model."""
     from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
-    from daemon.sinks.mirror import search_sink
+    from daemon.sinks.mirror import checked_sink, search_sink
 
     _check_query(query, k)
+    checked_sink(config, sink)  # a wrong name or a missing client is said before loading the model
     embedder = LlamaEmbedder(
         config.model.path,
         EmbedderSettings(threads=config.model.threads, gpu_layers=config.model.gpu_layers),

@@ -23,6 +23,7 @@ from daemon.service.scheduler import QueuedEmbedder, Scheduler
 from daemon.service.service import Service, fingerprint_for
 from daemon.service.serving import Serving
 from daemon.sinks.mirror import Mirror
+from daemon.sinks.registry import check_sinks
 from daemon.store.snapshot import Published
 from daemon.store.store import Store
 
@@ -144,6 +145,9 @@ def run_service(
     on_main = threading.current_thread() is threading.main_thread()
     restore = install_signals(stop, wake, reload) if on_main else None
     try:
+        # A sink whose client is not installed is a configuration error: say so before
+        # spending seconds on the model.
+        check_sinks(config.sinks)
         # Before the model loads and any thread starts, so every later thread inherits it.
         lower_priority(config, whole_process=on_main)
         started = time.monotonic()

@@ -12,7 +12,7 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -24,13 +24,15 @@ from daemon.errors import SinkError, SinkMismatchError
 from daemon.query.hit import Hit
 from daemon.sinks.base import (
     DAEMON_MAX_BYTES,
+    FIELDS,
+    BaseSink,
     RowDigest,
     SinkRow,
     SinkSettings,
-    check_daemon_name,
+    Stale,
+    StoredRow,
     fit_utf8,
     prefix_successor,
-    row_id,
 )
 
 __all__ = ["MilvusSink", "prefix_filter", "quote"]
@@ -39,17 +41,14 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-FORMAT = "1"  # the layout of an embedd collection: fields and properties below
-PROP_FORMAT = "embedd.format"
-PROP_DIMENSIONS = "embedd.dimensions"
-PROP_FINGERPRINT = "embedd.fingerprint"
-FIELDS = ("id", "vector", "content", "source", "page", "chunk", "timestamp", "hash", "daemon")
 SCALAR_FIELDS = ("content", "source", "page", "chunk", "timestamp", "hash", "daemon")
 VARCHAR_MAX = 65535  # Milvus' largest VARCHAR, in bytes
 NO_PAGE = -1  # Milvus INT64 fields hold no null everywhere; text files have no page
 UPSERT_ROWS = 500
 UPSERT_BYTES = 16 << 20  # well under gRPC's 64 MiB message limit even with long chunks
-ITERATOR_BATCH = 1000  # rows a page when scanning a server, which caps one query at 16,384
+ITERATOR_BATCH = 1000  # rows a page when a scan of a server needs more than one query
+QUERY_MAX = 16384  # the most rows a Milvus server answers to one query
+LOAD_TIMEOUT_S = 120.0  # loading a collection takes seconds even when it is empty
 DELETE_IDS = 1000  # keys a delete call
 
 
@@ -118,11 +117,13 @@ def _release_lite(path: str, *, held: bool = True) -> None:
     server_manager_instance.release_server(path)
 
 
-class MilvusSink:
+class MilvusSink(BaseSink):
     """A Milvus collection holding this daemon's copy of the store (and maybe other daemons' rows).
 
     Not thread-safe: one thread uses it at a time. Every call connects first if needed.
     """
+
+    engine = "Milvus"
 
     def __init__(
         self,
@@ -131,36 +132,24 @@ class MilvusSink:
         daemon: str,
         dimensions: int,
         fingerprint: str,
-        timeout_s: float = 5.0,
+        timeout_s: float | None = None,
     ) -> None:
-        check_daemon_name(daemon)
-        if dimensions <= 0:
-            raise ValueError(f"dimensions must be positive, not {dimensions}")
-        self._name = settings.name
-        self._uri = settings.uri
-        self._collection = settings.collection
-        self._token = settings.token or ""
-        self._daemon = daemon
-        self._dimensions = dimensions
-        self._fingerprint = fingerprint
-        self._timeout = timeout_s
+        super().__init__(
+            settings, daemon=daemon, dimensions=dimensions, fingerprint=fingerprint, timeout_s=timeout_s
+        )
         self._lite = str(Path(self._uri).absolute()) if self._uri.endswith(".db") else None
         # Milvus Lite answers a query with every match at once, and each query costs a pass
         # over the collection, so pages would make a scan quadratic; a server caps a query
-        # at 16,384 rows, so there scans iterate.
+        # at QUERY_MAX rows, so there a longer scan iterates.
         self._scan_in_one_query = self._lite is not None
+        self._query_max = QUERY_MAX
         self._client: Any = None
         self._mine = f"daemon == {quote(daemon)}"
 
-    @property
-    def name(self) -> str:
-        """The sink's name in the configuration."""
-        return self._name
-
-    @property
-    def daemon(self) -> str:
-        """The daemon name this sink's rows carry."""
-        return self._daemon
+    @classmethod
+    def client_modules(cls, uri: str) -> tuple[str, ...]:
+        """pymilvus, and milvus_lite for a ``.db`` folder."""
+        return ("pymilvus", "milvus_lite") if uri.endswith(".db") else ("pymilvus",)
 
     @property
     def local(self) -> bool:
@@ -188,7 +177,7 @@ class MilvusSink:
         if self._lite is not None:
             self._check_lite_free(self._lite)
         try:
-            client = milvus.client(uri=self._lite or self._uri, token=self._token, timeout=self._timeout)
+            client = milvus.client(uri=self._lite or self._uri, token=self._secret, timeout=self._timeout)
         except milvus.errors as exc:
             if self._lite is not None:
                 _release_lite(self._lite, held=False)  # a server started for nothing would hold the lock
@@ -251,7 +240,14 @@ class MilvusSink:
         if not self._call("has_collection", client.has_collection, self._collection, timeout=self._timeout):
             self._create(milvus)
         self._validate()
-        self._call("load_collection", client.load_collection, self._collection, timeout=self._timeout)
+        # Loading waits until the query nodes hold the collection: seconds even when empty, far
+        # past one request's timeout; a frozen server still fails the calls before it quickly.
+        self._call(
+            "load_collection",
+            client.load_collection,
+            self._collection,
+            timeout=max(self._timeout, LOAD_TIMEOUT_S),
+        )
 
     def _create(self, milvus: _Milvus) -> None:
         dt = milvus.data_type
@@ -273,11 +269,7 @@ class MilvusSink:
                 schema=schema,
                 # Strong: a search right after a write sees it, as it would in the JSON store.
                 consistency_level="Strong",
-                properties={
-                    PROP_FORMAT: FORMAT,
-                    PROP_DIMENSIONS: str(self._dimensions),
-                    PROP_FINGERPRINT: self._fingerprint,
-                },
+                properties=self._properties(),
                 timeout=self._timeout,
             )
         except milvus.errors as exc:
@@ -295,28 +287,18 @@ class MilvusSink:
         )
 
     def _validate(self) -> None:
-        where = f"collection {self._collection} at {self._uri}"
         fix = "set another collection in its [[sink]] table, or drop this one"
         desc = self._call(
             "describe_collection", self._client.describe_collection, self._collection, timeout=self._timeout
         )
         fields = {f["name"]: f for f in desc.get("fields", [])}
         missing = [f for f in FIELDS if f not in fields]
-        props = desc.get("properties") or {}
-        if missing or PROP_FINGERPRINT not in props:
-            lacks = f"the fields {', '.join(missing)}" if missing else f"the property {PROP_FINGERPRINT}"
-            raise SinkMismatchError(self._name, f"{where} was not made by embedd (it lacks {lacks}); {fix}")
-        dim = int((fields["vector"].get("params") or {}).get("dim", -1))
-        if dim != self._dimensions:
-            raise SinkMismatchError(
-                self._name, f"{where} holds {dim}-dimension vectors, this store {self._dimensions}; {fix}"
-            )
-        if props[PROP_FINGERPRINT] != self._fingerprint:
-            raise SinkMismatchError(
-                self._name,
-                f"{where} was made with another model or chunking (fingerprint "
-                f"{str(props[PROP_FINGERPRINT])[:12]}, this store {self._fingerprint[:12]}); {fix}",
-            )
+        self._incarnation = self._check_made_by_embedd(
+            desc.get("properties") or {},
+            dimensions=None if missing else int((fields["vector"].get("params") or {}).get("dim", -1)),
+            lacks=f"the fields {', '.join(missing)}" if missing else None,
+        )
+        where = self._where()
         indexes = self._call(
             "list_indexes",
             self._client.list_indexes,
@@ -379,44 +361,19 @@ class MilvusSink:
 
     # ----- changing rows -----
 
-    def apply(self, changes: Mapping[str, Sequence[SinkRow] | None]) -> int:
-        """Make each source's rows in ``changes`` this daemon's rows of it; None deletes the source.
-
-        All rows are upserted first, in large batches, then one delete removes what is stale
-        (chunk positions the new rows do not hold, and deleted sources), so a search never
-        finds a changed source missing mid-way. Both steps are idempotent: retrying after a
-        failure half-way converges to the same rows. Returns the number of rows upserted.
-        """
+    def _delete_stale(self, stale: Sequence[Stale]) -> None:
         terms = []
-        for source, rows in changes.items():
-            if rows is None:
-                terms.append(f"source == {quote(source)}")
-                continue
-            chunks = sorted(r.chunk for r in rows)
-            if len(set(chunks)) != len(chunks):
-                raise ValueError(f"{source}: two rows have the same chunk position")
-            if any(r.source != source for r in rows):
-                raise ValueError(f"{source}: a row of another source was passed with it")
-            if not chunks:
-                terms.append(f"source == {quote(source)}")
-            elif chunks == list(range(len(chunks))):  # what the pipeline writes
-                terms.append(f"(source == {quote(source)} and chunk >= {len(chunks)})")
+        for st in stale:
+            if st.keep is not None:
+                kept = ", ".join(map(str, st.keep))
+                terms.append(f"(source == {quote(st.source)} and chunk not in [{kept}])")
+            elif st.keep_below == 0:
+                terms.append(f"source == {quote(st.source)}")
             else:
-                terms.append(f"(source == {quote(source)} and chunk not in [{', '.join(map(str, chunks))}])")
-        upserted = self.upsert(r for rows in changes.values() if rows for r in rows)
-        if terms:
-            client = self._ready()
-            expr = f"{self._mine} and ({' or '.join(terms)})"
-            self._call("delete", client.delete, self._collection, filter=expr, timeout=self._timeout)
-        return upserted
-
-    def replace_source(self, source: str, rows: Sequence[SinkRow]) -> None:
-        """Make ``rows`` this daemon's rows of ``source`` (see ``apply``)."""
-        self.apply({source: rows})
-
-    def delete_source(self, source: str) -> None:
-        """Delete this daemon's rows of ``source``; nothing happens when there are none."""
-        self.apply({source: None})
+                terms.append(f"(source == {quote(st.source)} and chunk >= {st.keep_below})")
+        client = self._ready()
+        expr = f"{self._mine} and ({' or '.join(terms)})"
+        self._call("delete", client.delete, self._collection, filter=expr, timeout=self._timeout)
 
     def upsert(self, rows: Iterable[SinkRow]) -> int:
         """Write ``rows`` (of any sources) as this daemon's, in batches; returns how many."""
@@ -436,10 +393,6 @@ class MilvusSink:
             total += len(batch)
         return total
 
-    def row_id(self, source: str, chunk: int) -> str:
-        """The primary key this daemon's row for chunk position ``chunk`` of ``source`` has."""
-        return row_id(self._daemon, source, chunk)
-
     def digests(self) -> dict[str, RowDigest]:
         """Each of this daemon's rows by primary key: what tells it is as the store has it.
 
@@ -455,7 +408,13 @@ class MilvusSink:
         }
 
     def flush(self) -> None:
-        """Ask Milvus to seal what was written; Milvus Lite then filters it much faster."""
+        """Ask Milvus Lite to seal what was written: it then filters it much faster.
+
+        A server seals and indexes growing segments by itself; a flush there only makes the
+        caller wait for it (seconds), so it is left to the server.
+        """
+        if self._lite is None:
+            return
         client = self._ready()
         self._call("flush", client.flush, self._collection, timeout=max(self._timeout, 60.0))
 
@@ -471,11 +430,7 @@ class MilvusSink:
 
     def _record(self, row: SinkRow) -> dict[str, Any]:
         source = row.source
-        vector = np.ascontiguousarray(row.vector, dtype=np.float32)
-        if vector.shape != (self._dimensions,):
-            raise ValueError(
-                f"{source} chunk {row.chunk}: vector shape {vector.shape}, not ({self._dimensions},)"
-            )
+        vector = self._vector(row)
         content, size = fit_utf8(row.content, VARCHAR_MAX)
         if len(content) != len(row.content):
             # The store keeps the whole text; the sink's copy is for display only.
@@ -504,6 +459,12 @@ class MilvusSink:
         client = self._ready()
         self._call("delete", client.delete, self._collection, filter=self._mine, timeout=self._timeout)
 
+    def drop(self) -> None:
+        """Delete the whole collection, every daemon's rows; the next call makes it again."""
+        client = self._ready()
+        self._call("drop_collection", client.drop_collection, self._collection, timeout=self._timeout)
+        self._drop()
+
     # ----- reading -----
 
     def sources(self) -> set[str]:
@@ -524,16 +485,24 @@ class MilvusSink:
         )
         return int(res[0]["count(*)"])
 
-    def rows_for(self, source: str) -> list[dict[str, Any]]:
-        """This daemon's rows of ``source`` in chunk order, every field, ``page`` None when absent."""
+    def rows_for(self, source: str) -> list[StoredRow]:
+        """This daemon's rows of ``source`` in chunk order, every field."""
         rows = self._scan(f"{self._mine} and source == {quote(source)}", list(FIELDS))
-        out = []
-        for r in rows:
-            row = {f: r[f] for f in FIELDS}
-            row["vector"] = np.asarray(r["vector"], dtype=np.float32)
-            row["page"] = None if r["page"] == NO_PAGE else int(r["page"])
-            out.append(row)
-        out.sort(key=lambda r: int(r["chunk"]))
+        out = [
+            StoredRow(
+                id=str(r["id"]),
+                vector=np.asarray(r["vector"], dtype=np.float32),
+                content=r["content"],
+                source=r["source"],
+                page=None if r["page"] == NO_PAGE else int(r["page"]),
+                chunk=int(r["chunk"]),
+                timestamp=int(r["timestamp"]),
+                hash=r["hash"],
+                daemon=r["daemon"],
+            )
+            for r in rows
+        ]
+        out.sort(key=lambda r: r.chunk)
         return out
 
     def _scan(self, expr: str, fields: list[str]) -> list[dict[str, Any]]:
@@ -547,6 +516,19 @@ class MilvusSink:
                 output_fields=fields,
                 timeout=self._timeout,
             )
+            return [dict(r) for r in rows]
+        # Most scans (one source, a small store) fit one query, which costs one consistency
+        # wait instead of an iterator's several; a query holds at most QUERY_MAX rows.
+        rows = self._call(
+            "query",
+            client.query,
+            self._collection,
+            filter=expr,
+            output_fields=fields,
+            limit=self._query_max,
+            timeout=self._timeout,
+        )
+        if len(rows) < self._query_max:
             return [dict(r) for r in rows]
         it = self._call(
             "query",
@@ -587,9 +569,7 @@ class MilvusSink:
             terms.append(f"daemon == {quote(daemon)}")
         if source_prefix:
             terms.append(prefix_filter("source", source_prefix))
-        query = np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(-1))
-        if query.shape != (self._dimensions,):
-            raise ValueError(f"query vector shape {query.shape}, not ({self._dimensions},)")
+        query = self._query(vector)
         res = self._call(
             "search",
             client.search,

@@ -19,9 +19,10 @@ import structlog
 from daemon.config import Config, SinkConfig
 from daemon.errors import SinkError, SinkMismatchError, UsageError
 from daemon.query.hit import Hit
-from daemon.sinks.base import SinkRow, fingerprint_digest
-from daemon.sinks.milvus import MilvusSink
+from daemon.sinks.base import Sink, SinkRow, fingerprint_digest
 from daemon.sinks.queue import QueueLag, SinkQueue, queue_path
+from daemon.sinks.registry import check_sinks
+from daemon.sinks.registry import open_sink as open_engine
 from daemon.sinks.sync import FullSyncReport, SinkStatus, SinkSyncer, full_sync
 from daemon.store.store import Store
 
@@ -38,10 +39,11 @@ def rows_for(store: Store, source: str) -> list[SinkRow] | None:
     ]
 
 
-def open_sink(cfg: SinkConfig, *, daemon: str, store: Store) -> MilvusSink:
-    """A sink for ``cfg`` matching ``store``'s dimensions and fingerprint (not yet connected)."""
+def open_sink(cfg: SinkConfig, *, daemon: str, store: Store) -> Sink:
+    """A sink for ``cfg`` matching ``store``'s dimensions and fingerprint (not yet connected),
+    of the engine its ``type`` names."""
     fingerprint = store.fingerprint
-    return MilvusSink(
+    return open_engine(
         cfg,
         daemon=daemon,
         dimensions=store.dimensions,
@@ -51,7 +53,7 @@ def open_sink(cfg: SinkConfig, *, daemon: str, store: Store) -> MilvusSink:
 
 @dataclass
 class _Mirrored:
-    sink: MilvusSink
+    sink: Sink
     queue: SinkQueue
     syncer: SinkSyncer
     thread: threading.Thread | None = None
@@ -67,6 +69,7 @@ class Mirror:
         self._lock = store_lock
         self._stop = threading.Event()
         self._items: list[_Mirrored] = []
+        check_sinks(sinks)
         for cfg in sinks:
             sink = open_sink(cfg, daemon=daemon, store=store)
             queue = SinkQueue.open(queue_path(store.path, cfg.name), sink=cfg.name)
@@ -143,11 +146,22 @@ def _sink_config(config: Config, name: str | None) -> SinkConfig:
     raise UsageError(f"no [[sink]] named {name!r}; configured: {', '.join(s.name for s in config.sinks)}")
 
 
+def checked_sink(config: Config, name: str | None) -> SinkConfig:
+    """The ``[[sink]]`` named ``name`` (or the only one), once every sink's engine can start here.
+
+    Raises UsageError for a name that is not configured, ConfigError for an engine that cannot
+    start (see ``check_sinks``).
+    """
+    cfg = _sink_config(config, name)
+    check_sinks(config.sinks)
+    return cfg
+
+
 def sync_sink(
     config: Config, name: str | None = None, *, rewrite: bool = False
 ) -> tuple[str, FullSyncReport]:
     """Make a sink hold exactly what the store holds for this daemon (``embedd sink sync``); idempotent."""
-    cfg = _sink_config(config, name)
+    cfg = checked_sink(config, name)
     with Store.open_readonly(config.store.path) as store:
         sink = open_sink(cfg, daemon=config.daemon.name, store=store)
         try:
@@ -162,7 +176,7 @@ def search_sink(
     config: Config, name: str | None, vector: npt.NDArray[np.float32], k: int, *, source_prefix: str | None
 ) -> list[Hit]:
     """The ``k`` rows of a sink (every daemon's) closest to ``vector``, optionally under a source prefix."""
-    cfg = _sink_config(config, name)
+    cfg = checked_sink(config, name)
     with Store.open_readonly(config.store.path) as store:
         sink = open_sink(cfg, daemon=config.daemon.name, store=store)
     try:

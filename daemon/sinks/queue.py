@@ -65,6 +65,7 @@ class _Mark:
 class _State:
     marks: dict[str, _Mark]  # insertion order is the order sources are taken in
     full: bool = False
+    incarnation: str | None = None  # of the collection the sink last wrote into
     error: str | None = None
     error_since: float | None = None
     lines: int = 0
@@ -97,6 +98,8 @@ def _replay(data: bytes) -> _State:
                 state.marks.pop(str(source), None)
         elif "full" in rec:
             state.full = bool(rec["full"])
+        elif "incarnation" in rec:
+            state.incarnation = str(rec["incarnation"])
         elif "error" in rec:
             state.error = rec["error"]
             state.error_since = rec.get("t") if rec["error"] is not None else None
@@ -122,6 +125,7 @@ class SinkQueue:
         self._seq = max((m.seq for m in state.marks.values()), default=0)
         self._taken: dict[str, int] = {}
         self._full = state.full
+        self._incarnation = state.incarnation
         self._error = state.error
         self._error_since = state.error_since
         self._lines = state.lines
@@ -209,6 +213,19 @@ class SinkQueue:
                 self._write({"full": needed}, sync=True)
         if needed:
             self._marked.set()
+
+    @property
+    def incarnation(self) -> str | None:
+        """The ``Sink.incarnation`` of the collection the sink wrote into; None: not known yet."""
+        with self._lock:
+            return self._incarnation
+
+    def set_incarnation(self, incarnation: str) -> None:
+        """Record which collection the sink now writes into (durably: a restart compares with it)."""
+        with self._lock:
+            if self._incarnation != incarnation:
+                self._incarnation = incarnation
+                self._write({"incarnation": incarnation}, sync=True)
 
     # ----- the sink side -----
 
@@ -317,6 +334,8 @@ class SinkQueue:
         lines = [orjson.dumps({"v": VERSION})]
         if self._full:
             lines.append(orjson.dumps({"full": True}))
+        if self._incarnation is not None:
+            lines.append(orjson.dumps({"incarnation": self._incarnation}))
         if self._error is not None:
             lines.append(orjson.dumps({"error": self._error, "t": self._error_since}))
         group: list[str] = []

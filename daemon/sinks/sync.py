@@ -32,6 +32,7 @@ EntriesFor = Callable[[str], Sequence[SinkRow] | None]
 """A source's rows as the store holds them now; None when the store no longer has the source."""
 
 STEP_SOURCES = 64
+PROBE_IDLE_S = 15.0
 FULL_SYNC_ROWS = 2000  # rows read from the store and written per round of a full sync
 
 
@@ -145,9 +146,12 @@ class SinkSyncer:
         clock: Callable[[], float] = time.monotonic,
         backoff: Backoff | None = None,
         release_idle_s: float | None = 5.0,
+        probe_idle_s: float | None = PROBE_IDLE_S,
     ) -> None:
-        """``release_idle_s``: close a Milvus Lite sink after this long without work, freeing
-        its file for other processes (None: keep it open)."""
+        """``release_idle_s``: close a local sink (a file one process can open) after this long
+        without work, freeing it for other processes (None: keep it open). ``probe_idle_s``:
+        reconnect to a network sink after this long without work, to notice a server that went
+        away or a collection made again (None: never)."""
         self.sink = sink
         self.queue = queue
         self._entries_for = entries_for
@@ -156,6 +160,7 @@ class SinkSyncer:
         self._clock = clock
         self.backoff = backoff or Backoff(clock)
         self._release_idle_s = release_idle_s
+        self._probe_idle_s = probe_idle_s
         self._last_work = clock()
         self._released = True
 
@@ -179,13 +184,21 @@ class SinkSyncer:
             else:
                 taken = self.queue.take(self._batch)
                 if not taken:
-                    self._idle()
-                    return 0
-                self._released = False
-                self._last_work = self._clock()
-                self.sink.apply({s: self._entries_for(s) for s in taken})
-                applied = taken
-                count = len(applied)
+                    probed = self._idle(stop or _Never())
+                    if probed is None:
+                        return 0
+                    count = probed
+                else:
+                    self._released = False
+                    self._last_work = self._clock()
+                    self.sink.connect()
+                    if self._collection_replaced():
+                        taken = []  # the full sync takes them all
+                        count = self._full(stop or _Never())
+                    else:
+                        self.sink.apply({s: self._entries_for(s) for s in taken})
+                        applied = taken
+                        count = len(applied)
         except SinkError as exc:
             self._failed(exc.reason, taken)
             return 0
@@ -213,6 +226,8 @@ class SinkSyncer:
         the queue as it was.
         """
         taken = self.queue.take()
+        self.sink.connect()
+        self._collection_replaced()
         report = full_sync(self.sink, self._all_sources(), self._entries_for, rewrite=rewrite, stop=stop)
         if report.complete:
             self.queue.done(taken)
@@ -240,12 +255,47 @@ class SinkSyncer:
             )
         return report.sources if report.complete else 0
 
-    def _idle(self) -> None:
-        if self._released or self._release_idle_s is None or not self.sink.local:
-            return
-        if self._clock() - self._last_work >= self._release_idle_s:
-            self.sink.close()
-            self._released = True
+    def _idle(self, stop: StopFlag) -> int | None:
+        """Between changes: free a local sink, or check that a network sink is still the same one.
+
+        Returns None when nothing was tried, else the sources a full sync brought in line.
+        """
+        idle = self._clock() - self._last_work
+        if self.sink.local:
+            if not self._released and self._release_idle_s is not None and idle >= self._release_idle_s:
+                self.sink.close()
+                self._released = True
+            return None
+        # After a failure the backoff paces the probes (step only runs when it allows one).
+        if self._probe_idle_s is None or (idle < self._probe_idle_s and not self.backoff.failures):
+            return None
+        self._last_work = self._clock()
+        # A reconnect reads the collection afresh: gone (made again, empty) or made again by
+        # another daemon, it has another incarnation, and the whole store goes into it.
+        self.sink.close()
+        self.sink.connect()
+        if self._collection_replaced():
+            return self._full(stop)
+        return 0
+
+    def _collection_replaced(self) -> bool:
+        """True (and a full sync recorded as needed) when the sink's collection is not the one
+        it last wrote into: dropped and made again (empty), or a new server."""
+        current = self.sink.incarnation
+        known = self.queue.incarnation
+        if current is None or current == known:
+            return False
+        replaced = known is not None and not self.queue.full_sync_needed
+        if replaced:
+            log.warning(
+                "sink_collection_replaced",
+                sink=self.sink.name,
+                hint="the collection is not the one written before (dropped, or a new server): "
+                "loading the whole store into it",
+            )
+            self.queue.set_full_sync_needed(True)  # durable before the new incarnation is
+        self.queue.set_incarnation(current)
+        return replaced
 
     def _failed(self, reason: str, taken: list[str]) -> None:
         delay = self.backoff.failed()

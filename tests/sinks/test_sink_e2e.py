@@ -1,184 +1,117 @@
-"""The daemon mirrors its store into a real Milvus Lite file: the collection follows, row for row."""
+"""The daemon mirrors its store into each engine: the same story, run by the real CLI, on every
+backend (Milvus Lite, Qdrant local, Chroma folder, LanceDB folder, Milvus server, Chroma server).
+
+index -> edit, rename, delete while running -> a change made while stopped, picked up at the
+restart -> wipe, `embedd sink sync`, and a second sync that writes nothing -> a second daemon
+sharing the collection -> `embedd search --sink` over both daemons' rows.
+"""
 
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-from support import Daemon, cli, read_store, wait_for, write_config
-
-from daemon.config import load_config
-from daemon.sinks.base import fingerprint_digest
-from daemon.sinks.milvus import MilvusSink
-
-pytest.importorskip("pymilvus")
-
-DOCS = {
-    "orchard.md": "Apple orchards need pruning in late winter before the buds open. " * 4,
-    "glacier.md": "Glaciers carve valleys as they slide downhill under their own weight. " * 4,
-    "harbour.txt": "The harbour master schedules tugboats for container ships at dawn. " * 4,
-}
-
-
-def _sink_config(root: Path, name: str) -> Path:
-    return write_config(
-        root,
-        _MODEL[0],
-        watch=f"inbox-{name}",
-        extra=f'[[sink]]\ntype = "milvus"\nuri = "{root.parent / "shared.db"}"\ncollection = "docs"\n',
-        daemon=f'name = "{name}"',
-    )
+from sink_support import (
+    ALL,
+    DOCS,
+    Backend,
+    actual_rows,
+    expected_rows,
+    make_backend,
+    running,
+    sink_for,
+    store_sources,
+    synced,
+    unique_collection,
+)
+from support import cli, write_config
 
 
-_MODEL: list[Path] = []
+@pytest.fixture(params=ALL)
+def e2e_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    return make_backend(request.param, request, shared)
 
 
-@pytest.fixture(autouse=True)
-def _model(default_model: Path) -> None:
-    _MODEL[:] = [default_model]
+def _config(root: Path, name: str, backend: Backend, collection: str, model: Path) -> Path:
+    sink = f'[[sink]]\ntype = "{backend.type}"\nuri = "{backend.uri}"\ncollection = "{collection}"\n'
+    return write_config(root, model, watch=f"inbox-{name}", extra=sink, daemon=f'name = "{name}"')
 
 
-def _open_sink(cfg_path: Path) -> MilvusSink:
-    config = load_config(cfg_path)
-    store = read_store(config.store.path)
-    assert store is not None
-    return MilvusSink(
-        config.sinks[0],
-        daemon=config.daemon.name,
-        dimensions=store["dimensions"],
-        fingerprint=fingerprint_digest(store["fingerprint"]),
-    )
-
-
-def _expected(cfg_path: Path) -> dict[str, list[tuple[int, str, int]]]:
-    store = read_store(load_config(cfg_path).store.path)
-    assert store is not None
-    out: dict[str, list[tuple[int, str, int]]] = {}
-    for e in store["embeddings"]:
-        m = e["metadata"]
-        out.setdefault(m["source"], []).append((m["chunk"], m["hash"], e["timestamp"]))
-    return {k: sorted(v) for k, v in out.items()}
-
-
-def _actual(sink: MilvusSink) -> dict[str, list[tuple[int, str, int]]]:
-    return {
-        s: sorted((r["chunk"], r["hash"], r["timestamp"]) for r in sink.rows_for(s)) for s in sink.sources()
-    }
-
-
-def _run_until_mirrored(cfg: Path, env: dict[str, str], act: Any) -> None:
-    """Start the daemon, let ``act`` change files, wait until the queue is empty, stop it."""
-    daemon = Daemon(cfg, env).ready()
-    try:
-        act()
-        daemon.wait_event("store_saved")
-
-        def drained() -> bool:
-            status = cli(["status", "--config", str(cfg), "--json"], env)
-            sinks = json.loads(status.stdout)["sinks"]
-            lag = sinks[0]["lag"]
-            return lag is not None and lag["pending"] == 0 and not lag["full_sync"]
-
-        wait_for(drained, what="the sink queue to drain")
-    finally:
-        assert daemon.stop(signal.SIGTERM) == 0
-
-
-def test_the_collection_follows_the_store_and_survives_an_outage(
-    tmp_path: Path, cli_env: dict[str, str]
+def test_the_collection_follows_the_store(
+    e2e_backend: Backend, tmp_path: Path, cli_env: dict[str, str], default_model: Path
 ) -> None:
-    root = tmp_path / "a"
-    cfg = _sink_config(root, "alpha")
-    inbox = root / "inbox-alpha"
+    collection = unique_collection("docs")
+    cfg = _config(tmp_path / "a", "alpha", e2e_backend, collection, default_model)
+    inbox = tmp_path / "a" / "inbox-alpha"
+    mine = {f"inbox-alpha/{n}" for n in DOCS}
 
-    def drop() -> None:
+    with running(cfg, cli_env):
         for name, text in DOCS.items():
             (inbox / name).write_text(text)
-
-    _run_until_mirrored(cfg, cli_env, drop)
-    sink = _open_sink(cfg)
-    try:
-        assert _actual(sink) == _expected(cfg)
-        assert len(_expected(cfg)) == 3
-    finally:
-        sink.close()
-
-    # Edit, rename and delete while the sink file is held by another process (unavailable):
-    # the changes queue on disk and arrive once it is released.
-    blocker = _open_sink(cfg)
-    blocker.connect()
-    daemon = Daemon(cfg, cli_env).ready()
-    try:
-        (inbox / "orchard.md").write_text(
-            DOCS["orchard.md"] + "\n\nPears too, in a second paragraph about pears."
-        )
+        synced(cfg, lambda s: store_sources(s) == mine)
+        # Edit, rename and delete while the daemon runs.
+        (inbox / "orchard.md").write_text(DOCS["orchard.md"] + "\n\nPears too, in a paragraph about pears.")
         (inbox / "glacier.md").rename(inbox / "ice.md")
         (inbox / "harbour.txt").unlink()
-        wait_for(lambda: daemon.events("sink_error"), what="the sink to fail while held elsewhere")
-        blocker.close()
-        wait_for(
-            lambda: any(e["event"] == "sink_recovered" for e in daemon.events()), what="the sink to recover"
+        synced(
+            cfg,
+            lambda s: (
+                store_sources(s) == {"inbox-alpha/orchard.md", "inbox-alpha/ice.md"}
+                and any("Pears" in e["content"] for e in s["embeddings"])
+            ),
         )
-    finally:
-        assert daemon.stop() == 0
-    sink = _open_sink(cfg)
+    expected = expected_rows(cfg)
+    assert set(expected) == {"inbox-alpha/orchard.md", "inbox-alpha/ice.md"}
+    assert actual_rows(cfg) == expected
+
+    # A file added while the daemon is stopped reaches the sink after the restart.
+    (inbox / "harbour.txt").write_text(DOCS["harbour.txt"])
+    with running(cfg, cli_env):
+        synced(cfg, lambda s: "inbox-alpha/harbour.txt" in store_sources(s))
+    assert actual_rows(cfg) == expected_rows(cfg)
+
+    # A wipe, then `embedd sink sync`, restores it exactly; a second sync changes nothing.
+    sink = sink_for(cfg)
     try:
-        expected = _expected(cfg)
-        assert set(expected) == {"inbox-alpha/orchard.md", "inbox-alpha/ice.md"}
-        wait_for(lambda: _actual(sink) == expected, timeout=30, what="the collection to equal the store")
-        # A wipe, then `embedd sink sync`, restores it exactly; a second sync changes nothing.
         sink.wipe()
-        assert sink.sources() == set()
+        assert sink.count() == 0
     finally:
         sink.close()
     first = cli(["sink", "sync", "--config", str(cfg)], cli_env)
     assert first.returncode == 0, first.stderr
+    assert f"{sum(map(len, expected_rows(cfg).values()))} rows written" in first.stdout, first.stdout
     again = cli(["sink", "sync", "--config", str(cfg)], cli_env)
-    assert again.returncode == 0 and " 0 rows written" in again.stdout, again.stdout
-    sink = _open_sink(cfg)
-    try:
-        assert _actual(sink) == _expected(cfg)
-    finally:
-        sink.close()
+    assert again.returncode == 0 and " 0 rows written" in again.stdout and " 0 deleted" in again.stdout, again
+    assert actual_rows(cfg) == expected_rows(cfg)
 
+    # A second daemon writes into the same collection; neither touches the other's rows.
+    cfg_b = _config(tmp_path / "b", "beta", e2e_backend, collection, default_model)
+    with running(cfg_b, cli_env):
+        (tmp_path / "b" / "inbox-beta" / "glacier.md").write_text(DOCS["glacier.md"])
+        synced(cfg_b, lambda s: store_sources(s) == {"inbox-beta/glacier.md"})
+    assert actual_rows(cfg_b) == expected_rows(cfg_b)
+    assert actual_rows(cfg) == expected_rows(cfg)
 
-def test_two_daemons_share_one_collection(tmp_path: Path, cli_env: dict[str, str]) -> None:
-    cfg_a = _sink_config(tmp_path / "a", "alpha")
-    cfg_b = _sink_config(tmp_path / "b", "beta")
-    _run_until_mirrored(
-        cfg_a, cli_env, lambda: (tmp_path / "a" / "inbox-alpha" / "orchard.md").write_text(DOCS["orchard.md"])
-    )
-    _run_until_mirrored(
-        cfg_b, cli_env, lambda: (tmp_path / "b" / "inbox-beta" / "glacier.md").write_text(DOCS["glacier.md"])
-    )
-    # Alpha deletes its file: beta's rows stay.
-    _run_until_mirrored(cfg_a, cli_env, (tmp_path / "a" / "inbox-alpha" / "orchard.md").unlink)
-    a, b = _open_sink(cfg_a), _open_sink(cfg_b)
-    try:
-        assert _actual(a) == {}
-        assert _actual(b) == _expected(cfg_b) and len(_expected(cfg_b)) == 1
-    finally:
-        a.close()
-        b.close()
-    # Search through the sink sees every daemon's rows, filtered by source prefix.
+    # Searching the sink sees every daemon's rows, and the source prefix narrows it.
     found = cli(
-        ["search", "--config", str(cfg_a), "--sink", "docs", "--json", "valleys", "carved", "by", "ice"],
-        cli_env,
+        ["search", "--config", str(cfg), "--sink", collection, "--json", "valleys carved by ice"], cli_env
     )
     assert found.returncode == 0, found.stderr
     results = json.loads(found.stdout)["results"]
-    assert results[0]["source"] == "inbox-beta/glacier.md" and results[0]["daemon"] == "beta"
-    none = cli(
+    assert {(r["source"], r["daemon"]) for r in results[:2]} == {
+        ("inbox-beta/glacier.md", "beta"),
+        ("inbox-alpha/ice.md", "alpha"),
+    }
+    narrowed = cli(
         [
             "search",
             "--config",
-            str(cfg_a),
+            str(cfg),
             "--sink",
-            "docs",
+            collection,
             "--source-prefix",
             "inbox-alpha/",
             "--json",
@@ -186,5 +119,6 @@ def test_two_daemons_share_one_collection(tmp_path: Path, cli_env: dict[str, str
         ],
         cli_env,
     )
-    assert none.returncode == 0 and json.loads(none.stdout)["results"] == []
-    assert np.isfinite(results[0]["score"])
+    assert narrowed.returncode == 0, narrowed.stderr
+    got = json.loads(narrowed.stdout)["results"]
+    assert got and {r["daemon"] for r in got} == {"alpha"}
