@@ -10,12 +10,10 @@ from __future__ import annotations
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
+from api_support import DOCS, TOKEN, Api
 
 from daemon.config import ServeConfig
 from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
@@ -25,38 +23,6 @@ from daemon.service.scheduler import Priority, Scheduler
 from daemon.store.format import content_hash
 from daemon.store.snapshot import Published
 from daemon.store.store import FileState, Fingerprint, NewEntry, Store
-
-TOKEN = "s3cret-token-for-tests"
-DOCS = {
-    "inbox/harbour.txt": [
-        "Meeting notes: the harbour survey starts in May. Bring boots and a torch for the tunnels.",
-        "The survey team meets at the old lighthouse at seven in the morning.",
-    ],
-    "inbox/bread.md": ["A sourdough loaf needs a long, cool rise: twelve hours in the fridge is typical."],
-    "inbox/trams.txt": ["The maintenance log of the city trams lists every brake inspection since 2019."],
-}
-
-
-@dataclass
-class Api:
-    """The running in-process server and its parts."""
-
-    socket: Path
-    tcp: tuple[str, int]
-    embedder: LlamaEmbedder
-    scheduler: Scheduler
-    store: Store
-    backend: DaemonBackend
-    phase_stop: threading.Event
-
-    def client(self, **kw: Any) -> httpx.Client:
-        return httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(self.socket)), base_url="http://embedd", **kw
-        )
-
-    def tcp_client(self, token: str | None = TOKEN, **kw: Any) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=f"http://{self.tcp[0]}:{self.tcp[1]}", headers=headers, **kw)
 
 
 @pytest.fixture(scope="module")

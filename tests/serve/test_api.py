@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import TOKEN, Api
+from api_support import TOKEN, Api
 from structlog.testing import capture_logs
 
 from daemon.config import ServeConfig
@@ -281,7 +281,7 @@ def test_the_openai_client_and_langchain_work_unmodified(ready: Api, transport: 
 
 
 def _docs() -> dict[str, list[str]]:
-    from conftest import DOCS
+    from api_support import DOCS
 
     return DOCS
 
