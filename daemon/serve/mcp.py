@@ -19,9 +19,10 @@ from daemon.errors import DaemonRequestError, DaemonUnavailable
 from daemon.serve.client import DaemonClient
 
 INSTRUCTIONS = (
-    "Semantic search over the documents an embedd daemon indexes (text, Markdown, PDF). "
-    "Call `search` with a natural-language query; each hit has the source file, the PDF page, "
-    "the chunk's position and its text, best first."
+    "Semantic search over the documents an embedd daemon indexes (text, Markdown, PDF, Word, "
+    "PowerPoint, EPUB, OpenDocument, HTML, reStructuredText). Call `search` with a "
+    "natural-language query; each hit has the source file, the page or slide, the heading path "
+    "it sits under, the chunk's position and its text, best first."
 )
 
 
@@ -31,7 +32,9 @@ class SearchHit(BaseModel):
     rank: int
     score: float = Field(description="cosine similarity, higher is closer")
     source: str = Field(description="the file, as the watch path plus the path below it")
-    page: int | None = Field(description="the PDF page (1-based); null for other files")
+    page: int | None = Field(description="the PDF page or the slide (1-based); null for other files")
+    section: str | None = Field(default=None, description='the heading path, as "# A > ## B"')
+    title: str | None = Field(default=None, description="the document's own title, when it has one")
     chunk: int = Field(description="the chunk's position in the file")
     content: str
 
@@ -85,6 +88,8 @@ def build_server(config: Config) -> MCPServer:
                 score=h["score"],
                 source=h["source"],
                 page=h["page"],
+                section=h.get("section"),
+                title=h.get("title"),
                 chunk=h["chunk"],
                 content=h["content"],
             )

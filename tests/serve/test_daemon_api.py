@@ -215,6 +215,9 @@ def test_an_mcp_client_lists_the_tools_and_searches(
     cfg = write_config(tmp_path, default_model)
     for i, text in enumerate(TOPICS[:6]):
         (tmp_path / "inbox" / f"t{i}.txt").write_text(text)
+    (tmp_path / "inbox" / "guide.md").write_text(
+        "# Guide\n\n## Tunnels\n\nThe tunnels under the old fort flood at every spring tide.\n"
+    )
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "daemon.cli", "mcp", "--config", str(cfg)],
@@ -239,8 +242,11 @@ def test_an_mcp_client_lists_the_tools_and_searches(
             hits = r.structured_content["hits"]  # type: ignore[index]
             assert [h["rank"] for h in hits] == [1, 2] and hits[0]["source"] == "inbox/t0.txt"
             assert hits[0]["content"] == TOPICS[0] and hits[0]["page"] is None
+            md = await s.call_tool("search", {"query": "flooded tunnels under a fort", "k": 1})
+            (top,) = md.structured_content["hits"]  # type: ignore[index]
+            assert top["source"] == "inbox/guide.md" and top["section"] == "# Guide > ## Tunnels", top
             st = await s.call_tool("status", {})
-            assert not st.is_error and st.structured_content["store"]["chunks"] == 6  # type: ignore[index]
+            assert not st.is_error and st.structured_content["store"]["chunks"] == 7  # type: ignore[index]
             bad = await s.call_tool("search", {"query": "x", "k": 0})
             assert bad.is_error
 
