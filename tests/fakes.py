@@ -28,7 +28,7 @@ class FakeEmbedder:
         self.counted.append(text)
         return len(text.split()) + 2
 
-    def embed(self, texts: Sequence[str]) -> FloatMatrix:
+    def embed(self, texts: Sequence[str], *, tokens: Sequence[int | None] | None = None) -> FloatMatrix:
         self.calls.append(list(texts))
         if self.poison is not None and any(self.poison in t for t in texts):
             raise EmbedError(f"refusing a text containing {self.poison!r}")

@@ -64,8 +64,12 @@ class Embedder(Protocol):
         """Tokens ``text`` costs, special tokens included."""
         ...
 
-    def embed(self, texts: Sequence[str]) -> FloatMatrix:
-        """Vectors for ``texts``, shape (len(texts), dimension), in input order."""
+    def embed(self, texts: Sequence[str], *, tokens: Sequence[int | None] | None = None) -> FloatMatrix:
+        """Vectors for ``texts``, shape (len(texts), dimension), in input order.
+
+        ``tokens`` are the texts' token counts where the caller already knows them (the
+        chunker's), so that nothing tokenizes a text again only to count it.
+        """
         ...
 
 
@@ -82,13 +86,23 @@ def physical_cores() -> int:
     return max(1, len(seen))
 
 
+# (device, inode, size, mtime_ns) -> sha256: a status request must not re-read a 90 MB model.
+_SHA_CACHE: dict[tuple[int, int, int, int], str] = {}
+
+
 def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+    """Hex sha256 of a file, read in 1 MiB blocks; remembered while its inode, size and mtime hold."""
     with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        known = _SHA_CACHE.get(key)
+        if known is not None:
+            return known
+        digest = hashlib.sha256()
         while block := fh.read(1 << 20):
             digest.update(block)
-    return digest.hexdigest()
+    _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
 
 
 @dataclass(frozen=True)
@@ -232,7 +246,8 @@ class LlamaEmbedder:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
-    def embed(self, texts: Sequence[str]) -> FloatMatrix:
+    def embed(self, texts: Sequence[str], *, tokens: Sequence[int | None] | None = None) -> FloatMatrix:
+        # ``tokens`` is not needed: the ids llama.cpp gets come from the one tokenization below.
         if not texts:
             return np.zeros((0, self._dimension), dtype=np.float32)
         ids: list[list[int]] = []

@@ -45,7 +45,7 @@ _CODEC_ALIASES = {
 
 DROP_TAGS = frozenset(
     (
-        "script", "style", "noscript", "template", "nav", "form", "button", "select", "textarea",
+        "script", "style", "noscript", "template", "nav", "button", "select", "textarea",
         "svg", "iframe", "object", "embed", "canvas", "head", "dialog", "menu", "aside",
     )
 )  # fmt: skip
@@ -57,19 +57,22 @@ _BOILERPLATE_ROLES = frozenset(
 )
 # Class or id tokens of chrome, matched whole ("site-header" is chrome, "entry-header" holds a
 # post's title), or by their last word ("rustdoc-breadcrumbs", "left-sidebar", "post-share").
+# Not words a page's own sections are named by: a privacy policy's <section id="cookies"> or
+# id="data-sharing" is content. Headings are never chrome by name, and neither is an element
+# holding half of the content's text or more (a "with-sidebar" layout wrapper, a page's form).
 _BOILERPLATE_TOKENS = frozenset(
     (
         "nav", "navbar", "navigation", "menu", "menu-bar", "menubar", "topbar", "breadcrumb",
-        "breadcrumbs", "sidebar", "site-header", "site-footer", "page-footer", "footer", "cookie",
-        "cookies", "cookie-banner", "cookie-notice", "consent", "banner", "share", "sharing",
-        "social", "social-links", "skip-link", "skip-links", "skip-to-content", "toc", "related-posts",
+        "breadcrumbs", "sidebar", "site-header", "site-footer", "page-footer", "footer",
+        "cookie-banner", "cookie-notice", "cookie-consent", "cookie-bar", "cookiebar", "banner",
+        "share", "social-links", "skip-link", "skip-links", "skip-to-content", "toc", "related-posts",
         "advertisement", "ads", "ad",
     )
 )  # fmt: skip
 _BOILERPLATE_LAST_WORDS = frozenset(
     (
         "breadcrumb", "breadcrumbs", "navbar", "sidebar", "nav", "navigation", "menu", "menubar",
-        "toolbar", "cookie", "cookies", "share", "sharing", "social", "footer", "advert",
+        "toolbar", "share", "social", "footer", "advert",
     )
 )  # fmt: skip
 # Links that only mark a heading's anchor: "§" (rustdoc), "¶" (Sphinx), "#" (GitHub).
@@ -137,8 +140,12 @@ def _boilerplate_token(tokens: set[str]) -> bool:
     )
 
 
-def _is_chrome(element: lhtml.HtmlElement, tag: str, drop: frozenset[str], site: bool) -> bool:
-    """Whether ``element`` is left out: a dropped tag, hidden, or (on a web ``site``) its chrome."""
+def _is_chrome(element: lhtml.HtmlElement, tag: str, drop: frozenset[str], site: int) -> bool:
+    """Whether ``element`` is left out: a dropped tag, hidden, or (on a web ``site``) its chrome.
+
+    ``site`` is 0 for a document that is not a web page, else the text length (half the
+    content's) from which an element holds the content rather than chrome, whatever its name.
+    """
     if tag in drop:
         return True
     if site and tag in CHROME_TAGS:
@@ -155,16 +162,26 @@ def _is_chrome(element: lhtml.HtmlElement, tag: str, drop: frozenset[str], site:
         return True
     if tag == "a" and (element.text or "").strip() in _ANCHOR_MARKS and len(element) == 0:
         return True
-    return site and tag not in ("body", "main", "article") and _boilerplate_token(_tokens(element))
+    return (
+        bool(site)
+        and tag not in ("body", "main", "article")
+        and tag not in _HEADINGS
+        and _boilerplate_token(_tokens(element))
+        and len(element.text_content()) < site
+    )
 
 
-def _text(element: lhtml.HtmlElement, drop: frozenset[str], site: bool) -> str:
+def _text(element: lhtml.HtmlElement, drop: frozenset[str], site: int) -> str:
     """The text of ``element`` without what the walker leaves out (a heading's "copy" button ...)."""
     parts = [element.text or ""]
     for child in element:
         if isinstance(child.tag, str) and not _is_chrome(child, child.tag.lower(), drop, site):
-            if child.tag.lower() == "img" and child.get("alt"):
+            tag = child.tag.lower()
+            if tag == "img" and child.get("alt"):
                 parts.append(f" [image: {one_line(child.get('alt') or '')}] ")
+            elif tag in _BLOCKS or tag in _HEADINGS or tag == "br":
+                # Paragraphs in a table cell: "First. Second", not "First.Second".
+                parts.append(f" {_text(child, drop, site)} ")
             else:
                 parts.append(_text(child, drop, site))
         parts.append(child.tail or "")
@@ -174,7 +191,7 @@ def _text(element: lhtml.HtmlElement, drop: frozenset[str], site: bool) -> str:
 class _Walker:
     """Collects inline text into paragraphs and paragraphs into sections."""
 
-    def __init__(self, sections: SectionBuilder, drop: frozenset[str], site: bool) -> None:
+    def __init__(self, sections: SectionBuilder, drop: frozenset[str], site: int) -> None:
         self.sections = sections
         self.drop = drop
         self.site = site
@@ -225,7 +242,7 @@ class _Walker:
             self.text(child.tail)
 
 
-def _rows(table: lhtml.HtmlElement, drop: frozenset[str], site: bool) -> list[str]:
+def _rows(table: lhtml.HtmlElement, drop: frozenset[str], site: int) -> list[str]:
     """One ``cell | cell`` line per row of ``table`` (not of tables nested in its cells)."""
     lines = []
     rows: list[lhtml.HtmlElement] = []
@@ -279,11 +296,22 @@ def parse_document(
     title = one_line(title_el.text_content()) if title_el is not None else ""
     body = doc.find("body")
     root = _content_root(doc) if web_page else (body if body is not None else doc)
-    walker = _Walker(SectionBuilder(), drop, web_page)
+    site = max(1, len(root.text_content()) // 2) if web_page else 0
+    units = _walk(root, drop, site)
+    if site and not units:
+        # What looked like chrome was all there is: better the whole page than nothing.
+        units = _walk(root, drop, 0)
+        if units:
+            warnings.append("the page's text is all in what looks like navigation or sidebars; read all of it")
+    return units, title or None, warnings
+
+
+def _walk(root: lhtml.HtmlElement, drop: frozenset[str], site: int) -> list[TextUnit]:
+    walker = _Walker(SectionBuilder(), drop, site)
     walker.text(root.text)
     walker.walk(root)
     walker.end_paragraph()
-    return walker.sections.units(), title or None, warnings
+    return walker.sections.units()
 
 
 def _read_cut(stream: BinaryIO, max_bytes: int) -> tuple[bytes, list[str]]:

@@ -152,14 +152,14 @@ class Pipeline:
             batch = chunks[i : i + self.batch_size]
             texts = [c.text for c in batch]
             try:
-                vectors: FloatMatrix = self.embedder.embed(texts)
+                vectors: FloatMatrix = self.embedder.embed(texts, tokens=[c.tokens for c in batch])
                 ok = list(zip(batch, vectors, strict=True))
             except EmbedError:
                 # One bad chunk must not cost the file: retry one by one and set the bad ones aside.
                 ok = []
                 for chunk in batch:
                     try:
-                        ok.append((chunk, self.embedder.embed([chunk.text])[0]))
+                        ok.append((chunk, self.embedder.embed([chunk.text], tokens=[chunk.tokens])[0]))
                     except EmbedError as exc:
                         quarantined += 1
                         log.warning(

@@ -120,22 +120,28 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name="embedd-embedder", daemon=True)
         self._thread.start()
 
-    def submit(self, texts: Sequence[str], priority: Priority) -> Future[FloatMatrix]:
+    def submit(
+        self, texts: Sequence[str], priority: Priority, tokens: Sequence[int | None] | None = None
+    ) -> Future[FloatMatrix]:
         """Queue ``texts``; the future gives their vectors, shape (len(texts), dimension), in order.
 
         Raises EmbedError for an empty text, TextTooLongError for one longer than the context
         (before anything is queued) and SchedulerClosedError once the daemon is stopping.
-        Cancelling the future before the job starts drops it.
+        Cancelling the future before the job starts drops it. ``tokens`` are the texts' counts
+        where the caller knows them (the chunker's); the others are counted here.
         """
         texts = list(texts)
-        tokens = []
-        for i, text in enumerate(texts):
+        known = list(tokens) if tokens is not None else [None] * len(texts)
+        if len(known) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(known)} token counts")
+        counts: list[int] = []
+        for i, (text, count) in enumerate(zip(texts, known, strict=True)):
             if not text.strip():
                 raise EmbedError(f"text {i} is empty or whitespace only; it must not be embedded")
-            n = self.embedder.count_tokens(text)
+            n = count if count is not None else self.embedder.count_tokens(text)
             if n > self.embedder.max_tokens:
                 raise TextTooLongError(n, self.embedder.max_tokens, i)
-            tokens.append(n)
+            counts.append(n)
         future: Future[FloatMatrix] = Future()
         if not texts:
             future.set_result(np.zeros((0, self.embedder.dimension), dtype=np.float32))
@@ -143,14 +149,16 @@ class Scheduler:
         with self._cond:
             if self._closing or self._thread is None:
                 raise SchedulerClosedError("the embedder is not running (the daemon is starting or stopping)")
-            job = _Job(priority, texts, tokens, future, self._clock(), self._index_slices)
+            job = _Job(priority, texts, counts, future, self._clock(), self._index_slices)
             heapq.heappush(self._heap, (priority, next(self._seq), job))
             self._cond.notify()
         return future
 
-    def embed(self, texts: Sequence[str], priority: Priority) -> FloatMatrix:
+    def embed(
+        self, texts: Sequence[str], priority: Priority, tokens: Sequence[int | None] | None = None
+    ) -> FloatMatrix:
         """``submit`` and wait for the vectors."""
-        return self.submit(texts, priority).result()
+        return self.submit(texts, priority, tokens).result()
 
     def stats(self) -> SchedulerStats:
         with self._cond:
@@ -340,5 +348,5 @@ class QueuedEmbedder:
     def count_tokens(self, text: str) -> int:
         return self._inner.count_tokens(text)
 
-    def embed(self, texts: Sequence[str]) -> FloatMatrix:
-        return self._scheduler.embed(texts, self._priority)
+    def embed(self, texts: Sequence[str], *, tokens: Sequence[int | None] | None = None) -> FloatMatrix:
+        return self._scheduler.embed(texts, self._priority, tokens)

@@ -175,3 +175,19 @@ def test_cls_pooling_model_matches_reference(model_source: Path, tmp_path: Path)
         assert _cos(emb.embed(texts), expected).min() >= 0.999
     finally:
         emb.close()
+
+
+def test_file_sha256_is_remembered_until_the_file_changes(tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    from daemon.embed.embedder import file_sha256
+
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"a" * 4096)
+    assert file_sha256(path) == hashlib.sha256(b"a" * 4096).hexdigest()
+    assert file_sha256(path) == hashlib.sha256(b"a" * 4096).hexdigest()
+    # Same size, new content and mtime: hashed again.
+    path.write_bytes(b"b" * 4096)
+    os.utime(path, ns=(1, 1))
+    assert file_sha256(path) == hashlib.sha256(b"b" * 4096).hexdigest()

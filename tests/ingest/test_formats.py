@@ -178,6 +178,43 @@ def test_html_keeps_the_article_and_drops_the_site_around_it(tmp_path: Path) -> 
     assert "lava   flow\n  rate" in text  # <pre> verbatim
 
 
+def test_html_page_content_named_like_chrome_is_kept() -> None:
+    """Pages whose content sits in what the chrome heuristic looks for (found in review)."""
+    from daemon.ingest.html import parse_document
+
+    def page_text(body: str) -> tuple[str, list[str | None], list[str]]:
+        units, _, warnings = parse_document(f"<html><body>{body}</body></html>".encode())
+        return "\n".join(u.text for u in units), [u.section for u in units], warnings
+
+    # ASP.NET and SharePoint wrap the whole body in one <form>.
+    text, _, _ = page_text("<form id='aspnetForm'><h1>Leave</h1><p>FORM-BODY text.</p><input name='q'></form>")
+    assert "FORM-BODY text." in text
+    # A layout wrapper named like a sidebar holds the page; the real sidebar is still left out.
+    text, _, _ = page_text(
+        "<div class='page with-sidebar'><div class='left-sidebar'>NOISE links</div>"
+        "<p>WRAPPED-BODY is the article, long enough to be most of the page's text.</p></div>"
+    )
+    assert "WRAPPED-BODY" in text and "NOISE" not in text
+    # A privacy policy's own sections, and a heading whose id is "navigation".
+    text, sections, _ = page_text(
+        "<main><h1>Policy</h1><section id='cookies'><h2>Cookies</h2><p>COOKIE-SECTION text.</p></section>"
+        "<section id='data-sharing'><p>SHARING-SECTION text.</p></section>"
+        "<h2 id='navigation'>Navigation</h2><p>NAV-HEADED text about getting around.</p></main>"
+    )
+    assert "COOKIE-SECTION" in text and "SHARING-SECTION" in text
+    assert sections[-1] == "# Policy > ## Navigation"
+    # Paragraphs in a table cell stay apart.
+    text, _, _ = page_text("<table><tr><td><p>First.</p><p>Second.</p></td><td>x<br>y</td></tr></table>")
+    assert text == "First. Second. | x y"
+    # Everything in what looks like chrome: read all of it, and say so.
+    text, _, warnings = page_text(
+        "<div class='sidebar'><p>ONLY-TEXT here.</p></div><div class='site-nav'>Second part.</div>"
+        "<div class='top-menu'>Third part.</div>"
+    )
+    assert text.split() == ["ONLY-TEXT", "here.", "Second", "part.", "Third", "part."]
+    assert warnings == ["the page's text is all in what looks like navigation or sidebars; read all of it"]
+
+
 @pytest.mark.parametrize(
     ("data", "expected"),
     [

@@ -192,3 +192,20 @@ def test_each_chunk_is_counted_once_and_its_tokens_reported(tmp_path: Path, stor
     texts = [e.content for e in store.source_entries("doc.txt")]
     assert sorted(emb.counted) == sorted(texts), "the chunker counts; nobody counts again"
     assert result.tokens == sum(emb.count_tokens(t) for t in texts)
+
+
+def test_through_the_daemons_scheduler_each_chunk_is_still_counted_once(tmp_path: Path, store: Store) -> None:
+    from daemon.service.scheduler import QueuedEmbedder, Scheduler
+
+    emb = FakeEmbedder()
+    path = tmp_path / "doc.txt"
+    state = _write(path, [para("a"), para("b"), para("c")])
+    with Scheduler(emb) as scheduler:
+        pipe = Pipeline(
+            QueuedEmbedder(scheduler), store, ChunkingParams(300, 0), LIMITS, wall_clock_ms=Clock()
+        )
+        pipe.index_file(path, "doc.txt", state)
+        assert scheduler.stats().index_jobs == 1
+    texts = [e.content for e in store.source_entries("doc.txt")]
+    assert len(texts) == 3
+    assert sorted(emb.counted) == sorted(texts), "the scheduler takes the chunker's counts"

@@ -25,11 +25,11 @@ class GatedEmbedder(FakeEmbedder):
         self.entered = threading.Semaphore(0)
         self.threads: set[int] = set()
 
-    def embed(self, texts: Sequence[str]) -> FloatMatrix:
+    def embed(self, texts: Sequence[str], *, tokens: Sequence[int | None] | None = None) -> FloatMatrix:
         self.threads.add(threading.get_ident())
         self.entered.release()
         assert self.gate.wait(WAIT)
-        return super().embed(texts)
+        return super().embed(texts, tokens=tokens)
 
 
 @pytest.fixture
