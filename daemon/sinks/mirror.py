@@ -17,14 +17,15 @@ import numpy.typing as npt
 import structlog
 
 from daemon.config import Config, SinkConfig
-from daemon.errors import SinkError, SinkMismatchError, UsageError
+from daemon.errors import SinkError, SinkMismatchError, StoreError, StoreLockedError, UsageError
 from daemon.query.hit import Hit
 from daemon.sinks.base import Sink, SinkRow, fingerprint_digest
 from daemon.sinks.queue import QueueLag, SinkQueue, queue_path
 from daemon.sinks.registry import check_sinks
 from daemon.sinks.registry import open_sink as open_engine
 from daemon.sinks.sync import FullSyncReport, SinkStatus, SinkSyncer, full_sync
-from daemon.store.store import Store
+from daemon.store.io import StoreLock
+from daemon.store.store import Store, lock_path
 
 log = structlog.get_logger("embedd")
 
@@ -160,15 +161,33 @@ def checked_sink(config: Config, name: str | None) -> SinkConfig:
 def sync_sink(
     config: Config, name: str | None = None, *, rewrite: bool = False
 ) -> tuple[str, FullSyncReport]:
-    """Make a sink hold exactly what the store holds for this daemon (``embedd sink sync``); idempotent."""
+    """Make a sink hold exactly what the store holds for this daemon (``embedd sink sync``); idempotent.
+
+    Holds the store's lock meanwhile: a running daemon mirrors from memory, ahead of the file
+    this would read, and a sync from the file could roll its rows back. Raises
+    StoreLockedError (naming what to do) while the daemon runs.
+    """
     cfg = checked_sink(config, name)
-    with Store.open_readonly(config.store.path) as store:
-        sink = open_sink(cfg, daemon=config.daemon.name, store=store)
-        try:
-            sink.connect()
-            report = full_sync(sink, store.sources(), lambda s: rows_for(store, s), rewrite=rewrite)
-        finally:
-            sink.close()
+    try:
+        lock = StoreLock.acquire(lock_path(config.store.path))
+    except StoreLockedError as exc:
+        raise StoreLockedError(
+            f"{exc}. The running daemon keeps sink {cfg.name!r} in step itself and reloads the "
+            "whole store into a collection that was dropped or replaced; restarting it "
+            "(systemctl restart embedd) resumes what its queue still holds"
+        ) from None
+    except OSError as exc:
+        raise StoreError(f"cannot take the lock {lock_path(config.store.path)}: {exc.strerror or exc}") from exc
+    try:
+        with Store.open_readonly(config.store.path) as store:
+            sink = open_sink(cfg, daemon=config.daemon.name, store=store)
+            try:
+                sink.connect()
+                report = full_sync(sink, store.sources(), lambda s: rows_for(store, s), rewrite=rewrite)
+            finally:
+                sink.close()
+    finally:
+        lock.release()
     return cfg.name, report
 
 

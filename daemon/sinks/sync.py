@@ -163,6 +163,10 @@ class SinkSyncer:
         self._probe_idle_s = probe_idle_s
         self._last_work = clock()
         self._released = True
+        # After a batch of several sources failed: one source a step, so that one source the
+        # sink (or the store) keeps refusing cannot hold back the others. Ends once the queue
+        # has drained.
+        self._isolating = False
 
     def status(self) -> SinkStatus:
         """The queue's lag and the retry state."""
@@ -182,7 +186,7 @@ class SinkSyncer:
             if self.queue.full_sync_needed:
                 count = self._full(stop or _Never())
             else:
-                taken = self.queue.take(self._batch)
+                taken = self.queue.take(1 if self._isolating else self._batch)
                 if not taken:
                     probed = self._idle(stop or _Never())
                     if probed is None:
@@ -299,8 +303,12 @@ class SinkSyncer:
 
     def _failed(self, reason: str, taken: list[str]) -> None:
         delay = self.backoff.failed()
-        # A source the sink keeps refusing goes to the back, so the others still get through.
-        self.queue.defer(taken[:1])
+        if len(taken) > 1:
+            # Which of them failed is unknown: try them one at a time from now on.
+            self._isolating = True
+        else:
+            # A source the sink keeps refusing goes to the back, so the others still get through.
+            self.queue.defer(taken)
         self.queue.note_error(reason)
         log.warning(
             "sink_error",
@@ -312,6 +320,8 @@ class SinkSyncer:
         )
 
     def _succeeded(self, applied: int) -> None:
+        if self._isolating and not self.queue.pending():
+            self._isolating = False
         if self.backoff.failures:
             log.info("sink_recovered", sink=self.sink.name, after_failures=self.backoff.failures)
         self.backoff.succeeded()

@@ -70,6 +70,32 @@ def test_the_cli_and_the_daemon_exit_2_before_loading_anything(
     assert "pip install 'embedd[chroma]'" in out.out + out.err
 
 
+def test_sink_sync_refuses_while_the_daemon_holds_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A running daemon mirrors from memory, ahead of the saved file; a sync from the file
+    could roll its rows back, so `sink sync` waits for it to stop (exit 4, nothing written)."""
+    from daemon.store.io import StoreLock
+    from daemon.store.store import lock_path
+
+    sink_folder = tmp_path / "lance"
+    cfg = write_config(
+        tmp_path,
+        tmp_path / "no-model.gguf",
+        extra=f'[[sink]]\ntype = "lancedb"\nuri = "{sink_folder}"\ncollection = "docs"\n',
+    )
+    store = tmp_path / "data" / "embeddings.json"
+    store.parent.mkdir()
+    lock = StoreLock.acquire(lock_path(store))
+    try:
+        assert cli.main(["sink", "sync", "--config", str(cfg)]) == 4
+    finally:
+        lock.release()
+    out = capsys.readouterr()
+    assert "keeps sink 'docs' in step itself" in out.out + out.err
+    assert not sink_folder.exists()
+
+
 def test_a_collection_name_the_engine_refuses_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         check_sinks([SinkConfig(name="s", type="chroma", uri=str(tmp_path / "c"), collection="kb")])

@@ -326,6 +326,42 @@ def test_a_failing_source_is_retried_without_holding_up_the_others(
     assert_mirrors(sink, store)
 
 
+def test_one_bad_source_in_a_full_batch_does_not_hold_back_the_others(
+    shared_db: Path, collection: str, tmp_path: Path
+) -> None:
+    """With the default batch every pending source is taken together; after the batch fails
+    they go one at a time, so all but the bad one get through (found in review)."""
+    clock = FakeClock()
+    sink = make_sink(shared_db, collection)
+    queue = SinkQueue.open(tmp_path / "q.queue", clock=clock)
+    queue.set_full_sync_needed(False)
+    names = [f"doc{i}.md" for i in range(5)]
+    store: Store = {n: make_rows(n, 2, i) for i, n in enumerate(names)}
+    broken = {"doc2.md"}
+
+    def entries_for(source: str) -> list[SinkRow] | None:
+        if source in broken:
+            raise KeyError(source)
+        return store.get(source)
+
+    syncer = SinkSyncer(sink, queue, entries_for, lambda: set(store), clock=clock)
+    queue.mark(names)
+    assert syncer.step() == 0  # the whole batch failed
+    applied = 0
+    for _ in range(20):
+        clock.now += 120.0  # past any backoff
+        applied += syncer.step()
+        if queue.pending() == 1:
+            break
+    assert applied == 4 and queue.take() == ["doc2.md"]
+    assert sink.sources() == set(names) - broken
+    broken.clear()
+    clock.now += 120.0
+    assert syncer.step() == 1 and queue.pending() == 0
+    assert_mirrors(sink, store)
+    assert syncer.step() == 0
+
+
 # ----- full sync -----
 
 
