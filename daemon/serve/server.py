@@ -140,8 +140,12 @@ def _remove_stale(path: Path) -> None:
         probe.connect(os.fsencode(path))
     except (ConnectionRefusedError, FileNotFoundError):
         # Nobody accepts on it: a crashed daemon's socket.
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise ServeError(
+                f"cannot remove the stale socket {display_path(path)}: {exc.strerror or exc}"
+            ) from exc
         log.info("stale_socket_removed", path=display_path(path))
         return
     except OSError as exc:
@@ -159,7 +163,14 @@ def _remove_stale(path: Path) -> None:
 def bind_tcp(host: str, port: int, *, backlog: int = BACKLOG) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: any free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        # EAFNOSUPPORT under the shipped unit (RestrictAddressFamilies=AF_UNIX), or no IPv6.
+        raise ServeError(
+            f"cannot open a TCP socket for {host}:{port} (serve.tcp): {exc.strerror or exc}; under "
+            "systemd allow it with RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 in a drop-in"
+        ) from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -232,6 +243,9 @@ class ApiServer:
                 self.listeners.append(
                     Listener("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
                 )
+        except OSError as exc:
+            self._close_sockets()
+            raise ServeError(f"cannot set up the API's listeners: {exc.strerror or exc}") from exc
         except BaseException:
             self._close_sockets()
             raise

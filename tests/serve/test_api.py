@@ -373,3 +373,40 @@ def test_stopping_closes_the_listener_answers_what_is_in_flight_and_removes_the_
         client.join(60)
     assert not path.exists()
     root.rmdir()
+
+
+def test_socket_failures_are_serve_errors_the_daemon_can_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a refused address family (the unit's RestrictAddressFamilies=AF_UNIX)
+    and a stale socket that cannot be removed escaped as raw OSErrors, which a SIGHUP reload
+    does not catch."""
+    import errno
+    import os
+
+    from daemon.errors import ServeError
+    from daemon.serve import server
+
+    real_socket = socket.socket
+
+    def no_inet(family: int = socket.AF_INET, *args: object, **kw: object) -> socket.socket:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+        return real_socket(family, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(server.socket, "socket", no_inet)
+    with pytest.raises(ServeError, match="RestrictAddressFamilies"):
+        server.bind_tcp("127.0.0.1", 0)
+    monkeypatch.undo()
+
+    # A crashed daemon's socket that cannot be removed (a sticky folder, another owner).
+    stale = real_socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(tmp_path / "embedd.sock"))
+    stale.close()
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.raises(ServeError, match="cannot remove the stale socket"):
+        server.bind_unix(tmp_path / "embedd.sock")
