@@ -108,7 +108,10 @@ def extract(path: Path, limits: ExtractLimits) -> Extracted:
     fd = _open_regular_file(path, limits.max_bytes)
     try:
         if fmt.sandboxed:
-            sandbox = SandboxLimits(limits.timeout_s, limits.memory_bytes, limits.max_html_bytes)
+            # A document's text is capped as a text file's size is (daemon.max_file_mb).
+            sandbox = SandboxLimits(
+                limits.timeout_s, limits.memory_bytes, limits.max_html_bytes, limits.max_bytes
+            )
             parsed = run_worker(path, fd, fmt.name, sandbox)
         else:
             data = _read_all(path, fd, limits.max_bytes)

@@ -302,7 +302,9 @@ def parse_document(
         # What looked like chrome was all there is: better the whole page than nothing.
         units = _walk(root, drop, 0)
         if units:
-            warnings.append("the page's text is all in what looks like navigation or sidebars; read all of it")
+            warnings.append(
+                "the page's text is all in what looks like navigation or sidebars; read all of it"
+            )
     return units, title or None, warnings
 
 

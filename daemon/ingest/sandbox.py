@@ -31,6 +31,9 @@ class SandboxLimits:
     timeout_s: float
     memory_bytes: int
     max_html_bytes: int
+    # The most text (characters) one document may yield: a small zip can expand to hundreds
+    # of MB of text, which the daemon would hold and queue for hours of embedding.
+    max_text_chars: int = 100 * _MIB
 
 
 def _worker_argv(fmt: str, limits: SandboxLimits) -> list[str]:
@@ -40,7 +43,7 @@ def _worker_argv(fmt: str, limits: SandboxLimits) -> list[str]:
     imports) is never loaded in the child; ``-P`` keeps the script's folder off ``sys.path``.
     """
     cpu_seconds = math.ceil(limits.timeout_s) + 1
-    options = json.dumps({"max_html_bytes": limits.max_html_bytes})
+    options = json.dumps({"max_html_bytes": limits.max_html_bytes, "max_text_chars": limits.max_text_chars})
     return [
         sys.executable, "-P", str(WORKER_SCRIPT), fmt, str(limits.memory_bytes), str(cpu_seconds), options
     ]  # fmt: skip

@@ -91,11 +91,25 @@ def run(fmt: str, module: ModuleType, stream: BinaryIO, options: JsonDict) -> Js
         # huge buffers that caused the MemoryError.
         return {"status": "error", "kind": "memory", "detail": ""}
     clean = units.clean_text
+    budget = int(options.get("max_text_chars", 100 * 1024 * 1024))
+    kept, total, warnings = [], 0, [clean(w) for w in parsed.warnings]
+    for u in parsed.units:
+        text = clean(u.text)
+        total += len(text)
+        if total > budget:
+            text = text[: max(0, budget - (total - len(text)))]
+            warnings.append(
+                f"the document's text is over {budget / 1024 / 1024:.0f} M characters; only the first "
+                f"{budget / 1024 / 1024:.0f} M were read (raise daemon.max_file_mb to index all of it)"
+            )
+        kept.append([u.page, clean(u.section) if u.section else None, text])
+        if total > budget:
+            break
     return {
         "status": "ok",
-        "units": [[u.page, clean(u.section) if u.section else None, clean(u.text)] for u in parsed.units],
+        "units": kept,
         "title": clean(parsed.title) if parsed.title else None,
-        "warnings": [clean(w) for w in parsed.warnings],
+        "warnings": warnings,
     }
 
 

@@ -177,7 +177,8 @@ def sync_sink(
             "(systemctl restart embedd) resumes what its queue still holds"
         ) from None
     except OSError as exc:
-        raise StoreError(f"cannot take the lock {lock_path(config.store.path)}: {exc.strerror or exc}") from exc
+        lock_file = lock_path(config.store.path)
+        raise StoreError(f"cannot take the lock {lock_file}: {exc.strerror or exc}") from exc
     try:
         with Store.open_readonly(config.store.path) as store:
             sink = open_sink(cfg, daemon=config.daemon.name, store=store)

@@ -187,7 +187,9 @@ def test_html_page_content_named_like_chrome_is_kept() -> None:
         return "\n".join(u.text for u in units), [u.section for u in units], warnings
 
     # ASP.NET and SharePoint wrap the whole body in one <form>.
-    text, _, _ = page_text("<form id='aspnetForm'><h1>Leave</h1><p>FORM-BODY text.</p><input name='q'></form>")
+    text, _, _ = page_text(
+        "<form id='aspnetForm'><h1>Leave</h1><p>FORM-BODY text.</p><input name='q'></form>"
+    )
     assert "FORM-BODY text." in text
     # A layout wrapper named like a sidebar holds the page; the real sidebar is still left out.
     text, _, _ = page_text(

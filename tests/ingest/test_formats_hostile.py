@@ -318,6 +318,32 @@ def test_embedded_archives_are_never_opened(good: dict[str, Path], tmp_path: Pat
     assert docs.DOCX_PRUNING in "\n".join(u.text for u in result.units)
 
 
+def test_text_beyond_the_file_limit_is_cut_with_a_warning(good: dict[str, Path], tmp_path: Path) -> None:
+    """A small zip can hold far more text than its size (found in review): a document yields
+    at most daemon.max_file_mb of text, as a text file of that size would."""
+    import random
+
+    rng = random.Random(3)
+    vocabulary = [
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
+        for _ in range(300)
+    ]
+    paragraphs = b"".join(
+        b"<w:p><w:r><w:t>" + " ".join(rng.choices(vocabulary, k=120)).encode() + b"</w:t></w:r></w:p>"
+        for _ in range(4000)
+    )
+    xml = b"<w:document " + W + b"><w:body>" + paragraphs + b"</w:body></w:document>"
+    path = tmp_path / "wordy.docx"
+    path.write_bytes(rezip(good["docx"], replace={"word/document.xml": xml}))
+    assert path.stat().st_size < MIB < len(paragraphs) // 2
+    result = extract(path, ExtractLimits(max_bytes=MIB, timeout_s=120, memory_bytes=1024 * MIB))
+    assert MIB * 0.99 < sum(len(u.text) for u in result.units) <= MIB
+    assert result.warnings == (
+        "the document's text is over 1 M characters; only the first 1 M were read "
+        "(raise daemon.max_file_mb to index all of it)",
+    )
+
+
 def test_slow_document_is_killed_at_the_time_limit(tmp_path: Path) -> None:
     path = tmp_path / "slow.rst"
     path.write_bytes(slow_rst())

@@ -71,6 +71,7 @@ def test_same_ranking_three_ways_and_openai_vectors_equal_the_store(
         assert daemon.events("stale_socket_removed")
         with uds(cfg) as c:
             assert c.get("/healthz").json() == {"status": "ready"}
+            jobs_before = c.get("/v1/status").json()["daemon"]["embedder"]["query_jobs"]
             for query in QUERIES:
                 http = c.post("/v1/search", json={"query": query, "k": 5}).json()
                 via_daemon = cli(["search", "--config", str(cfg), "-k", "5", "--json", query], cli_env)
@@ -86,6 +87,9 @@ def test_same_ranking_three_ways_and_openai_vectors_equal_the_store(
                 }
             status = c.get("/v1/status").json()
             assert status["daemon"]["phase"] == "ready" and status["store"]["chunks"] == len(TOPICS)
+            # The daemon embedded the HTTP query and the CLI's, not the cold one's: the CLI
+            # really asked the daemon (a silent fallback would give the same JSON).
+            assert status["daemon"]["embedder"]["query_jobs"] - jobs_before == 2 * len(QUERIES)
         st = cli(["status", "--config", str(cfg), "--json"], cli_env)
         live = json.loads(st.stdout)["daemon"]
         assert live["running"] and live["in_memory"]["chunks"] == len(TOPICS) and "queued_files" in live
