@@ -15,6 +15,8 @@ the sources that truly start with it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -102,6 +104,7 @@ class ChromaSink(BaseSink):
         self._client: Any = None
         self._col: Any = None
         self._mine: Where = {"daemon": daemon}
+        self._lock_fd: int | None = None
 
     @classmethod
     def client_modules(cls, uri: str) -> tuple[str, ...]:
@@ -143,11 +146,16 @@ class ChromaSink(BaseSink):
                     raise SinkError(
                         self._name, f"cannot open Chroma folder {self._path}: {self._path.parent} is missing"
                     )
+                self._lock_folder(self._path)
                 self._client = c.module.PersistentClient(path=str(self._path), settings=settings)
             else:
                 self._client = self._http_client(c, settings)
         except c.errors as exc:
+            self._drop()
             raise self._error("connect", exc) from exc
+        except BaseException:
+            self._drop()
+            raise
         try:
             self._ensure_collection(c)
         except BaseException:
@@ -184,8 +192,28 @@ class ChromaSink(BaseSink):
         """Close the client; a later call reconnects."""
         self._drop()
 
+    def _lock_folder(self, folder: Path) -> None:
+        """Hold ``<folder>.lock`` while connected: chromadb does not stop two processes from
+        writing one folder, and each would miss the other's rows."""
+        lock = folder.with_name(folder.name + ".lock")
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise SinkError(self._name, f"cannot create the lock {lock}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SinkError(
+                self._name, f"Chroma folder {folder} is open in another process (it holds {lock}); retrying"
+            ) from None
+        self._lock_fd = fd
+
     def _drop(self) -> None:
         client, self._client, self._col = self._client, None, None
+        lock_fd, self._lock_fd = self._lock_fd, None
+        if lock_fd is not None:
+            os.close(lock_fd)
         if client is None:
             return
         with contextlib.suppress(Exception):

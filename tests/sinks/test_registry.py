@@ -12,7 +12,7 @@ from support import write_config
 
 from daemon import cli
 from daemon.config import SinkConfig
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, SinkError
 from daemon.sinks.base import read_secret
 from daemon.sinks.registry import ENGINES, check_sinks, open_sink
 
@@ -153,3 +153,25 @@ def test_a_qdrant_server_that_does_not_answer_is_a_sink_error() -> None:
     with pytest.raises(SinkError, match="sink q: ") as info:
         sink.connect()
     assert not sink.connected and info.value.reason
+
+
+def test_a_chroma_folder_is_written_by_one_process_at_a_time(tmp_path: Path) -> None:
+    """chromadb lets two processes write one folder, each missing the other's rows (found in
+    review); embedd holds `<folder>.lock` while connected, so the second waits and retries."""
+    pytest.importorskip("chromadb")
+    folder = tmp_path / "chroma"
+    cfg = SinkConfig(name="s", type="chroma", uri=str(folder), collection="docs")
+    first = open_sink(cfg, daemon="alpha", dimensions=DIMS, fingerprint=FP)
+    second = open_sink(cfg, daemon="beta", dimensions=DIMS, fingerprint=FP)
+    first.connect()
+    try:
+        with pytest.raises(SinkError, match=r"open in another process .*chroma\.lock"):
+            second.connect()
+        assert not second.connected
+    finally:
+        first.close()
+    second.connect()
+    try:
+        assert second.connected and second.count() == 0
+    finally:
+        second.close()
