@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 
 from daemon.embed.embedder import LlamaEmbedder
+from daemon.embed.scheduler import Scheduler
 from daemon.serve.backend import DaemonBackend
-from daemon.service.scheduler import Scheduler
 from daemon.store.store import Store
 
 TOKEN = "s3cret-token-for-tests"

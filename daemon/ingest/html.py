@@ -4,9 +4,11 @@ lxml's HTML parser builds the tree (it copes with any tag soup, never expands en
 never fetches anything); a walker then keeps what a reader reads: headings (``h1``-``h6``, which
 make the section path), paragraphs and other blocks, ``<pre>`` verbatim, tables (one ``cell |
 cell`` line per row) and image alt text (``[image: ...]``). Left out: scripts, styles,
-templates, forms, embedded objects, hidden elements, and the site's chrome around the text:
-navigation, banners, page headers and footers, sidebars, cookie notices, skip links. When the
-page marks its content (``<main>``, ``role="main"``, or a single ``<article>``) only that is read.
+templates, form controls, embedded objects, hidden elements, and the site's chrome around the
+text: navigation, banners, page headers and footers, sidebars, cookie notices, skip links. When
+the page marks its content (``<main>``, ``role="main"``, or a single ``<article>``) only that is
+read, its ``<aside>`` notes included. Chrome found by class or id never takes a heading or an
+element holding half of the text, and a page left empty by the rules is read whole.
 
 The encoding comes from a byte-order mark, a ``<meta charset>`` (or the XML declaration), else
 UTF-8 when the bytes are valid UTF-8, else Windows-1252, as browsers do. A page larger than the
@@ -296,6 +298,10 @@ def parse_document(
     title = one_line(title_el.text_content()) if title_el is not None else ""
     body = doc.find("body")
     root = _content_root(doc) if web_page else (body if body is not None else doc)
+    if web_page and root is not body and root is not doc:
+        # Inside marked content an <aside> is the text's own: a footnote, a note, an
+        # admonition (docutils writes them so); around it, a sidebar.
+        drop = drop - {"aside"}
     site = max(1, len(root.text_content()) // 2) if web_page else 0
     units = _walk(root, drop, site)
     if site and not units:

@@ -8,8 +8,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from daemon.embed.embedder import FloatMatrix
+from daemon.embed.scheduler import Priority, Scheduler
 from daemon.serve.app import Phase
-from daemon.service.scheduler import Priority, Scheduler
 from daemon.store.snapshot import Published, Snapshot
 
 

@@ -17,9 +17,9 @@ import structlog
 from daemon import log as logsetup
 from daemon.config import Config, load_config
 from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
+from daemon.embed.scheduler import QueuedEmbedder, Scheduler
 from daemon.errors import ConfigError
 from daemon.service import priority
-from daemon.service.scheduler import QueuedEmbedder, Scheduler
 from daemon.service.service import Service, fingerprint_for
 from daemon.service.serving import Serving
 from daemon.sinks.mirror import Mirror

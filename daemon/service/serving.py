@@ -16,10 +16,10 @@ from typing import Any
 import structlog
 
 from daemon.config import Config, ServeConfig
+from daemon.embed.scheduler import Scheduler
 from daemon.errors import ServeError
 from daemon.serve.backend import DaemonBackend
 from daemon.serve.server import ApiServer, read_token
-from daemon.service.scheduler import Scheduler
 from daemon.store.snapshot import Published
 
 log = structlog.get_logger("embedd")

@@ -205,6 +205,12 @@ def test_html_page_content_named_like_chrome_is_kept() -> None:
     )
     assert "COOKIE-SECTION" in text and "SHARING-SECTION" in text
     assert sections[-1] == "# Policy > ## Navigation"
+    # Inside <main> an <aside> is a note of the text; outside, a sidebar.
+    text, _, _ = page_text(
+        "<aside>SIDEBAR-NOISE</aside><main><p>Body.</p><aside class='admonition note'>"
+        "<p>NOTE-ASIDE kept.</p></aside></main>"
+    )
+    assert "NOTE-ASIDE kept." in text and "SIDEBAR-NOISE" not in text
     # Paragraphs in a table cell stay apart.
     text, _, _ = page_text("<table><tr><td><p>First.</p><p>Second.</p></td><td>x<br>y</td></tr></table>")
     assert text == "First. Second. | x y"

@@ -195,7 +195,7 @@ def test_each_chunk_is_counted_once_and_its_tokens_reported(tmp_path: Path, stor
 
 
 def test_through_the_daemons_scheduler_each_chunk_is_still_counted_once(tmp_path: Path, store: Store) -> None:
-    from daemon.service.scheduler import QueuedEmbedder, Scheduler
+    from daemon.embed.scheduler import QueuedEmbedder, Scheduler
 
     emb = FakeEmbedder()
     path = tmp_path / "doc.txt"

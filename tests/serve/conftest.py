@@ -17,9 +17,9 @@ from api_support import DOCS, TOKEN, Api
 
 from daemon.config import ServeConfig
 from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
+from daemon.embed.scheduler import Priority, Scheduler
 from daemon.serve.backend import DaemonBackend
 from daemon.serve.server import ApiServer, HeaderDeadlineH11Protocol
-from daemon.service.scheduler import Priority, Scheduler
 from daemon.store.format import content_hash
 from daemon.store.snapshot import Published
 from daemon.store.store import FileState, Fingerprint, NewEntry, Store

@@ -22,9 +22,9 @@ from api_support import TOKEN, Api
 from structlog.testing import capture_logs
 
 from daemon.config import ServeConfig
+from daemon.embed.scheduler import Scheduler
 from daemon.serve.backend import DaemonBackend
 from daemon.serve.server import ApiServer
-from daemon.service.scheduler import Scheduler
 from daemon.store.snapshot import Published
 
 LONG = "word " * 600  # about 600 tokens: over the model's 512

@@ -10,8 +10,8 @@ import pytest
 from fakes import FakeEmbedder
 
 from daemon.embed.embedder import FloatMatrix
+from daemon.embed.scheduler import Priority, QueuedEmbedder, Scheduler
 from daemon.errors import EmbedError, SchedulerClosedError, TextTooLongError
-from daemon.service.scheduler import Priority, QueuedEmbedder, Scheduler
 
 WAIT = 60.0
 
