@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -134,6 +135,11 @@ def test_close_fails_what_is_queued_and_refuses_new_jobs(gated: tuple[GatedEmbed
     queued = scheduler.submit(["wait"], Priority.QUERY)
     closer = threading.Thread(target=scheduler.close)
     closer.start()
+    # Release the call in flight only once close() has begun: otherwise the embedder thread
+    # may take the queued job first on a loaded machine.
+    deadline = time.monotonic() + WAIT
+    while not scheduler._closing and time.monotonic() < deadline:
+        time.sleep(0.001)
     embedder.gate.set()
     closer.join(WAIT)
     assert running.result(WAIT).shape == (1, 8)  # the call in flight finishes
