@@ -175,7 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             start = time.monotonic()
             end = start + args.minutes * 60
             steps = 0
+            mid: dict[str, float] | None = None
             while time.monotonic() < end:
+                if mid is None and time.monotonic() >= start + args.minutes * 30:
+                    mid = sample(daemon.proc.pid)  # growth in the second half is a leak, not warm-up
                 churn.step()
                 steps += 1
                 time.sleep(max(0.0, start + steps * args.churn_s - time.monotonic()))
@@ -195,6 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             if isinstance(event, dict) and event.get("level") in ("error", "critical"):
                 errors.append(line[:300])
+    half = mid or after
+    flat = (
+        after["fds"] <= before["fds"]
+        and after["threads"] <= before["threads"]
+        and after["rss_mb"] <= half["rss_mb"] * 1.05
+    )
     ms = sorted(searches.ms)
     p95 = ms[int(0.95 * (len(ms) - 1))] if ms else float("nan")
     out = [
@@ -202,12 +211,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         machine_line(),
         "",
-        "| | start | end |",
-        "| --- | ---: | ---: |",
-        f"| resident memory (MiB) | {before['rss_mb']:.1f} | {after['rss_mb']:.1f} |",
-        f"| open file descriptors | {before['fds']:.0f} | {after['fds']:.0f} |",
-        f"| threads | {before['threads']:.0f} | {after['threads']:.0f} |",
+        "| | start | half-way | end |",
+        "| --- | ---: | ---: | ---: |",
+        f"| resident memory (MiB) | {before['rss_mb']:.1f} | {half['rss_mb']:.1f} | {after['rss_mb']:.1f} |",
+        f"| open file descriptors | {before['fds']:.0f} | {half['fds']:.0f} | {after['fds']:.0f} |",
+        f"| threads | {before['threads']:.0f} | {half['threads']:.0f} | {after['threads']:.0f} |",
         "",
+        f"Flat: {'yes' if flat else 'NO'} (descriptors and threads as at the start; memory within 5% "
+        "of the half-way figure).",
         f"File changes: {steps} ({', '.join(f'{k} {v}' for k, v in churn.counts.items())}).",
         f"Searches: {int(args.minutes * 60 * args.qps)} scheduled, {searches.sent} sent (fewer when answers "
         f"are slower than the schedule), {searches.ok} answered with 200, {len(searches.failures)} failed; "
@@ -219,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out += [f"  failure: {f}" for f in searches.failures[:10]]
     out += [f"  error: {e}" for e in errors[:10]]
     print("\n".join(out))
-    passed = searches.failures == [] and searches.ok == searches.sent and verify.returncode == 0
+    passed = searches.failures == [] and searches.ok == searches.sent and verify.returncode == 0 and flat
     return 0 if passed and code == 0 and not errors else 1
 
 
