@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -34,6 +35,10 @@ from daemon.sinks.base import BaseSink, RowDigest, SinkRow, SinkSettings, Stale,
 __all__ = ["ChromaSink"]
 
 log = structlog.get_logger(__name__)
+
+# Folder lock file -> [descriptor, sinks using it]: one flock per process and folder.
+_FOLDER_LOCKS: dict[Path, list[int]] = {}
+_FOLDER_LOCKS_GUARD = threading.Lock()
 
 T = TypeVar("T")
 
@@ -104,7 +109,7 @@ class ChromaSink(BaseSink):
         self._client: Any = None
         self._col: Any = None
         self._mine: Where = {"daemon": daemon}
-        self._lock_fd: int | None = None
+        self._locked: Path | None = None
 
     @classmethod
     def client_modules(cls, uri: str) -> tuple[str, ...]:
@@ -194,26 +199,45 @@ class ChromaSink(BaseSink):
 
     def _lock_folder(self, folder: Path) -> None:
         """Hold ``<folder>.lock`` while connected: chromadb does not stop two processes from
-        writing one folder, and each would miss the other's rows."""
+        writing one folder, and each would miss the other's rows. Sinks of one process share
+        the lock (chromadb shares one engine per folder inside a process)."""
         lock = folder.with_name(folder.name + ".lock")
-        try:
-            fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise SinkError(self._name, f"cannot create the lock {lock}: {exc.strerror or exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SinkError(
-                self._name, f"Chroma folder {folder} is open in another process (it holds {lock}); retrying"
-            ) from None
-        self._lock_fd = fd
+        key = lock.resolve()
+        with _FOLDER_LOCKS_GUARD:
+            held = _FOLDER_LOCKS.get(key)
+            if held is None:
+                try:
+                    fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                except OSError as exc:
+                    raise SinkError(
+                        self._name, f"cannot create the lock {lock}: {exc.strerror or exc}"
+                    ) from exc
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise SinkError(
+                        self._name,
+                        f"Chroma folder {folder} is open in another process (it holds {lock}); retrying",
+                    ) from None
+                held = _FOLDER_LOCKS[key] = [fd, 0]
+            held[1] += 1
+        self._locked = key
+
+    def _unlock_folder(self) -> None:
+        key, self._locked = self._locked, None
+        if key is None:
+            return
+        with _FOLDER_LOCKS_GUARD:
+            held = _FOLDER_LOCKS[key]
+            held[1] -= 1
+            if held[1] == 0:
+                os.close(held[0])
+                del _FOLDER_LOCKS[key]
 
     def _drop(self) -> None:
         client, self._client, self._col = self._client, None, None
-        lock_fd, self._lock_fd = self._lock_fd, None
-        if lock_fd is not None:
-            os.close(lock_fd)
+        self._unlock_folder()
         if client is None:
             return
         with contextlib.suppress(Exception):

@@ -163,10 +163,11 @@ class SinkSyncer:
         self._probe_idle_s = probe_idle_s
         self._last_work = clock()
         self._released = True
-        # After a batch of several sources failed: one source a step, so that one source the
-        # sink (or the store) keeps refusing cannot hold back the others. Ends once the queue
-        # has drained.
-        self._isolating = False
+        # Sources a step may take. A failed batch of several is halved on each retry, so one
+        # source the sink (or the store) keeps refusing is soon alone and goes to the back,
+        # instead of failing every batch it is in; a success restores the full batch, so after
+        # an outage the queue drains at full speed again from the second step.
+        self._limit = batch
 
     def status(self) -> SinkStatus:
         """The queue's lag and the retry state."""
@@ -186,7 +187,7 @@ class SinkSyncer:
             if self.queue.full_sync_needed:
                 count = self._full(stop or _Never())
             else:
-                taken = self.queue.take(1 if self._isolating else self._batch)
+                taken = self.queue.take(self._limit)
                 if not taken:
                     probed = self._idle(stop or _Never())
                     if probed is None:
@@ -304,8 +305,8 @@ class SinkSyncer:
     def _failed(self, reason: str, taken: list[str]) -> None:
         delay = self.backoff.failed()
         if len(taken) > 1:
-            # Which of them failed is unknown: try them one at a time from now on.
-            self._isolating = True
+            # Which of them failed is unknown: retry the first half of them.
+            self._limit = max(1, len(taken) // 2)
         else:
             # A source the sink keeps refusing goes to the back, so the others still get through.
             self.queue.defer(taken)
@@ -320,8 +321,7 @@ class SinkSyncer:
         )
 
     def _succeeded(self, applied: int) -> None:
-        if self._isolating and not self.queue.pending():
-            self._isolating = False
+        self._limit = self._batch
         if self.backoff.failures:
             log.info("sink_recovered", sink=self.sink.name, after_failures=self.backoff.failures)
         self.backoff.succeeded()

@@ -157,21 +157,40 @@ def test_a_qdrant_server_that_does_not_answer_is_a_sink_error() -> None:
 
 def test_a_chroma_folder_is_written_by_one_process_at_a_time(tmp_path: Path) -> None:
     """chromadb lets two processes write one folder, each missing the other's rows (found in
-    review); embedd holds `<folder>.lock` while connected, so the second waits and retries."""
+    review): embedd holds `<folder>.lock` while connected, so another process waits and
+    retries. Sinks of one process share the folder (chromadb shares its engine there)."""
+    import subprocess
+    import sys
+
     pytest.importorskip("chromadb")
     folder = tmp_path / "chroma"
     cfg = SinkConfig(name="s", type="chroma", uri=str(folder), collection="docs")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+            str(tmp_path / "chroma.lock"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        sink = open_sink(cfg, daemon="alpha", dimensions=DIMS, fingerprint=FP)
+        with pytest.raises(SinkError, match=r"open in another process .*chroma\.lock"):
+            sink.connect()
+        assert not sink.connected
+    finally:
+        holder.communicate("", timeout=30)
     first = open_sink(cfg, daemon="alpha", dimensions=DIMS, fingerprint=FP)
     second = open_sink(cfg, daemon="beta", dimensions=DIMS, fingerprint=FP)
     first.connect()
-    try:
-        with pytest.raises(SinkError, match=r"open in another process .*chroma\.lock"):
-            second.connect()
-        assert not second.connected
-    finally:
-        first.close()
     second.connect()
     try:
-        assert second.connected and second.count() == 0
+        assert first.connected and second.connected and second.count() == 0
     finally:
+        first.close()
         second.close()

@@ -330,7 +330,8 @@ def test_one_bad_source_in_a_full_batch_does_not_hold_back_the_others(
     shared_db: Path, collection: str, tmp_path: Path
 ) -> None:
     """With the default batch every pending source is taken together; after the batch fails
-    they go one at a time, so all but the bad one get through (found in review)."""
+    it is retried by halves until the bad one is alone and goes to the back, so all the others
+    get through (found in review)."""
     clock = FakeClock()
     sink = make_sink(shared_db, collection)
     queue = SinkQueue.open(tmp_path / "q.queue", clock=clock)
