@@ -218,7 +218,7 @@ class ChromaSink(BaseSink):
                     os.close(fd)
                     raise SinkError(
                         self._name,
-                        f"Chroma folder {folder} is open in another process (it holds {lock}); retrying",
+                        f"Chroma folder {folder} is open in another process (it holds {lock}); one process at a time",
                     ) from None
                 held = _FOLDER_LOCKS[key] = [fd, 0]
             held[1] += 1
