@@ -218,7 +218,8 @@ class ChromaSink(BaseSink):
                     os.close(fd)
                     raise SinkError(
                         self._name,
-                        f"Chroma folder {folder} is open in another process (it holds {lock}); one process at a time",
+                        f"Chroma folder {folder} is open in another process (it holds {lock}); "
+                        "one process at a time",
                     ) from None
                 held = _FOLDER_LOCKS[key] = [fd, 0]
             held[1] += 1
