@@ -81,20 +81,20 @@ class NativeBatcher:
         self,
         token_lists: Sequence[Sequence[int]],
         *,
-        threads: Callable[[], int] | None = None,
+        threads: Callable[[int], int] | None = None,
         timed: BatchTimer | None = None,
     ) -> FloatMatrix:
         """Pooled vectors of ``token_lists`` (ids with [CLS]/[SEP]), one row each, in order.
 
-        ``threads`` is asked for the thread count before each native batch and ``timed`` told
-        how long that batch took. Raises EmbedError when llama.cpp refuses a batch.
+        ``threads`` is asked for the thread count before each native batch (given its tokens)
+        and ``timed`` told how long that batch took. Raises EmbedError when llama.cpp refuses a batch.
         """
         out = np.empty((len(token_lists), self.n_embd), dtype=np.float32)
         groups = pack([len(t) for t in token_lists], self.n_batch, self.n_seq_max)
         for group in groups:
             tokens = self._fill(token_lists, group)
             if threads is not None:
-                self.set_threads(threads())
+                self.set_threads(threads(tokens))
             self._clear_memory()
             started = time.perf_counter()
             rc = self._lib.llama_decode(self._ctx, self._batch)

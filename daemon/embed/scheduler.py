@@ -8,9 +8,12 @@ threads would multiply the workers and lose the priorities set for them.
 
 Work arrives as jobs (a list of texts) with a priority: ``QUERY`` (searches and the
 embeddings API) before ``INDEX`` (the pipeline's batches). A job is run in slices of at most
-one native batch (``slice_tokens`` tokens, the context's n_batch): after each slice the
-thread picks the most urgent job again, so a query waits at most for the slice in flight,
-never for a whole file or a bulk index. Unfinished jobs go to the back of their priority
+``slice_tokens`` tokens (``SLICE_TOKENS``, 256; one text longer than that runs alone): after
+each slice the thread picks the most urgent job again, so a query waits at most for the slice
+in flight, never for a whole file or a bulk index. At 512 tokens (the context) a slice took
+about 210 ms on the 2-vCPU EPYC while bulk-indexing, and searches during a bulk index had a
+p95 of 282 ms; halving it halves that wait, and the native batch size moves throughput by
+under 10% (``docs/benchmarks.md``). Unfinished jobs go to the back of their priority
 class, so one large embeddings request cannot starve a search either. Pending query jobs
 are coalesced into one native call while they fit in one batch: eight clients asking for one
 short text each cost one call, not eight.
@@ -41,6 +44,7 @@ log = structlog.get_logger("embedd")
 
 # Most texts in one coalesced call of query jobs (llama.cpp's n_seq_max is far above this).
 MAX_TEXTS_PER_CALL = 64
+SLICE_TOKENS = 256
 
 
 class Priority(IntEnum):
@@ -100,7 +104,7 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.embedder = embedder
-        self._slice_tokens = slice_tokens or embedder.max_tokens
+        self._slice_tokens = slice_tokens or min(SLICE_TOKENS, embedder.max_tokens)
         self._clock = clock
         self._cond = threading.Condition()
         self._heap: list[tuple[int, int, _Job]] = []

@@ -48,7 +48,7 @@ class Alternating:
     def adaptive(self) -> bool:
         return True
 
-    def before_batch(self) -> int:
+    def before_batch(self, tokens: int) -> int:
         self.calls += 1
         return self.counts[self.calls % len(self.counts)]
 

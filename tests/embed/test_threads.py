@@ -55,7 +55,7 @@ def run(ctl: AdaptiveThreads, machine: Machine, batches: int, tokens: int = 500)
     """Embed ``batches`` native batches; the thread count each one ran on."""
     used = []
     for _ in range(batches):
-        threads = ctl.before_batch()
+        threads = ctl.before_batch(tokens)
         seconds = tokens / (machine.rates[threads] * machine.noise())
         machine.run(seconds, threads)
         ctl.after_batch(tokens, seconds)
@@ -137,11 +137,12 @@ def test_a_slowdown_fewer_threads_cannot_fix_changes_nothing() -> None:
     assert used.count(1) <= 4 * 3
 
 
-def test_small_batches_are_not_measured() -> None:
+def test_small_batches_run_on_one_thread_and_are_not_measured() -> None:
     machine = Machine(2, HOG_NICE, other_load=1.0)
     ctl = controller(machine, min_tokens=128)
     used = run(ctl, machine, 500, tokens=40)  # search queries, one by one
-    assert set(used) == {2} and ctl.changes == 0 and ctl.trial_threads is None
+    assert set(used) == {1}, "a query is mostly fixed cost: one thread, no meeting after each op"
+    assert ctl.threads == 2 and ctl.changes == 0 and ctl.trial_threads is None
 
 
 def test_cascades_to_the_best_count_on_more_cores() -> None:
@@ -201,7 +202,7 @@ def test_one_core_never_changes() -> None:
 def test_fixed_threads_stay_fixed() -> None:
     fixed = FixedThreads(3)
     for _ in range(10):
-        assert fixed.before_batch() == 3
+        assert fixed.before_batch(500) == 3 and fixed.before_batch(10) == 3
         fixed.after_batch(500, 10.0)
     assert fixed.threads == 3 and not fixed.adaptive
     with pytest.raises(ValueError):
