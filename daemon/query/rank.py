@@ -6,6 +6,9 @@ The daemon, ``embedd search`` without a daemon and the MCP server all rank throu
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,40 @@ from daemon.errors import FingerprintMismatchError, UsageError
 from daemon.query.hit import Hit
 from daemon.store.snapshot import BoolMask, Snapshot
 from daemon.store.store import Store
+
+# From this many rows the scores are computed in two halves on two threads (numpy releases
+# the GIL in einsum): 10.3 ms -> 6.5 ms for 100,000 x 384 on the 2-vCPU EPYC. Each row's score
+# is computed alone either way, so the halves give the very same numbers.
+SPLIT_ROWS = 20_000
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor | None:
+    global _POOL
+    if len(os.sched_getaffinity(0)) < 2:
+        return None
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(2, thread_name_prefix="embedd-rank")
+        return _POOL
+
+
+def scores_of(matrix: FloatMatrix, q: FloatMatrix) -> FloatMatrix:
+    """``matrix @ q`` on at most two threads, never BLAS's (see ``top_k``)."""
+    pool = _pool() if len(matrix) >= SPLIT_ROWS else None
+    if pool is None:
+        whole: FloatMatrix = np.einsum("ij,j->i", matrix, q)
+        return whole
+    half = len(matrix) // 2
+    out = np.empty(len(matrix), dtype=np.result_type(matrix.dtype, q.dtype))
+    parts = [
+        pool.submit(np.einsum, "ij,j->i", matrix[:half], q, out=out[:half]),
+        pool.submit(np.einsum, "ij,j->i", matrix[half:], q, out=out[half:]),
+    ]
+    for part in parts:
+        part.result()
+    return out
 
 
 def top_k(
@@ -33,8 +70,8 @@ def top_k(
     q = q / max(float(np.linalg.norm(q)), 1e-12)
     # einsum, not `matrix @ q`: BLAS would run this on all cores, and its threads spin against
     # llama.cpp's on a loaded machine (measured 60x slower at 5,000 rows with the daemon
-    # indexing). One thread streams the matrix about as fast as memory allows anyway.
-    scores = np.einsum("ij,j->i", matrix, q)
+    # indexing). Large matrices are split over two threads of our own (``scores_of``).
+    scores = scores_of(matrix, q)
     if not normalized:
         scores /= np.maximum(np.linalg.norm(matrix, axis=1), 1e-12)
     if mask is not None:

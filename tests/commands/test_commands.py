@@ -386,6 +386,20 @@ def test_search_without_a_store_or_model_fails_clearly(
     assert proc.returncode == 3 and "nope.gguf" in proc.stderr
 
 
+def test_large_matrices_are_scored_in_two_halves_with_the_same_numbers() -> None:
+    from daemon.query import rank
+
+    rng = np.random.default_rng(3)
+    matrix = rng.standard_normal((rank.SPLIT_ROWS + 1001, 384)).astype(np.float32)
+    query = rng.standard_normal(384).astype(np.float32)
+    split = rank.scores_of(matrix, query)
+    assert rank._pool() is not None or len(os.sched_getaffinity(0)) < 2
+    assert np.array_equal(split, np.einsum("ij,j->i", matrix, query))
+    assert [r for r, _ in top_k(matrix, query, 10, normalized=False)] == list(
+        np.argsort(-(matrix @ query) / np.linalg.norm(matrix, axis=1))[:10]
+    )
+
+
 def test_top_k_ranks_by_cosine_with_or_without_normalised_rows() -> None:
     rng = np.random.default_rng(3)
     matrix = rng.standard_normal((50, 16)).astype(np.float32)
