@@ -4,7 +4,7 @@ for diffing, whole entries for search and export, and what a save did."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from daemon.store.format import Extra, FloatMatrix
 
@@ -80,3 +80,29 @@ class SaveStats:
     bytes_reused: int
     durable_seconds: float  # until the new file was renamed in place and fsynced
     seconds: float  # including the sidecar cache
+
+
+class Row(Protocol):
+    """One stored row as the writer and snapshots read it; the store never edits a row a
+    snapshot holds."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def content(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def page(self) -> int | None: ...
+    @property
+    def chunk(self) -> int: ...
+    @property
+    def hash(self) -> str: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def extra(self) -> Extra | None: ...
+    @property
+    def section(self) -> str | None: ...
+    @property
+    def title(self) -> str | None: ...

@@ -18,35 +18,10 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from daemon.store.entries import Entry
-from daemon.store.format import Extra, Fingerprint, FloatMatrix
+from daemon.store.entries import Entry, Row
+from daemon.store.format import Fingerprint, FloatMatrix
 
 BoolMask = npt.NDArray[np.bool_]
-
-
-class RowRecord(Protocol):
-    """What a snapshot reads of one row; the store never edits a record a snapshot holds."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def content(self) -> str: ...
-    @property
-    def source(self) -> str: ...
-    @property
-    def page(self) -> int | None: ...
-    @property
-    def chunk(self) -> int: ...
-    @property
-    def hash(self) -> str: ...
-    @property
-    def timestamp(self) -> int: ...
-    @property
-    def extra(self) -> Extra | None: ...
-    @property
-    def section(self) -> str | None: ...
-    @property
-    def title(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -65,7 +40,7 @@ class Snapshot:
     files: int
     matrix: FloatMatrix
     alive: BoolMask | None
-    rows: Sequence[RowRecord]
+    rows: Sequence[Row]
 
     @property
     def count(self) -> int:

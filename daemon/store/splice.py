@@ -8,45 +8,19 @@ by ``AtomicWriter.copy``) whatever its length. Only changed entries are encoded.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 
+from daemon.store.entries import Row
 from daemon.store.format import (
     CLOSE,
     NEWLINE,
     SEP,
-    Extra,
     FloatMatrix,
     SpanArray,
     encode_entry,
 )
 from daemon.store.io import AtomicWriter
-
-
-class Row(Protocol):
-    """What the writer needs of an entry (the store's rows have it)."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def content(self) -> str: ...
-    @property
-    def source(self) -> str: ...
-    @property
-    def page(self) -> int | None: ...
-    @property
-    def chunk(self) -> int: ...
-    @property
-    def hash(self) -> str: ...
-    @property
-    def timestamp(self) -> int: ...
-    @property
-    def extra(self) -> Extra | None: ...
-    @property
-    def section(self) -> str | None: ...
-    @property
-    def title(self) -> str | None: ...
 
 
 def write_spliced(
