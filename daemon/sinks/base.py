@@ -15,17 +15,19 @@ from __future__ import annotations
 import abc
 import hashlib
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
-from daemon.errors import ConfigError, SinkMismatchError
+from daemon.errors import ConfigError, SinkError, SinkMismatchError
 from daemon.query.hit import Hit
+
+T = TypeVar("T")
 
 __all__ = [
     "DAEMON_MAX_BYTES",
@@ -365,6 +367,20 @@ class BaseSink(abc.ABC):
     def _where(self) -> str:
         return f"collection {self._collection} at {self._uri}"
 
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one client call; the client's errors become SinkError and drop the client, so
+        the next call starts afresh."""
+        try:
+            return fn(*args, **kwargs)
+        except self._client_errors() as exc:
+            self._drop()
+            raise self._error(what, exc) from exc
+
+    def _error(self, what: str, exc: BaseException) -> SinkError:
+        """The SinkError for a failed client call (an engine may say more)."""
+        reason = str(exc) or type(exc).__name__
+        return SinkError(self._name, f"{what} failed: {reason}")
+
     def _check_made_by_embedd(
         self,
         properties: Mapping[str, object] | None,
@@ -435,6 +451,14 @@ class BaseSink(abc.ABC):
     def check_collection(cls, name: str) -> str | None:
         """Why ``name`` cannot name a collection of this engine; None when it can."""
         return None
+
+    @abc.abstractmethod
+    def _client_errors(self) -> tuple[type[BaseException], ...]:
+        """The exceptions the engine's client raises for a failed call."""
+
+    @abc.abstractmethod
+    def _drop(self) -> None:
+        """Forget the client (closing what it holds), so that the next call connects afresh."""
 
     @property
     @abc.abstractmethod

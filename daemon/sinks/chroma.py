@@ -19,9 +19,9 @@ import fcntl
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -40,7 +40,6 @@ log = structlog.get_logger(__name__)
 _FOLDER_LOCKS: dict[Path, list[int]] = {}
 _FOLDER_LOCKS_GUARD = threading.Lock()
 
-T = TypeVar("T")
 
 UPSERT_ROWS = 1000  # well under the engine's max batch (5,461 rows in chromadb 1.5)
 GET_ROWS = 5000
@@ -293,18 +292,8 @@ class ChromaSink(BaseSink):
 
     # ----- errors -----
 
-    def _error(self, what: str, exc: BaseException) -> SinkError:
-        reason = str(exc) or type(exc).__name__
-        return SinkError(self._name, f"{what} failed: {reason}")
-
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one client call; its errors become SinkError and drop the client for a fresh start."""
-        c = _load_chroma()
-        try:
-            return fn(*args, **kwargs)
-        except c.errors as exc:
-            self._drop()
-            raise self._error(what, exc) from exc
+    def _client_errors(self) -> tuple[type[BaseException], ...]:
+        return _load_chroma().errors
 
     def _ready(self) -> Any:
         self.connect()

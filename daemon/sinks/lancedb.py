@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -33,7 +33,6 @@ __all__ = ["LanceDBSink", "sql_string"]
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
 
 UPSERT_ROWS = 5000  # rows per merge_insert: each one is a new version of the table
 DELETE_IDS = 1000
@@ -202,14 +201,8 @@ class LanceDBSink(BaseSink):
         reason = _RUST_PLACE.sub("", reason)  # ", /root/.cargo/.../commit.rs:653:26" helps no user
         return SinkError(self._name, f"{what} failed: {reason}")
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one LanceDB call; its errors become SinkError and drop the table for a fresh start."""
-        lance = _load_lance()
-        try:
-            return fn(*args, **kwargs)
-        except lance.errors as exc:
-            self._drop()
-            raise self._error(what, exc) from exc
+    def _client_errors(self) -> tuple[type[BaseException], ...]:
+        return _load_lance().errors
 
     def _ready(self) -> Any:
         self.connect()

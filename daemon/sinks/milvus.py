@@ -12,9 +12,9 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +39,6 @@ __all__ = ["MilvusSink", "prefix_filter", "quote"]
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
 
 SCALAR_FIELDS = ("content", "source", "page", "chunk", "timestamp", "hash", "daemon")
 VARCHAR_MAX = 65535  # Milvus' largest VARCHAR, in bytes
@@ -346,14 +345,8 @@ class MilvusSink(BaseSink):
         reason = reason or str(exc) or type(exc).__name__
         return SinkError(self._name, f"{what} failed: {reason}")
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one pymilvus call; its errors become SinkError and drop the client for a fresh start."""
-        milvus = _load_milvus()
-        try:
-            return fn(*args, **kwargs)
-        except milvus.errors as exc:
-            self._drop()
-            raise self._error(what, exc) from exc
+    def _client_errors(self) -> tuple[type[BaseException], ...]:
+        return _load_milvus().errors
 
     def _ready(self) -> Any:
         self.connect()

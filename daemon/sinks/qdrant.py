@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +31,6 @@ __all__ = ["QdrantSink", "point_id"]
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
 
 UPSERT_ROWS = 256
 SCROLL_ROWS = 1000
@@ -234,18 +233,8 @@ class QdrantSink(BaseSink):
 
     # ----- errors -----
 
-    def _error(self, what: str, exc: BaseException) -> SinkError:
-        reason = str(exc) or type(exc).__name__
-        return SinkError(self._name, f"{what} failed: {reason}")
-
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one client call; its errors become SinkError and drop the client for a fresh start."""
-        q = _load_qdrant()
-        try:
-            return fn(*args, **kwargs)
-        except q.errors as exc:
-            self._drop()
-            raise self._error(what, exc) from exc
+    def _client_errors(self) -> tuple[type[BaseException], ...]:
+        return _load_qdrant().errors
 
     def _ready(self) -> Any:
         self.connect()
