@@ -13,6 +13,7 @@ from collections.abc import Callable
 import structlog
 
 from daemon.errors import StoreError
+from daemon.service.notices import Notices
 from daemon.store.store import Store
 
 log = structlog.get_logger("embedd")
@@ -25,9 +26,10 @@ SAVE_RETRY_S = (1.0, 5.0, 30.0, 60.0)
 class Saver:
     """Decides when the store is written; one thread (the worker) uses it, under the store lock."""
 
-    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float], notices: Notices | None = None) -> None:
         self._store = store
         self._clock = clock
+        self._notices = notices or Notices()
         self._dirty_since: float | None = None
         self._failures = 0
         self._next_try = 0.0
@@ -74,6 +76,7 @@ class Saver:
                 retry_in_s=delay,
                 hint="the previous store file is intact; changes are kept in memory",
             )
+            self._notices.notify("store_save_failed", reason=str(exc), retry_in_s=delay)
             return False
         self._failures = 0
         self._dirty_since = None
@@ -86,5 +89,13 @@ class Saver:
             mib_written=round(stats.bytes_written / 2**20, 2),
             mib_reused=round(stats.bytes_reused / 2**20, 2),
             durable_s=round(stats.durable_seconds, 3),
+        )
+        self._notices.notify(
+            "store_saved",
+            entries=stats.entries,
+            written=stats.entries_written,
+            reused=stats.entries_reused,
+            bytes_written=stats.bytes_written,
+            durable_s=stats.durable_seconds,
         )
         return True

@@ -27,6 +27,7 @@ from daemon.errors import ExtractError, IndexingInterrupted
 from daemon.ingest.extract import ExtractLimits, extraction_version, file_kind, format_of
 from daemon.ingest.pipeline import ChunkingParams, Pipeline
 from daemon.log import display_path
+from daemon.service.notices import Notices
 from daemon.service.progress import Progress
 from daemon.service.saver import Saver
 from daemon.service.sdnotify import Notifier
@@ -107,6 +108,7 @@ class Service:
         store_lock: threading.RLock | None = None,
         published: Published | None = None,
         on_ready: Callable[[], None] | None = None,
+        notices: Notices | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -118,6 +120,8 @@ class Service:
         self._mirror = mirror
         self.notifier = notifier or Notifier()
         self._clock = clock
+        # Every fact the worker logs for people is also told here, for the parts that follow it.
+        self.notices = notices or Notices()
         self.pipeline = Pipeline(
             embedder,
             store,
@@ -129,9 +133,9 @@ class Service:
         self.watcher = Watcher([(w.path, w.recursive) for w in config.watches], self._on_event)
         # Files that failed, by source, with the state they failed in: retried once they change.
         self._failed: dict[str, FailedAs] = {}
-        self._saver = Saver(store, clock)
+        self._saver = Saver(store, clock, self.notices)
         self._throughput = Throughput(clock)
-        self._bulk = BulkProgress()
+        self._bulk = BulkProgress(self.notices)
         self._stop: StopFlag = threading.Event()
 
     # -- events -------------------------------------------------------------------------
@@ -227,6 +231,15 @@ class Service:
             tokens=result.tokens,
             seconds=round(result.seconds, 3),
         )
+        self.notices.notify(
+            "file_indexed",
+            source=source,
+            chunks=result.chunks,
+            embedded=result.embedded,
+            reused=result.reused,
+            tokens=result.tokens,
+            seconds=result.seconds,
+        )
         self._throughput.add(chunks=result.chunks, embedded=result.embedded, tokens=result.tokens)
 
     def _skip(self, source: str, path: Path, state: FailedAs | None, reason: str) -> None:
@@ -242,6 +255,7 @@ class Service:
             reason=reason,
             kept_entries=len(self.store.entries_for(source)),
         )
+        self.notices.notify("file_skipped", source=source, reason=reason)
 
     def _remove(self, source: str, *, reason: str) -> None:
         self._failed.pop(source, None)
@@ -250,6 +264,7 @@ class Service:
         self.pipeline.remove(source)
         self._changed_sources(source)
         log.info("file_removed", source=source, reason=reason)
+        self.notices.notify("file_removed", source=source, reason=reason)
 
     def _deleted(self, path: Path) -> None:
         located = self._locate(path)
@@ -306,6 +321,7 @@ class Service:
         self._failed.pop(old_source, None)
         self._changed_sources(old_source, new[1])
         log.info("file_renamed", source=old_source, to=new[1])
+        self.notices.notify("file_renamed", source=old_source, to=new[1])
 
     # -- scanning ------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from daemon.service.notices import Notices
 from daemon.service.progress import Progress
 
 log = structlog.get_logger("embedd")
@@ -68,9 +69,10 @@ class Throughput:
 class BulkProgress:
     """A progress bar (or ``progress`` events) while a scan's worth of files is being indexed."""
 
-    def __init__(self) -> None:
+    def __init__(self, notices: Notices | None = None) -> None:
         self._bar: Progress | None = None
         self._left = 0
+        self._notices = notices or Notices()
 
     @property
     def active(self) -> bool:
@@ -92,6 +94,7 @@ class BulkProgress:
         self._left += files
         self._bar.total += files
         log.info("bulk_index_queued", files=files)
+        self._notices.notify("bulk_queued", files=files, total=self._bar.total, left=self._left)
 
     def advance(self, n: int, *, queue_empty: bool) -> bool:
         """``n`` files were handled; returns True when that finished the bulk index."""
@@ -99,6 +102,9 @@ class BulkProgress:
             return False
         self._bar.advance(n)
         self._left -= n
+        self._notices.notify(
+            "bulk_progress", done=self._bar.total - max(self._left, 0), total=self._bar.total, left=self._left
+        )
         if self._left <= 0 or queue_empty:
             self.close()
             return True
@@ -107,5 +113,6 @@ class BulkProgress:
     def close(self) -> None:
         """End the progress output (at the end, or when the daemon stops)."""
         if self._bar is not None:
+            self._notices.notify("bulk_done", total=self._bar.total)
             self._bar.close()
             self._bar = None
