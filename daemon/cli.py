@@ -307,22 +307,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         logsetup.configure(args.log_format or "auto", "info")
         log.error("config_error", field=exc.field, value=exc.value, reason=exc.reason)
-        return EXIT_USAGE
-    except (ModelError, ConversionError) as exc:
-        log.error("model_error", error=str(exc))
-        return EXIT_MODEL
-    except StoreLockedError as exc:
-        log.error("store_locked", error=str(exc))
-        return EXIT_STORE_LOCKED
-    except FingerprintMismatchError as exc:
-        log.error("fingerprint_mismatch", error=str(exc))
-        return EXIT_FINGERPRINT
+        return exit_code(exc)
     except EmbeddError as exc:
-        log.error("failed", error=str(exc))
-        return EXIT_FAILURE
+        log.error(_EVENTS.get(exit_code(exc), "failed"), error=str(exc))
+        return exit_code(exc)
     except KeyboardInterrupt:
         return EXIT_OK
     return EXIT_OK
+
+
+# The daemon's log event for an error that ends it, by the exit code it ends with.
+_EVENTS = {
+    EXIT_USAGE: "usage_error",
+    EXIT_MODEL: "model_error",
+    EXIT_STORE_LOCKED: "store_locked",
+    EXIT_FINGERPRINT: "fingerprint_mismatch",
+}
 
 
 def exit_code(exc: EmbeddError) -> int:
