@@ -13,6 +13,7 @@ from collections.abc import Callable
 import structlog
 
 from daemon.errors import StoreError
+from daemon.loops import Backoff
 from daemon.service.notices import Notices
 from daemon.store.store import Store
 
@@ -31,8 +32,8 @@ class Saver:
         self._clock = clock
         self._notices = notices or Notices()
         self._dirty_since: float | None = None
-        self._failures = 0
-        self._next_try = 0.0
+        # A local disk: no jitter (nobody else retries against it), a short fixed ladder.
+        self._retry = Backoff(clock, steps=SAVE_RETRY_S)
 
     def mark_dirty(self) -> None:
         """The store changed: a save is due once the burst is over."""
@@ -48,7 +49,7 @@ class Saver:
         """When the worker should wake to save (None when nothing waits)."""
         if self._dirty_since is None:
             return None
-        return max(self._next_try, self._clock() + 0.05)
+        return self._clock() + max(self._retry.wait_s(), 0.05)
 
     def maybe_save(self, *, quiet: bool, force: bool = False) -> bool:
         """Write the store when ``quiet`` (no work left), ``force``, or dirty for too long.
@@ -59,16 +60,14 @@ class Saver:
             self._dirty_since = None
             return False
         now = self._clock()
-        if not force and now < self._next_try:
+        if not force and not self._retry.ready():
             return False
         if not (force or quiet or now - self._dirty_since >= MAX_DIRTY_S):
             return False
         try:
             stats = self._store.save()
         except StoreError as exc:
-            delay = SAVE_RETRY_S[min(self._failures, len(SAVE_RETRY_S) - 1)]
-            self._failures += 1
-            self._next_try = now + delay
+            delay = self._retry.failed()
             log.error(
                 "store_save_failed",
                 path=str(self._store.path),
@@ -78,7 +77,7 @@ class Saver:
             )
             self._notices.notify("store_save_failed", reason=str(exc), retry_in_s=delay)
             return False
-        self._failures = 0
+        self._retry.succeeded()
         self._dirty_since = None
         log.info(
             "store_saved",

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import Protocol
 
 import structlog
 
@@ -27,6 +26,7 @@ from daemon.errors import ExtractError, IndexingInterrupted
 from daemon.ingest.extract import ExtractLimits, extraction_version, file_kind, format_of
 from daemon.ingest.pipeline import ChunkingParams, Pipeline
 from daemon.log import display_path
+from daemon.loops import StopFlag
 from daemon.service.notices import Notices
 from daemon.service.progress import Progress
 from daemon.service.saver import Saver
@@ -44,12 +44,6 @@ log = structlog.get_logger("embedd")
 
 # A file with this many new chunks gets a progress report of its own.
 BIG_FILE_CHUNKS = 256
-
-
-class StopFlag(Protocol):
-    """Anything with ``is_set()``: a threading.Event, for instance."""
-
-    def is_set(self) -> bool: ...
 
 
 def fingerprint_for(config: Config, embedder: Embedder) -> Fingerprint:

@@ -10,7 +10,7 @@ marked (fsynced: losing a mark would lose a change) and done (not fsynced: losin
 sends a source again), and rewritten atomically when it has grown well past what it holds.
 A torn last line, as a crash can leave, is ignored.
 
-``Backoff`` is the retry schedule of a failing sink: pure, with an injected clock.
+``Backoff`` (from ``daemon.loops``) is the retry schedule of a failing sink.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import orjson
 import structlog
 
 from daemon.errors import SinkError
+from daemon.loops import Backoff
 from daemon.store.io import AtomicWriter, remove_stale_temps
 
 __all__ = ["Backoff", "QueueLag", "SinkQueue", "queue_path"]
@@ -368,36 +369,3 @@ def _lag(marks: dict[str, _Mark], full: bool, error: str | None, since: float | 
         error=error,
         error_since=since,
     )
-
-
-class Backoff:
-    """When to try a failing sink again: ``base`` seconds, doubling up to ``cap``, reset on success."""
-
-    def __init__(
-        self, clock: Callable[[], float] = time.monotonic, *, base: float = 1.0, cap: float = 60.0
-    ) -> None:
-        self._clock = clock
-        self.base = base
-        self.cap = cap
-        self.failures = 0
-        self.next_attempt_at = -math.inf
-
-    def ready(self) -> bool:
-        """True when an attempt may be made now."""
-        return self._clock() >= self.next_attempt_at
-
-    def wait_s(self) -> float:
-        """Seconds until the next attempt may be made (0 when it may now)."""
-        return max(0.0, self.next_attempt_at - self._clock())
-
-    def failed(self) -> float:
-        """Record a failed attempt; returns the delay before the next one."""
-        delay = min(self.cap, self.base * 2.0 ** min(self.failures, 62))
-        self.failures += 1
-        self.next_attempt_at = self._clock() + delay
-        return delay
-
-    def succeeded(self) -> None:
-        """Record a successful attempt: the next may be made at once, and delays start over."""
-        self.failures = 0
-        self.next_attempt_at = -math.inf

@@ -16,13 +16,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import structlog
 
 from daemon.errors import SinkError
+from daemon.loops import Backoff, StopFlag
 from daemon.sinks.base import RowDigest, Sink, SinkRow
-from daemon.sinks.queue import Backoff, QueueLag, SinkQueue
+from daemon.sinks.queue import QueueLag, SinkQueue
 
 __all__ = ["EntriesFor", "FullSyncReport", "SinkStatus", "SinkSyncer", "full_sync"]
 
@@ -34,12 +34,6 @@ EntriesFor = Callable[[str], Sequence[SinkRow] | None]
 STEP_SOURCES = 64
 PROBE_IDLE_S = 15.0
 FULL_SYNC_ROWS = 2000  # rows read from the store and written per round of a full sync
-
-
-class StopFlag(Protocol):
-    """Anything with ``is_set()``: a threading.Event, for instance."""
-
-    def is_set(self) -> bool: ...
 
 
 class _Never:
@@ -158,7 +152,9 @@ class SinkSyncer:
         self._all_sources = all_sources
         self._batch = batch
         self._clock = clock
-        self.backoff = backoff or Backoff(clock)
+        # A server's collection may be shared by several daemons: when it goes down they must not
+        # all retry at the same instant. A local file or folder has only this daemon.
+        self.backoff = backoff or Backoff(clock, jitter=0.0 if sink.local else 0.5)
         self._release_idle_s = release_idle_s
         self._probe_idle_s = probe_idle_s
         self._last_work = clock()
