@@ -30,16 +30,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
 import structlog
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import EventsLostEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
@@ -54,7 +53,6 @@ log = structlog.get_logger(__name__)
 WatchMode = Literal["native", "polling"]
 
 # watchdog (7.x) handles IN_Q_OVERFLOW itself and only reports it through this logger.
-_INOTIFY_LOGGER: Final = "watchdog.observers.inotify_c"
 _INOTIFY_SYSCTL_DIR: Final = Path("/proc/sys/fs/inotify")
 _JOIN_TIMEOUT_S: Final = 10.0
 
@@ -151,23 +149,14 @@ class _Handler(FileSystemEventHandler):
         self.reports_close = False
 
     def dispatch(self, event: FileSystemEvent) -> None:
+        if isinstance(event, EventsLostEvent):
+            # The kernel's inotify queue overflowed: watchdog queues this behind the events it
+            # still read, and what was dropped can only be found by looking at the disk.
+            log.warning("inotify_overflow", roots=[str(self._scope.root)], action="rescanning")
+            _deliver(self._sink, FileEvent(EventKind.RESCAN, self._scope.root))
+            return
         for file_event in _translate(event, self._scope, reports_close=self.reports_close):
             _deliver(self._sink, file_event)
-
-
-class _OverflowHook(logging.Handler):
-    """Turns watchdog's 'inotify queue overflowed' log record into a callback."""
-
-    def __init__(self, on_overflow: Callable[[], None]) -> None:
-        super().__init__(level=logging.WARNING)
-        self._on_overflow = on_overflow
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            if "overflow" in record.getMessage().lower():
-                self._on_overflow()
-        except Exception:
-            self.handleError(record)
 
 
 @dataclass(eq=False)
@@ -248,9 +237,6 @@ class Watcher:
         for root, recursive in roots:
             self._roots[root] = self._new_root(root, recursive)
         self._observers: dict[WatchMode, BaseObserver] = {}
-        # Read without the lock by the overflow hook (watchdog's thread); replaced, never mutated.
-        self._native_roots: tuple[Path, ...] = ()
-        self._overflow_hook = _OverflowHook(self._on_overflow)
         # Events decided under the lock are delivered after releasing it: a sink that asks
         # the watcher something (modes, say) must not deadlock against the supervisor.
         self._outbox: list[FileEvent] = []
@@ -276,13 +262,8 @@ class Watcher:
             if self._started:
                 raise RuntimeError("Watcher.start() called twice")
             self._started = True
-            inotify_log = logging.getLogger(_INOTIFY_LOGGER)
-            inotify_log.addHandler(self._overflow_hook)
-            if not inotify_log.isEnabledFor(logging.WARNING):
-                inotify_log.setLevel(logging.WARNING)
             for root in self._roots.values():
                 self._try_schedule(root)
-            self._refresh_native_roots()
         self._flush()
         self._supervisor = threading.Thread(
             target=self._supervise_loop, name="embedd-watch-supervisor", daemon=True
@@ -300,8 +281,6 @@ class Watcher:
             self._observers.clear()
             for root in self._roots.values():
                 root.mode, root.watch = None, None
-            self._native_roots = ()
-            logging.getLogger(_INOTIFY_LOGGER).removeHandler(self._overflow_hook)
         for observer in observers:
             observer.stop()
         for observer in observers:
@@ -323,14 +302,12 @@ class Watcher:
             self._roots[root] = new
             if self._started and not self._stopping.is_set():
                 self._try_schedule(new)
-            self._refresh_native_roots()
         self._flush()
 
     def remove_root(self, root: Path) -> None:
         """Stop watching ``root``; unknown roots are ignored."""
         with self._lock:
             self._remove_root(root)
-            self._refresh_native_roots()
 
     def supervise(self) -> None:
         """Re-watch roots whose observer or watch died, and roots that were missing.
@@ -345,7 +322,6 @@ class Watcher:
             for root in self._roots.values():
                 if root.mode is None:
                     self._try_schedule(root)
-            self._refresh_native_roots()
         self._flush()
 
     # -- internals; everything below runs under self._lock unless it says otherwise --
@@ -456,9 +432,6 @@ class Watcher:
             return False
         return any(emitter.watch == root.watch and emitter.is_alive() for emitter in list(observer.emitters))
 
-    def _refresh_native_roots(self) -> None:
-        self._native_roots = tuple(path for path, root in self._roots.items() if root.mode == "native")
-
     def _supervise_loop(self) -> None:
         """Runs on the supervisor thread until stop()."""
         while not self._stopping.wait(self._supervise_interval_s):
@@ -494,10 +467,3 @@ class Watcher:
                 # The emitter's own DirDeletedEvent can still sit in watchdog's queue, and
                 # unscheduling drops it: say it again (a duplicate delete is harmless).
                 self._outbox.append(FileEvent(EventKind.DELETED, root.scope.root))
-
-    def _on_overflow(self) -> None:
-        """Runs on watchdog's inotify thread, without the lock."""
-        roots = self._native_roots
-        log.warning("inotify_overflow", roots=[str(root) for root in roots], action="rescanning")
-        for root in roots:
-            _deliver(self._sink, FileEvent(EventKind.RESCAN, root))

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from support import Daemon, wait_for, write_config
 
 from daemon.service.sdnotify import Notifier
@@ -72,9 +73,16 @@ def test_without_notify_socket_it_is_a_no_op(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_a_dead_socket_is_logged_not_raised(tmp_path: Path) -> None:
-    n = Notifier(str(tmp_path / "nobody-listens.sock"))
-    n.ready("x")  # must not raise
+    address = str(tmp_path / "nobody-listens.sock")
+    n = Notifier(address)
+    with structlog.testing.capture_logs() as logs:
+        n.ready("x")  # must not raise
     n.close()
+    failed = [e for e in logs if e["event"] == "sd_notify_failed"]
+    assert len(failed) == 1, logs
+    assert failed[0]["socket"] == address
+    assert failed[0]["log_level"] == "warning"
+    assert failed[0]["reason"]
 
 
 def test_daemon_reports_ready_status_and_stopping(
