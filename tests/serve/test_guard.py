@@ -404,3 +404,41 @@ def stat_is_socket(path: Path) -> bool:
     import stat
 
     return stat.S_ISSOCK(path.lstat().st_mode)
+
+
+def test_a_flood_of_distinct_hosts_logs_a_bounded_number_of_lines() -> None:
+    """A page can make up names (x1.attacker.example, x2...): the log stops growing."""
+    import asyncio
+
+    from daemon.serve.guard import MAX_LOGGED, WebGuard
+
+    async def never(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("a refused request reached the app")
+
+    guard = WebGuard(never, tcp_policy("127.0.0.1", 8765))  # type: ignore[arg-type]
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def sent(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(int(message["status"]))  # type: ignore[call-overload]
+
+    async def flood() -> None:
+        for i in range(MAX_LOGGED + 100):
+            scope = {
+                "type": "http",
+                "method": "GET",
+                "path": "/healthz",
+                "headers": [(b"host", b"x%d.a.example" % i)],
+            }
+            await guard(scope, receive, sent)  # type: ignore[arg-type]
+
+    with capture_logs() as logs:
+        asyncio.run(flood())
+    assert statuses == [421] * (MAX_LOGGED + 100)
+    assert len([e for e in logs if e["event"] == "api_host_refused"]) == MAX_LOGGED
+    assert [e["event"] for e in logs if e["event"] == "api_refusals_not_logged"] == [
+        "api_refusals_not_logged"
+    ]
