@@ -18,13 +18,14 @@ import math
 import os
 import socket
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePath
 from types import MappingProxyType
 
 from daemon.errors import ConfigError
+from daemon.webnames import canonical_host, canonical_origin
 
 _MIB = 1024 * 1024
 LOG_FORMATS = ("auto", "json", "console")
@@ -66,6 +67,8 @@ DEFAULTS: Mapping[str, Mapping[str, object]] = MappingProxyType(
                 "allow_remote": False,
                 "max_body_bytes": 1_048_576,
                 "max_connections": 512,
+                "allowed_hosts": (),
+                "allowed_origins": (),
             }
         ),
     }
@@ -214,6 +217,8 @@ class ServeConfig:
     allow_remote: bool = False
     max_body_bytes: int = 1_048_576
     max_connections: int = 512
+    allowed_hosts: tuple[str, ...] = ()  # more Host names TCP answers ("name" or "name:port")
+    allowed_origins: tuple[str, ...] = ()  # web pages let in ("scheme://host[:port]"), with CORS
 
     @property
     def enabled(self) -> bool:
@@ -421,6 +426,8 @@ def _parse_serve(raw: object, base: Path, store: Path) -> ServeConfig:
         allow_remote=allow_remote,
         max_body_bytes=table.integer("max_body_bytes", minimum=1024),
         max_connections=table.integer("max_connections", minimum=1),
+        allowed_hosts=table.strings("allowed_hosts", canonical_host),
+        allowed_origins=table.strings("allowed_origins", canonical_origin),
     )
 
 
@@ -610,6 +617,21 @@ class _Table:
         except RuntimeError as exc:
             raise ConfigError(field, written, f"cannot expand '~': {exc}") from exc
         return written, _absolute(self._base / expanded)
+
+    def strings(self, key: str, canonical: Callable[[str], str]) -> tuple[str, ...]:
+        """An array of strings, each put in ``canonical`` form (its ValueError names the item)."""
+        field, value = self._get(key)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(field, value, "must be an array of strings")
+        out = []
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfigError(f"{field}[{index}]", item, f"must be a string, not {_type_name(item)}")
+            try:
+                out.append(canonical(item))
+            except ValueError as exc:
+                raise ConfigError(f"{field}[{index}]", item, str(exc)) from None
+        return tuple(out)
 
     def patterns(self, key: str, *, allow_empty: bool) -> tuple[str, ...]:
         field, value = self._get(key)

@@ -425,6 +425,23 @@ def test_serve_socket_and_tcp_are_parsed_relative_and_can_be_turned_off() -> Non
         ({"socket": "/" + "s" * 120}, "serve.socket", "107 bytes"),
         ({"max_body_bytes": 10}, "serve.max_body_bytes", ">= 1024"),
         ({"port": 1}, "serve.port", "unknown key"),
+        ({"allowed_hosts": "myhost"}, "serve.allowed_hosts", "array of strings"),
+        ({"allowed_hosts": ["ok", 3]}, "serve.allowed_hosts[1]", "must be a string"),
+        ({"allowed_hosts": ["http://myhost"]}, "serve.allowed_hosts[0]", "without a scheme"),
+        ({"allowed_hosts": ["myhost/x"]}, "serve.allowed_hosts[0]", "host name"),
+        ({"allowed_hosts": ["me@myhost"]}, "serve.allowed_hosts[0]", "user"),
+        ({"allowed_hosts": ["myhost:0"]}, "serve.allowed_hosts[0]", "1 to 65535"),
+        ({"allowed_hosts": ["myhost:http"]}, "serve.allowed_hosts[0]", "1 to 65535"),
+        ({"allowed_hosts": ["::1"]}, "serve.allowed_hosts[0]", "1 to 65535"),
+        ({"allowed_hosts": ["[::g]"]}, "serve.allowed_hosts[0]", "not an IPv6 address"),
+        ({"allowed_hosts": [""]}, "serve.allowed_hosts[0]", "host name"),
+        ({"allowed_hosts": ["bücher.lan"]}, "serve.allowed_hosts[0]", "punycode"),
+        ({"allowed_origins": ["*"]}, "serve.allowed_origins[0]", "any page"),
+        ({"allowed_origins": ["null"]}, "serve.allowed_origins[0]", "any page"),
+        ({"allowed_origins": ["localhost:3000"]}, "serve.allowed_origins[0]", "scheme://host[:port]"),
+        ({"allowed_origins": ["http://app.example/"]}, "serve.allowed_origins[0]", "no path"),
+        ({"allowed_origins": ["http://"]}, "serve.allowed_origins[0]", "no path"),
+        ({"allowed_origins": ["ok", "http://a:99999"]}, "serve.allowed_origins[0]", "scheme://"),
     ],
 )
 def test_serve_errors_name_the_key(serve: dict[str, Any], field: str, reason: str) -> None:
@@ -443,6 +460,21 @@ def test_remote_tcp_with_a_token_is_allowed() -> None:
         Path("/s"),
     )
     assert cfg.serve.tcp == ("0.0.0.0", 8765) and cfg.serve.allow_remote
+
+
+def test_allowed_hosts_and_origins_are_kept_as_a_browser_writes_them() -> None:
+    serve = parse_config(
+        minimal(
+            serve={
+                "allowed_hosts": ["Embedd.LAN", "box.internal:9000", "[0:0::1]:8765", "10.0.0.2"],
+                "allowed_origins": ["HTTP://App.Example:3000", "https://search.example:443", "http://x:80"],
+            }
+        ),
+        Path("/s"),
+    ).serve
+    assert serve.allowed_hosts == ("embedd.lan", "box.internal:9000", "[::1]:8765", "10.0.0.2")
+    assert serve.allowed_origins == ("http://app.example:3000", "https://search.example", "http://x")
+    assert parse_config(minimal(), Path("/s")).serve.allowed_hosts == ()
 
 
 # --- document extraction -----------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,9 +300,7 @@ def convert(
     model_name = name or _model_name(src)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temp(out)
     try:
         direct: OutType = "f16" if out_type == "q8_0" else out_type
         writer = gguf.GGUFWriter(str(tmp), "bert")
@@ -374,6 +372,22 @@ def convert(
     return ConvertResult(
         path=out, out_type=out_type, pooling=pooling, tensors=expected, bytes=out.stat().st_size
     )
+
+
+def _create_temp(out: Path) -> Path:
+    """A new empty file beside ``out`` with mode 0666 less the umask (0644 as a rule), as other tools write.
+
+    Not ``mkstemp``: its 0600 would survive the rename, and the service's user could not read
+    a model another user built. The kernel applies the umask; reading it would race other threads.
+    """
+    for _ in range(100):
+        tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise ConversionError(out, "cannot create a temporary file beside it: every name tried exists")
 
 
 def _model_name(src: Path) -> str:

@@ -4,13 +4,17 @@ The daemon's main thread owns the signals, so uvicorn runs in a background threa
 installs no signal handlers) with one asyncio loop for every listener. We bind the sockets
 ourselves, so a failure names the path or port and happens before anything else starts:
 
-- the socket is created with mode 0660 (the umask is narrowed around ``bind``, so it never
-  exists with wider permissions), in a folder created if missing;
+- the socket is bound in a private folder (0700) beside its path, given mode 0660 there and
+  then linked into place, so it is never reachable with wider permissions, and the
+  process-wide umask is never touched (other threads are running); the folder is created if
+  missing;
 - a socket file left by a crash (nobody accepts on it) is replaced; one a live process
   answers on is an error naming it; anything else at that path is never removed;
 - TCP binds what the configuration says, which ``daemon.config`` allows off loopback only
   with ``allow_remote`` and a token; with ``token_file`` every TCP request but /healthz needs
-  ``Authorization: Bearer <token>`` (the socket is guarded by its file permissions).
+  ``Authorization: Bearer <token>`` (the socket is guarded by its file permissions);
+- in front of each listener's app, ``guard.WebGuard`` answers only requests whose ``Host``
+  names the listener and that come from no other web page (``Origin``), before the token.
 
 Limits: ``max_connections`` per listener (uvicorn answers 503 beyond), a 10 s deadline for a
 request's head (uvicorn has none: a client trickling its headers would hold a connection
@@ -25,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import glob
 import logging
 import os
 import socket
 import stat
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +49,7 @@ from daemon.config import ServeConfig
 from daemon.errors import ServeError
 from daemon.log import display_path
 from daemon.serve.app import Backend, build_app
+from daemon.serve.guard import WebGuard, socket_policy, tcp_policy
 
 log = structlog.get_logger("embedd")
 
@@ -50,7 +57,7 @@ SOCKET_MODE = 0o660
 HEADER_TIMEOUT_S = 10.0
 GRACEFUL_S = 10
 BACKLOG = 1024
-_umask_lock = threading.Lock()
+MAX_SOCKET_ADDRESS = 107  # bytes of sun_path without its NUL
 
 
 class HeaderDeadlineH11Protocol(H11Protocol):
@@ -108,21 +115,70 @@ def bind_unix(path: Path, *, mode: int = SOCKET_MODE, backlog: int = BACKLOG) ->
     except OSError as exc:
         raise ServeError(f"cannot create the socket's folder {path.parent}: {exc.strerror or exc}") from exc
     _remove_stale(path)
+    _remove_private_folders(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    private: Path | None = None
     try:
-        with _umask_lock:
-            old = os.umask(0o777 & ~mode)
-            try:
-                sock.bind(os.fsencode(path))
-            finally:
-                os.umask(old)
-        path.chmod(mode)
+        # bind creates the socket with 0777 & ~umask; in a 0700 folder of ours nobody else can
+        # reach it until chmod has narrowed it, and no thread's umask is changed.
+        private = Path(tempfile.mkdtemp(prefix=f".{path.name}.bind-", dir=path.parent))
+        staged = private / "s"
+        _bind_in(sock, staged)
+        staged.chmod(mode)
+        # link, not rename: it fails when something took the path meanwhile (as bind would),
+        # instead of replacing another server's socket.
+        _link_into_place(staged, path)
         sock.listen(backlog)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
         raise ServeError(f"cannot listen on the socket {display_path(path)}: {exc.strerror or exc}") from exc
+    finally:
+        if private is not None:
+            _remove_folder(private)
     return sock
+
+
+def _link_into_place(staged: Path, path: Path) -> None:
+    try:
+        os.link(staged, path)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        staged.rename(path)  # a file system without hard links
+
+
+def _bind_in(sock: socket.socket, staged: Path) -> None:
+    """Bind ``sock`` at ``staged``, through /proc/self/fd when the path is too long for sun_path."""
+    address = os.fsencode(staged)
+    if len(address) <= MAX_SOCKET_ADDRESS:
+        sock.bind(address)
+        return
+    # The private folder made a path the configuration allowed too long: name the folder by
+    # its descriptor instead (Linux resolves /proc/self/fd/N to the folder itself).
+    fd = os.open(staged.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        sock.bind(f"/proc/self/fd/{fd}/{staged.name}".encode())
+    finally:
+        os.close(fd)
+
+
+def _remove_folder(folder: Path) -> None:
+    """Remove a private bind folder and the staged socket in it; never anything else."""
+    with contextlib.suppress(OSError):
+        for entry in folder.iterdir():
+            if stat.S_ISSOCK(entry.lstat().st_mode):
+                entry.unlink()
+        folder.rmdir()
+
+
+def _remove_private_folders(path: Path) -> None:
+    """Private bind folders a crash left beside ``path`` (ours: same owner, only a socket inside)."""
+    with contextlib.suppress(OSError):
+        for folder in path.parent.glob(f".{glob.escape(path.name)}.bind-*"):
+            st = folder.lstat()
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+                _remove_folder(folder)
 
 
 def _remove_stale(path: Path) -> None:
@@ -233,13 +289,19 @@ class ApiServer:
             if serve.socket is not None:
                 sock = bind_unix(serve.socket)
                 self._socket_ino = serve.socket.stat().st_ino
-                self._add(sock, build_app(self._backend, max_body_bytes=serve.max_body_bytes))
+                app = build_app(self._backend, max_body_bytes=serve.max_body_bytes)
+                policy = socket_policy(str(serve.socket), allowed_origins=serve.allowed_origins)
+                self._add(sock, WebGuard(app, policy))
                 self.listeners.append(Listener("socket", str(serve.socket)))
             if serve.tcp is not None:
                 sock = bind_tcp(*serve.tcp)
-                app = build_app(self._backend, max_body_bytes=serve.max_body_bytes, token=token)
-                self._add(sock, app)
                 host, port = sock.getsockname()[:2]
+                app = build_app(self._backend, max_body_bytes=serve.max_body_bytes, token=token)
+                # The guard goes outside the token check: a refused page learns nothing, not even 401.
+                policy = tcp_policy(
+                    host, port, allowed_hosts=serve.allowed_hosts, allowed_origins=serve.allowed_origins
+                )
+                self._add(sock, WebGuard(app, policy))
                 self.listeners.append(
                     Listener("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
                 )

@@ -225,3 +225,30 @@ def test_cli_model_build_bad_source_exits_3(tmp_path: Path, cli_env: dict[str, s
     proc = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 3
     assert "missing config.json" in proc.stderr
+
+
+@pytest.mark.parametrize(("umask", "mode"), [("022", 0o644), ("027", 0o640)])
+def test_cli_model_build_writes_the_model_as_the_umask_says(
+    tmp_path: Path, cli_env: dict[str, str], umask: str, mode: int
+) -> None:
+    """Found in issue 18: mkstemp's 0600 survived the rename, so a model built by one user could
+    not be read by the service's. The umask is set in the child's shell (a test changing its own
+    would race other threads)."""
+    out = tmp_path / "models" / "all-MiniLM-L6-v2.gguf"
+    kind = "f32" if umask == "022" else "f16"
+    build = f'umask {umask} && exec "$0" -m daemon.cli model build --type {kind} --out "$1"'
+    proc = subprocess.run(
+        ["sh", "-c", build, sys.executable, str(out)],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    typed = out.with_name(f"all-MiniLM-L6-v2.{kind}.gguf")
+    assert out.is_symlink() and out.resolve() == typed
+    assert typed.stat().st_mode & 0o7777 == mode
+    assert out.stat().st_mode & 0o7777 == mode  # through the link
+    check_gguf(out)
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, typed.name])  # no temp left
