@@ -1,7 +1,11 @@
 """Text units -> chunks: recursive character splitting, each chunk with its content hash.
 
 Splitting happens per unit, so a chunk never spans two PDF pages, two slides or two sections
-of a structured document. When a token
+of a structured document, with one exception: a piece that is only its section's heading (an
+empty section, a heading the splitter cut off from a long first paragraph) matches queries and
+carries nothing, so it is joined to the text after it, which keeps its own section path (the
+deeper one, for a heading straight above a subsection); a heading with no text after it in the
+file joins the chunk before it. Pieces never join across pages. When a token
 budget is given, a chunk over it is split again at half the character size
 (recursively, down to single characters) instead of being truncated: nothing
 the user wrote is silently dropped.
@@ -18,6 +22,7 @@ from typing import Protocol
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from daemon.errors import TextTooLongError
+from daemon.ingest.sections import SEPARATOR, one_line
 from daemon.ingest.units import TextUnit
 
 
@@ -82,6 +87,70 @@ def _fit_tokens(
     ]
 
 
+def _path_titles(section: str | None) -> set[str]:
+    """The heading titles of a path ``"# A > ## B"``: ``{"A", "B"}``."""
+    if not section:
+        return set()
+    return {part.lstrip("#").strip() for part in section.split(SEPARATOR)}
+
+
+def _is_heading_only(piece: str, section: str | None) -> bool:
+    """Whether every line of ``piece`` is a heading of ``section``'s path (or its underline).
+
+    Markdown keeps a heading verbatim (``## B``, or a setext title with its ``===`` line), reST
+    under- and overlines it, the other formats give its text alone; all of them reduce to the
+    titles the path names.
+    """
+    titles = _path_titles(section)
+    if not titles:
+        return False
+    for raw in piece.split("\n"):
+        line = raw.strip()
+        if not line or (len(set(line)) == 1 and not line[0].isalnum()):
+            continue  # blank, or an underline such as ===, ---, ~~~
+        if one_line(line.strip("#").strip()) not in titles:
+            return False
+    return True
+
+
+def _pieces(units: Sequence[TextUnit], size: int, overlap: int) -> list[tuple[str, TextUnit]]:
+    """Every unit split at ``size``, heading-only pieces joined to the text they head.
+
+    Within one unit the joined piece is the unit's own text from the heading to the end of the
+    piece (whatever lay between them); across units (an empty section) the two are joined by a
+    blank line.
+    """
+    pieces: list[tuple[str, TextUnit]] = []
+    # A heading waiting for the text below it: its text, unit and offset in that unit.
+    pending: tuple[str, TextUnit, int] | None = None
+    for unit in units:
+        cursor = 0
+        for split in _split(unit.text, size, overlap):
+            piece = split
+            found = unit.text.find(piece, cursor)
+            start = found if found >= 0 else cursor
+            cursor = start + 1
+            if pending is not None and pending[1] is unit and found >= 0:
+                piece = unit.text[pending[2] : start + len(piece)]
+                start = pending[2]
+            elif pending is not None and pending[1].page == unit.page:
+                piece = pending[0] + "\n\n" + piece
+            elif pending is not None:
+                pieces.append(pending[:2])  # nothing of its page follows it: it stays alone
+            pending = None
+            if _is_heading_only(piece, unit.section):
+                pending = (piece, unit, start)
+            else:
+                pieces.append((piece, unit))
+    if pending is not None:
+        if pieces and pieces[-1][1].page == pending[1].page:
+            text, unit = pieces[-1]
+            pieces[-1] = (text + "\n\n" + pending[0], unit)
+        else:
+            pieces.append(pending[:2])  # a file that is a heading and nothing else keeps it
+    return pieces
+
+
 def chunk_units(
     units: Sequence[TextUnit],
     *,
@@ -107,23 +176,22 @@ def chunk_units(
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
 
     chunks: list[Chunk] = []
-    for unit in units:
-        for piece in _split(unit.text, size, overlap):
-            fitted: list[tuple[str, int | None]] = (
-                [(piece, None)]
-                if count_tokens is None or max_tokens is None
-                else list(_fit_tokens(piece, size, overlap, count_tokens, max_tokens))
-            )
-            for text, tokens in fitted:
-                digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-                chunks.append(
-                    Chunk(
-                        text=text,
-                        page=unit.page,
-                        index=len(chunks),
-                        hash=digest,
-                        tokens=tokens,
-                        section=unit.section,
-                    )
+    for piece, unit in _pieces(units, size, overlap):
+        fitted: list[tuple[str, int | None]] = (
+            [(piece, None)]
+            if count_tokens is None or max_tokens is None
+            else list(_fit_tokens(piece, size, overlap, count_tokens, max_tokens))
+        )
+        for text, tokens in fitted:
+            digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+            chunks.append(
+                Chunk(
+                    text=text,
+                    page=unit.page,
+                    index=len(chunks),
+                    hash=digest,
+                    tokens=tokens,
+                    section=unit.section,
                 )
+            )
     return chunks
