@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Protocol
 
@@ -32,9 +32,10 @@ class Chunk:
 
     ``index`` is the chunk's position in the file across all pages (0-based,
     contiguous); ``page`` and ``section`` are its unit's; ``hash`` is the sha256 hex digest
-    of ``text`` in UTF-8; ``tokens`` is what the text costs the model (special tokens
-    included) when a token counter was given, so nobody downstream tokenizes it again just
-    to count, and None otherwise (it takes no part in equality: it follows from the text).
+    of the text embedded (``embedded`` if set, else ``text``) in UTF-8; ``tokens`` is what
+    that text costs the model (special tokens included) when a token counter was given, so
+    nobody downstream tokenizes it again just to count, and None otherwise (it takes no part
+    in equality: it follows from the text).
     """
 
     text: str
@@ -43,6 +44,9 @@ class Chunk:
     hash: str
     tokens: int | None = field(default=None, compare=False)
     section: str | None = None
+    # What the model embeds when it is not ``text`` (``with_context``); ``hash`` and ``tokens``
+    # are then this text's, so the vector it keys is never shared with the bare text's.
+    embedded: str | None = None
 
 
 class TokenCounter(Protocol):
@@ -195,3 +199,56 @@ def chunk_units(
                 )
             )
     return chunks
+
+
+def context_of(section: str | None, title: str | None) -> str:
+    """The context prefix's line: the document's title, then the heading path's titles."""
+    parts = [title] if title else []
+    if section:
+        parts += [part.lstrip("#").strip() for part in section.split(SEPARATOR)]
+    return " > ".join(p for p in parts if p)
+
+
+def embedding_input(text: str, section: str | None, title: str | None) -> str:
+    """What ``[chunking] context_prefix`` embeds for a chunk: ``"<context>\n\n<text>"``.
+
+    A chunk that begins with its own heading already says it (the first chunk of a section),
+    and a chunk without title or section has no context: both are embedded as they are. That
+    is the variant ``bench/context_prefix.py`` measured.
+    """
+    context = context_of(section, title)
+    if not context:
+        return text
+    if section:
+        first = text.lstrip().split("\n", 1)[0].strip().lstrip("#").strip()
+        if first == section.split(SEPARATOR)[-1].lstrip("#").strip():
+            return text
+    return f"{context}\n\n{text}"
+
+
+def with_context(
+    chunks: Sequence[Chunk],
+    title: str | None,
+    *,
+    count_tokens: TokenCounter | None = None,
+    max_tokens: int | None = None,
+) -> list[Chunk]:
+    """``chunks`` with the context prefix in what is embedded (``content`` stays the chunk's text).
+
+    The hash becomes the embedded text's: two chunks with the same words under different
+    sections get different vectors. A chunk the prefix would push over ``max_tokens`` is
+    embedded as it is (nothing is cut).
+    """
+    out = []
+    for chunk in chunks:
+        embedded = embedding_input(chunk.text, chunk.section, title)
+        if embedded == chunk.text:
+            out.append(chunk)
+            continue
+        tokens = count_tokens(embedded) if count_tokens is not None else None
+        if tokens is not None and max_tokens is not None and tokens > max_tokens:
+            out.append(chunk)
+            continue
+        digest = hashlib.sha256(embedded.encode("utf-8")).hexdigest()
+        out.append(replace(chunk, hash=digest, tokens=tokens, embedded=embedded))
+    return out
