@@ -7,11 +7,12 @@ A chunk that does not begin with its own heading (the second and later chunks of
 section) loses the words of its heading; the prefix gives them back to the embedding only
 (``content`` stays the chunk's text). For each collection's store (``bench/data/work/<name>``,
 built by the real daemon, with the daemon stopped) the study embeds, in this process with the
-same model, ``"<section path titles>\\n\\n<chunk>"`` for every chunk that does not start with its
-heading, keeps the stored vector for the others, and ranks both variants the same way: cosine
-against the query's vector (embedded here), a document at its best chunk. The unprefixed
-variant reproduces the daemon's vector figures, a check that the offline ranking is the
-daemon's.
+same model, what the daemon embeds with ``[chunking] context_prefix = true``
+(``daemon.ingest.chunker.embedding_input``: ``"<title> > <section path>\\n\\n<chunk>"`` for
+every chunk that does not start with a heading of its path), keeps the stored vector for the
+others, and ranks both variants the same way: cosine against the query's vector (embedded
+here), a document at its best chunk. The unprefixed variant reproduces the daemon's vector
+figures, a check that the offline ranking is the daemon's.
 """
 
 from __future__ import annotations
@@ -31,22 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder  # noqa: E402
-from daemon.ingest.sections import SEPARATOR  # noqa: E402
-
-
-def prefix_of(section: str | None, title: str | None) -> str:
-    """The context a chunk's vector gets: the document's title and the heading path, one line."""
-    parts = [title] if title else []
-    if section:
-        parts += [p.lstrip("#").strip() for p in section.split(SEPARATOR)]
-    return " > ".join(parts)
-
-
-def starts_with_heading(content: str, section: str | None) -> bool:
-    if not section:
-        return False
-    first = content.lstrip().split("\n", 1)[0].strip().lstrip("#").strip()
-    return first == section.split(SEPARATOR)[-1].lstrip("#").strip()
+from daemon.ingest.chunker import embedding_input  # noqa: E402
 
 
 def read_store(path: Path) -> tuple[list[str], list[str], list[str | None], list[str | None], np.ndarray]:
@@ -78,16 +64,13 @@ def study(name: str, embedder: LlamaEmbedder) -> dict[str, object]:
     sources, contents, sections, titles, matrix = read_store(
         DATA / "work" / name / "data" / "embeddings.json"
     )
-    todo = [
-        i
-        for i in range(len(contents))
-        if prefix_of(sections[i], titles[i]) and not starts_with_heading(contents[i], sections[i])
-    ]
+    # The daemon's own rule (``[chunking] context_prefix``): what it would embed for each chunk.
+    inputs = [embedding_input(contents[i], sections[i], titles[i]) for i in range(len(contents))]
+    todo = [i for i in range(len(contents)) if inputs[i] != contents[i]]
     prefixed = matrix.copy()
     for b in range(0, len(todo), 64):
         batch = todo[b : b + 64]
-        texts = [prefix_of(sections[i], titles[i]) + "\n\n" + contents[i] for i in batch]
-        prefixed[batch] = embedder.embed(texts)
+        prefixed[batch] = embedder.embed([inputs[i] for i in batch])
     qids = list(qrels)
     qvecs = embedder.embed([queries[q] for q in qids])
     plain = {q: rank(matrix, sources, qvecs[j]) for j, q in enumerate(qids)}

@@ -212,17 +212,18 @@ def context_of(section: str | None, title: str | None) -> str:
 def embedding_input(text: str, section: str | None, title: str | None) -> str:
     """What ``[chunking] context_prefix`` embeds for a chunk: ``"<context>\n\n<text>"``.
 
-    A chunk that begins with its own heading already says it (the first chunk of a section),
+    A chunk that begins with a heading of its path already says it (the first chunk of a section),
     and a chunk without title or section has no context: both are embedded as they are. That
     is the variant ``bench/context_prefix.py`` measured.
     """
     context = context_of(section, title)
     if not context:
         return text
-    if section:
-        first = text.lstrip().split("\n", 1)[0].strip().lstrip("#").strip()
-        if first == section.split(SEPARATOR)[-1].lstrip("#").strip():
-            return text
+    # A chunk that opens with a heading of its path (its own, or the parent directly above it)
+    # is the start of its section and already says where it is.
+    first = text.lstrip().split("\n", 1)[0].strip().lstrip("#").strip()
+    if first in _path_titles(section):
+        return text
     return f"{context}\n\n{text}"
 
 
