@@ -129,11 +129,14 @@ def search(c: httpx.Client, query: str, mode: str | None) -> tuple[dict[str, flo
     r = c.post("/v1/search", json=body)
     if r.status_code != 200:
         return None, r.text[:200]
+    # In a mode of its own a list's score is that retriever's (search-core's hits name both).
+    field = {"vector": "vector_score", "keyword": "keyword_score"}.get(mode or "vector", "score")
     scores: dict[str, float] = {}
     for hit in r.json()["results"]:
         doc = doc_of(hit["source"])
         if doc not in scores:  # hits come best first: the first chunk of a document is its best
-            scores[doc] = float(hit["score"])
+            value = hit.get(field)
+            scores[doc] = float(hit["score"] if value is None else value)
     return scores, ""
 
 
