@@ -43,7 +43,7 @@ DEFAULTS: Mapping[str, Mapping[str, object]] = MappingProxyType(
                 "gpu_layers": 0,
             }
         ),
-        "chunking": MappingProxyType({"size": 500, "overlap": 50}),
+        "chunking": MappingProxyType({"size": 500, "overlap": 50, "context_prefix": False}),
         "store": MappingProxyType({"path": "data/embeddings.json"}),
         "daemon": MappingProxyType(
             {
@@ -127,10 +127,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ChunkingConfig:
-    """Chunk size and overlap, in characters."""
+    """Chunk size and overlap, in characters; whether the embedded text gets a context prefix."""
 
     size: int
     overlap: int
+    context_prefix: bool = False
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,7 @@ def parse_config(data: Mapping[str, object], base_dir: Path, *, source_path: Pat
         chunking=ChunkingConfig(
             size=chunking.integer("size", minimum=1),
             overlap=chunking.integer("overlap", minimum=0),
+            context_prefix=chunking.boolean("context_prefix"),
         ),
         store=StoreConfig(path=store_path),
         watches=_parse_watches(data.get("watch"), base),

@@ -49,6 +49,8 @@ COMMENTS: Mapping[str, Mapping[str, str]] = {
         "": "How files are split before embedding.",
         "size": "Chunk length in characters.",
         "overlap": "Characters shared by neighbouring chunks; must be less than size.",
+        "context_prefix": "Embed a chunk with its title and section path before it (changes the "
+        "vectors: needs --reembed on an existing store).",
     },
     "store": {
         "": "The JSON embedding store, rewritten atomically.",

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from daemon.commands.output import print_json
 from daemon.config import Config
 from daemon.errors import StoreCorruptError
+from daemon.ingest.chunker import embedding_input
 from daemon.ingest.extract import extraction_version, format_of
 from daemon.store.format import FileState, Fingerprint, content_hash
 from daemon.store.store import Store
@@ -183,11 +184,15 @@ def _check_entries(store: Store) -> list[Difference]:
     for entry in store.iter_entries():
         ids[entry.id] += 1
         positions[(entry.source, entry.chunk)] += 1
-        if content_hash(entry.content) != entry.hash:
+        if entry.hash not in (
+            content_hash(entry.content),
+            content_hash(embedding_input(entry.content, entry.section, entry.title)),
+        ):
             out.append(
                 Difference(
                     "hash_mismatch",
-                    f"chunk {entry.chunk}: metadata hash {entry.hash[:16]}… is not the sha256 of its content",
+                    f"chunk {entry.chunk}: metadata hash {entry.hash[:16]}… is not the sha256 of its content"
+                    " (nor of its content with the context prefix)",
                     entry.source,
                 )
             )

@@ -43,10 +43,11 @@ class Format:
 # Version 1 is how every file was read before formats had versions: as text, a PDF by pypdf.
 # A format that reads its files differently starts at 2, so a file an older embedd read as
 # text (a Markdown file in one piece, an HTML page with its tags, if `include` selected it) is
-# indexed again; any later change to a format's text or splitting adds one.
+# indexed again; any later change to a format's text or splitting adds one. Version 3 of the
+# formats with headings joins a chunk that is only a heading to the text it heads (chunker).
 TEXT = Format("text", sandboxed=False)
-MARKDOWN = Format("markdown", sandboxed=False, version=2)
-HTML = Format("html", sandboxed=True, version=2)
+MARKDOWN = Format("markdown", sandboxed=False, version=3)
+HTML = Format("html", sandboxed=True, version=3)
 FORMATS: dict[str, Format] = {
     ".md": MARKDOWN,
     ".markdown": MARKDOWN,
@@ -54,11 +55,11 @@ FORMATS: dict[str, Format] = {
     ".html": HTML,
     ".htm": HTML,
     ".xhtml": HTML,
-    ".docx": Format("docx", sandboxed=True, version=2),
+    ".docx": Format("docx", sandboxed=True, version=3),
     ".pptx": Format("pptx", sandboxed=True, version=2),
-    ".odt": Format("odt", sandboxed=True, version=2),
-    ".epub": Format("epub", sandboxed=True, version=2),
-    ".rst": Format("rst", sandboxed=True, version=2),
+    ".odt": Format("odt", sandboxed=True, version=3),
+    ".epub": Format("epub", sandboxed=True, version=3),
+    ".rst": Format("rst", sandboxed=True, version=3),
 }
 """File suffix (lower case) -> its format; any other suffix is read as text."""
 

@@ -17,7 +17,7 @@ import structlog
 
 from daemon.embed.embedder import Embedder, FloatMatrix
 from daemon.errors import EmbedError, IndexingInterrupted
-from daemon.ingest.chunker import Chunk, chunk_units
+from daemon.ingest.chunker import Chunk, chunk_units, with_context
 from daemon.ingest.extract import ExtractLimits, extract
 from daemon.store.store import FileState, NewEntry, Store
 
@@ -44,10 +44,11 @@ class IndexResult:
 
 @dataclass(frozen=True)
 class ChunkingParams:
-    """Chunk size and overlap in characters."""
+    """Chunk size and overlap in characters; whether embedded texts get the context prefix."""
 
     size: int
     overlap: int
+    context_prefix: bool = False
 
 
 class Pipeline:
@@ -94,6 +95,13 @@ class Pipeline:
             count_tokens=self.embedder.count_tokens,
             max_tokens=self.embedder.max_tokens,
         )
+        if self.chunking.context_prefix:
+            chunks = with_context(
+                chunks,
+                extracted.title,
+                count_tokens=self.embedder.count_tokens,
+                max_tokens=self.embedder.max_tokens,
+            )
         known: dict[str, tuple[np.ndarray, int]] = {}
         missing: list[Chunk] = []
         seen_missing: set[str] = set()
@@ -150,7 +158,7 @@ class Pipeline:
             if should_stop is not None and should_stop():
                 raise IndexingInterrupted(f"{source}: stopped after {i} of {len(chunks)} new chunks")
             batch = chunks[i : i + self.batch_size]
-            texts = [c.text for c in batch]
+            texts = [c.embedded or c.text for c in batch]
             try:
                 vectors: FloatMatrix = self.embedder.embed(texts, tokens=[c.tokens for c in batch])
                 ok = list(zip(batch, vectors, strict=True))
@@ -159,7 +167,12 @@ class Pipeline:
                 ok = []
                 for chunk in batch:
                     try:
-                        ok.append((chunk, self.embedder.embed([chunk.text], tokens=[chunk.tokens])[0]))
+                        ok.append(
+                            (
+                                chunk,
+                                self.embedder.embed([chunk.embedded or chunk.text], tokens=[chunk.tokens])[0],
+                            )
+                        )
                     except EmbedError as exc:
                         quarantined += 1
                         log.warning(
@@ -173,7 +186,11 @@ class Pipeline:
             stamp = self._now_ms()
             for chunk, vector in ok:
                 out[chunk.hash] = (np.asarray(vector, dtype=np.float32), stamp)
-                tokens += chunk.tokens if chunk.tokens is not None else self.embedder.count_tokens(chunk.text)
+                tokens += (
+                    chunk.tokens
+                    if chunk.tokens is not None
+                    else self.embedder.count_tokens(chunk.embedded or chunk.text)
+                )
             if on_embedded is not None:
                 on_embedded(len(ok), len(chunks))
         return out, tokens, quarantined

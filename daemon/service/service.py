@@ -54,6 +54,7 @@ def fingerprint_for(config: Config, embedder: Embedder) -> Fingerprint:
         normalize=config.model.normalize,
         chunk_size=config.chunking.size,
         chunk_overlap=config.chunking.overlap,
+        context_prefix=config.chunking.context_prefix,
     )
 
 
@@ -119,7 +120,7 @@ class Service:
         self.pipeline = Pipeline(
             embedder,
             store,
-            ChunkingParams(config.chunking.size, config.chunking.overlap),
+            ChunkingParams(config.chunking.size, config.chunking.overlap, config.chunking.context_prefix),
             extract_limits(config),
         )
         self.debouncer = Debouncer(config.daemon.debounce_ms / 1000.0, clock=clock)

@@ -59,15 +59,25 @@ class Fingerprint:
     normalize: bool
     chunk_size: int
     chunk_overlap: int
+    # ``[chunking] context_prefix``: the vectors embed the title and section path before the text.
+    # Written only when on, so a store from before it existed keeps its bytes and matches "off".
+    context_prefix: bool = False
 
     def to_json(self) -> dict[str, object]:
         """The ``fingerprint`` object of the document."""
+        doc = self._fields()
+        if not self.context_prefix:
+            del doc["context_prefix"]
+        return doc
+
+    def _fields(self) -> dict[str, object]:
         return {
             "model_sha256": self.model_sha256,
             "pooling": self.pooling,
             "normalize": self.normalize,
             "chunk_size": self.chunk_size,
             "chunk_overlap": self.chunk_overlap,
+            "context_prefix": self.context_prefix,
         }
 
     @classmethod
@@ -81,13 +91,16 @@ class Fingerprint:
             return None
         if not (_is_int(size) and _is_int(overlap)):
             return None
-        return cls(sha, pooling, normalize, size, overlap)
+        prefix = raw.get("context_prefix", False)
+        if not isinstance(prefix, bool):
+            return None
+        return cls(sha, pooling, normalize, size, overlap, prefix)
 
     def differences(self, other: Fingerprint) -> list[str]:
         """Human-readable ``field: ours -> theirs`` for every field that differs."""
         out = []
-        for name, mine in self.to_json().items():
-            theirs = other.to_json()[name]
+        for name, mine in self._fields().items():
+            theirs = other._fields()[name]
             if mine != theirs:
                 out.append(f"{name}: {_short(mine)} -> {_short(theirs)}")
         return out

@@ -290,7 +290,7 @@ def test_a_store_from_before_keeps_working_and_only_markdown_is_indexed_again(
     assert [s for _, s in structure(store, "inbox/chess.md")][1] == "# Openings"
     assert joined(store, "inbox/tides.html") == "Tides\n\nSpring tides follow the new moon."
     assert titles(store, "inbox/tides.html") == {"Tides"}
-    assert store["files"]["inbox/chess.md"]["extraction"] == 2
-    assert store["files"]["inbox/notes.md"]["extraction"] == 2
+    assert store["files"]["inbox/chess.md"]["extraction"] == 3  # version 3: no heading-only chunks
+    assert store["files"]["inbox/notes.md"]["extraction"] == 3
     assert txt_before and txt_before[0]["content"] == entries_by_source(store, "inbox/notes.md")[0]["content"]
     assert cli(["verify", "--config", str(cfg)], cli_env).returncode == 0
