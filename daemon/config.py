@@ -67,8 +67,8 @@ DEFAULTS: Mapping[str, Mapping[str, object]] = MappingProxyType(
                 "allow_remote": False,
                 "max_body_bytes": 1_048_576,
                 "max_connections": 512,
-                "allowed_hosts": (),
-                "allowed_origins": (),
+                "allowed_hosts": None,  # None: none besides the listener's own names; a list of names
+                "allowed_origins": None,  # None: no web page; a list of origins
             }
         ),
     }
@@ -623,6 +623,8 @@ class _Table:
     def strings(self, key: str, canonical: Callable[[str], str]) -> tuple[str, ...]:
         """An array of strings, each put in ``canonical`` form (its ValueError names the item)."""
         field, value = self._get(key)
+        if value is None:  # the default: none
+            return ()
         if not isinstance(value, list | tuple):
             raise ConfigError(field, value, "must be an array of strings")
         out = []

@@ -93,6 +93,8 @@ COMMENTS: Mapping[str, Mapping[str, str]] = {
         "allow_remote": "Accept TCP connections from other machines (needs token_file).",
         "max_body_bytes": "Largest request body in bytes; a bigger one is refused with 413.",
         "max_connections": "Most open connections per listener; beyond that new requests get 503.",
+        "allowed_hosts": "More Host names TCP answers (behind a proxy); others get 421 (DNS rebinding).",
+        "allowed_origins": "Web pages let in, with CORS; any other page gets 403.",
     },
 }
 
@@ -153,7 +155,11 @@ def render(folders: Sequence[str], *, model_path: str | None = None, store_path:
             "[serve]",
             "serve",
             dict(DEFAULTS["serve"]),
-            computed={"socket": str(store.with_name(store.stem + ".sock"))},
+            computed={
+                "socket": str(store.with_name(store.stem + ".sock")),
+                "allowed_hosts": ["embedd.lan"],
+                "allowed_origins": ["http://localhost:3000"],
+            },
         )
     )
     parts.append(_OUTRO)
@@ -166,7 +172,7 @@ def _table(
     values: Mapping[str, object],
     *,
     commented: bool = True,
-    computed: Mapping[str, str] | None = None,
+    computed: Mapping[str, object] | None = None,
 ) -> str:
     """A table; a key whose default is computed (None) is shown commented out with its value."""
     comments = COMMENTS[name]
