@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
 import threading
@@ -56,27 +57,22 @@ class _Chroma(NamedTuple):
     httpx: Any
 
 
-_chroma: _Chroma | None = None
-
-
+@functools.cache
 def _load_chroma() -> _Chroma:
-    global _chroma
-    if _chroma is None:
-        import chromadb
-        import httpx
-        from chromadb.config import Settings
-        from chromadb.errors import ChromaError, NotFoundError
+    import chromadb
+    import httpx
+    from chromadb.config import Settings
+    from chromadb.errors import ChromaError, NotFoundError
 
-        # A server answers with ChromaError subclasses or fails in httpx; the embedded engine
-        # and the client's own checks raise ValueError or RuntimeError.
-        _chroma = _Chroma(
-            chromadb,
-            Settings,
-            NotFoundError,
-            (ChromaError, httpx.HTTPError, ValueError, RuntimeError, OSError),
-            httpx,
-        )
-    return _chroma
+    # A server answers with ChromaError subclasses or fails in httpx; the embedded engine
+    # and the client's own checks raise ValueError or RuntimeError.
+    return _Chroma(
+        chromadb,
+        Settings,
+        NotFoundError,
+        (ChromaError, httpx.HTTPError, ValueError, RuntimeError, OSError),
+        httpx,
+    )
 
 
 def _all(*terms: Where) -> Where:

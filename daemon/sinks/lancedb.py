@@ -15,6 +15,7 @@ versions older than ``KEEP_VERSIONS``, from ``flush`` and every ``OPTIMIZE_EVERY
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
@@ -53,19 +54,14 @@ class _Lance(NamedTuple):
     errors: tuple[type[BaseException], ...]
 
 
-_lance: _Lance | None = None
-
-
+@functools.cache
 def _load_lance() -> _Lance:
-    global _lance
-    if _lance is None:
-        import lancedb
-        import pyarrow as pa  # type: ignore[import-untyped]
+    import lancedb
+    import pyarrow as pa  # type: ignore[import-untyped]
 
-        # Lance's Rust errors arrive as ValueError (a missing table, a bad filter), OSError
-        # (the folder) or RuntimeError; pyarrow's as ArrowException.
-        _lance = _Lance(lancedb, pa, (ValueError, RuntimeError, OSError, pa.ArrowException))
-    return _lance
+    # Lance's Rust errors arrive as ValueError (a missing table, a bad filter), OSError
+    # (the folder) or RuntimeError; pyarrow's as ArrowException.
+    return _Lance(lancedb, pa, (ValueError, RuntimeError, OSError, pa.ArrowException))
 
 
 class LanceDBSink(BaseSink):

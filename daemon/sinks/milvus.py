@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import threading
@@ -78,24 +79,21 @@ class _Milvus(NamedTuple):
     errors: tuple[type[BaseException], ...]
 
 
-_milvus: _Milvus | None = None
 _lite_lock = threading.Lock()
 _lite_users: dict[str, int] = {}  # Milvus Lite folder -> open sinks using its in-process server
 
 
+@functools.cache
 def _load_milvus() -> _Milvus:
-    global _milvus
-    if _milvus is None:
-        import grpc  # type: ignore[import-untyped]
-        import pymilvus  # type: ignore[import-untyped]
-        from pymilvus.exceptions import MilvusException  # type: ignore[import-untyped]
+    import grpc  # type: ignore[import-untyped]
+    import pymilvus  # type: ignore[import-untyped]
+    from pymilvus.exceptions import MilvusException  # type: ignore[import-untyped]
 
-        # pymilvus logs every failed call with a traceback through its own stderr handler, and
-        # Milvus Lite logs a failed start the same way; we report both as sink_error events.
-        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
-        logging.getLogger("milvus_lite.server_manager").setLevel(logging.CRITICAL)
-        _milvus = _Milvus(pymilvus.MilvusClient, pymilvus.DataType, (MilvusException, grpc.RpcError, OSError))
-    return _milvus
+    # pymilvus logs every failed call with a traceback through its own stderr handler, and
+    # Milvus Lite logs a failed start the same way; we report both as sink_error events.
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    logging.getLogger("milvus_lite.server_manager").setLevel(logging.CRITICAL)
+    return _Milvus(pymilvus.MilvusClient, pymilvus.DataType, (MilvusException, grpc.RpcError, OSError))
 
 
 def _release_lite(path: str, *, held: bool = True) -> None:

@@ -13,6 +13,7 @@ UUID and back. The embedd properties live in the collection's metadata.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
@@ -48,24 +49,19 @@ class _Qdrant(NamedTuple):
     errors: tuple[type[BaseException], ...]
 
 
-_qdrant: _Qdrant | None = None
 _local_lock = threading.Lock()
 _local_clients: dict[str, tuple[Any, int]] = {}  # local folder -> (its one client here, sinks using it)
 
 
+@functools.cache
 def _load_qdrant() -> _Qdrant:
-    global _qdrant
-    if _qdrant is None:
-        import httpx
-        from qdrant_client import QdrantClient, models
-        from qdrant_client.http.exceptions import ApiException
+    import httpx
+    from qdrant_client import QdrantClient, models
+    from qdrant_client.http.exceptions import ApiException
 
-        # Local mode raises plain ValueError (a missing collection, a wrong dimension) and
-        # RuntimeError (the folder is open elsewhere); a server raises ApiException or httpx's.
-        _qdrant = _Qdrant(
-            QdrantClient, models, (ApiException, httpx.HTTPError, ValueError, RuntimeError, OSError)
-        )
-    return _qdrant
+    # Local mode raises plain ValueError (a missing collection, a wrong dimension) and
+    # RuntimeError (the folder is open elsewhere); a server raises ApiException or httpx's.
+    return _Qdrant(QdrantClient, models, (ApiException, httpx.HTTPError, ValueError, RuntimeError, OSError))
 
 
 class QdrantSink(BaseSink):
