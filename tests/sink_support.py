@@ -22,7 +22,7 @@ import pytest
 from support import Daemon, read_store, wait_for
 
 from daemon.config import SinkConfig, load_config
-from daemon.sinks.base import BaseSink, SinkRow, fingerprint_digest, row_id
+from daemon.sinks.base import Sink, SinkRow, fingerprint_digest, row_id
 from daemon.sinks.queue import SinkQueue, queue_path
 from daemon.sinks.registry import open_sink
 
@@ -69,7 +69,7 @@ def make_rows(source: str, n: int, seed: int, *, pages: bool = False, start: int
     ]
 
 
-def assert_mirrors(sink: BaseSink, store: Store) -> None:
+def assert_mirrors(sink: Sink, store: Store) -> None:
     """The sink holds exactly the store's rows for its daemon, field for field."""
     expected = {s for s, rows in store.items() if rows}
     assert sink.sources() == expected
@@ -114,7 +114,7 @@ class Backend:
         timeout: float = 5.0,
         name: str = "mirror",
         uri: str | None = None,
-    ) -> BaseSink:
+    ) -> Sink:
         return open_sink(
             self.config(collection, name=name, uri=uri),
             daemon=daemon,
@@ -239,7 +239,7 @@ DOCS = {
 Rows = dict[str, list[tuple[int, str, int]]]
 
 
-def sink_for(cfg_path: Path) -> BaseSink:
+def sink_for(cfg_path: Path) -> Sink:
     config = load_config(cfg_path)
     store = read_store(config.store.path)
     assert store is not None

@@ -1,2 +1,2 @@
-"""Mirroring the store into vector databases: the Sink protocol, one module per engine,
+"""Mirroring the store into vector databases: the Sink interface, one module per engine,
 the durable per-sink queue and the syncer."""

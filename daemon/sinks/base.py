@@ -1,67 +1,68 @@
-"""What every sink shares: the ``Sink`` protocol, the rows it receives, and the keys and checks
+"""What every sink shares: the ``Sink`` interface, the rows it receives, and the keys and checks
 that make several daemons' rows in one collection safe.
 
 The JSON store stays the daemon's source of truth; a sink holds a copy of its rows in a
 vector database collection that several daemons may share. Every row carries the daemon's
 name and its primary key is derived from (daemon, source, chunk position), so each daemon
 reads, replaces and deletes only its own rows, and writing the same source twice changes
-nothing. ``BaseSink`` holds what every engine does the same way (checking arguments,
-planning an ``apply``, the refusal messages); an engine module adds only its client calls.
-Nothing here imports an engine's client.
+nothing. ``Sink`` is the one declaration of a sink: everything the syncer and the commands
+call is written here once (connecting, checking arguments, batching, planning an ``apply``,
+turning rows into hits, the refusal messages) over a few storage primitives; an engine
+module implements only those, with its client's calls. Nothing here imports an engine's client.
 """
 
 from __future__ import annotations
 
 import abc
-import hashlib
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-import orjson
+import structlog
 
 from daemon.errors import ConfigError, SinkError, SinkMismatchError
 from daemon.query.hit import Hit
 
+# The rows and keys live in rows.py; those a sink's users handle are named here too, so
+# that the syncer, the commands and the tests import the interface and its rows from one place.
+from daemon.sinks.rows import (
+    FIELDS,
+    FORMAT,
+    PROP_DIMENSIONS,
+    PROP_FINGERPRINT,
+    PROP_FORMAT,
+    PROP_INSTANCE,
+    RowDigest,
+    SinkRow,
+    Stale,
+    StoredRow,
+    check_daemon_name,
+    fingerprint_digest,
+    new_instance,
+    plan_changes,
+    row_id,
+)
+
 T = TypeVar("T")
+Fields = Mapping[str, Any]  # one row as an engine reads it: field name -> value
+
+log = structlog.get_logger(__name__)
 
 __all__ = [
-    "DAEMON_MAX_BYTES",
-    "FIELDS",
-    "FORMAT",
-    "PROP_DIMENSIONS",
-    "PROP_FINGERPRINT",
-    "PROP_FORMAT",
-    "PROP_INSTANCE",
-    "BaseSink",
+    "Fields",
     "RowDigest",
     "Sink",
     "SinkRow",
     "SinkSettings",
     "Stale",
     "StoredRow",
-    "check_daemon_name",
+    "batches",
     "fingerprint_digest",
-    "fit_utf8",
-    "new_instance",
-    "plan_changes",
-    "prefix_successor",
     "read_secret",
     "row_id",
-    "slash_prefixes",
 ]
-
-DAEMON_MAX_BYTES = 256
-FORMAT = "1"  # the layout of an embedd collection: the fields below and these properties
-PROP_FORMAT = "embedd.format"
-PROP_DIMENSIONS = "embedd.dimensions"
-PROP_FINGERPRINT = "embedd.fingerprint"
-PROP_INSTANCE = "embedd.instance"  # a fresh uuid per collection made: tells a re-made one apart
-FIELDS = ("id", "vector", "content", "source", "page", "chunk", "timestamp", "hash", "daemon")
 
 
 class SinkSettings(Protocol):
@@ -81,126 +82,6 @@ class SinkSettings(Protocol):
     def api_key_file(self) -> Path | None: ...
     @property
     def timeout_s(self) -> float: ...
-
-
-@dataclass(frozen=True)
-class SinkRow:
-    """One stored chunk as a sink receives it; ``vector`` is a float32 (dimensions,) array it may keep."""
-
-    vector: npt.NDArray[np.float32]
-    content: str
-    source: str
-    page: int | None
-    chunk: int
-    timestamp: int  # ms since the epoch, as in the store
-    hash: str
-
-
-@dataclass(frozen=True)
-class StoredRow:
-    """One row as a sink holds it, every field (``rows_for``)."""
-
-    id: str
-    vector: npt.NDArray[np.float32]
-    content: str
-    source: str
-    page: int | None
-    chunk: int
-    timestamp: int
-    hash: str
-    daemon: str
-
-
-class RowDigest(NamedTuple):
-    """What tells a sink row is the store's row with the same key, without reading its vector."""
-
-    hash: str
-    page: int | None
-    timestamp: int
-
-
-@dataclass(frozen=True)
-class Stale:
-    """Which of this daemon's rows of ``source`` go once its new rows are written.
-
-    ``keep`` None: those at chunk positions ``>= keep_below`` (0: every row of the source);
-    otherwise every row whose position is not in ``keep``.
-    """
-
-    source: str
-    keep_below: int = 0
-    keep: tuple[int, ...] | None = None
-
-
-class Sink(Protocol):
-    """A place the store is mirrored into: one collection of one engine.
-
-    Methods raise SinkError; no single request waits longer than the sink's timeout. A sink
-    reconnects by itself on the next call after an error or ``close``.
-    """
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def daemon(self) -> str: ...
-
-    @property
-    def local(self) -> bool:
-        """True when the sink is a file or folder only one process can open at a time."""
-        ...
-
-    @property
-    def connected(self) -> bool: ...
-
-    @property
-    def incarnation(self) -> str | None:
-        """What tells this collection from one made again under the same name (None before connect)."""
-        ...
-
-    def connect(self) -> None: ...
-    def close(self) -> None: ...
-    def apply(self, changes: Mapping[str, Sequence[SinkRow] | None]) -> int: ...
-    def upsert(self, rows: Iterable[SinkRow]) -> int: ...
-    def delete_ids(self, ids: Iterable[str]) -> int: ...
-    def digests(self) -> dict[str, RowDigest]: ...
-    def flush(self) -> None: ...
-    def row_id(self, source: str, chunk: int) -> str: ...
-    def wipe(self) -> None: ...
-    def drop(self) -> None: ...
-    def count(self, source: str | None = None) -> int: ...
-    def sources(self) -> set[str]: ...
-    def rows_for(self, source: str) -> list[StoredRow]: ...
-    def search(
-        self,
-        vector: npt.ArrayLike,
-        k: int,
-        *,
-        source_prefix: str | None = None,
-        daemon: str | None = None,
-    ) -> list[Hit]: ...
-
-
-def row_id(daemon: str, source: str, chunk: int) -> str:
-    """The primary key of a daemon's row for chunk position ``chunk`` of ``source`` (32 hex digits)."""
-    return hashlib.sha256(f"{daemon}\x00{source}\x00{chunk}".encode()).hexdigest()[:32]
-
-
-def fingerprint_digest(fingerprint: Mapping[str, object]) -> str:
-    """A stable sha256 of a store fingerprint object (``Fingerprint.to_json()``)."""
-    return hashlib.sha256(orjson.dumps(dict(fingerprint), option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def new_instance() -> str:
-    """A value for ``PROP_INSTANCE`` of a collection being made."""
-    return uuid.uuid4().hex
-
-
-def check_daemon_name(name: str) -> None:
-    """Raise ConfigError unless ``name`` can tag a daemon's rows in a shared collection."""
-    if not name.strip():
-        raise ConfigError("daemon.name", name, "must not be empty: it tells this daemon's rows apart")
-    if len(name.encode("utf-8", "surrogatepass")) > DAEMON_MAX_BYTES:
-        raise ConfigError("daemon.name", name, f"must be at most {DAEMON_MAX_BYTES} bytes")
 
 
 def read_secret(settings: SinkSettings, field: str = "") -> str:
@@ -224,68 +105,34 @@ def read_secret(settings: SinkSettings, field: str = "") -> str:
     return key
 
 
-def prefix_successor(prefix: str) -> str | None:
-    """The least string greater than every string starting with ``prefix``; None when unbounded."""
-    chars = list(prefix)
-    while chars:
-        code = ord(chars.pop())
-        if code < 0x10FFFF:
-            code += 1
-            if 0xD800 <= code <= 0xDFFF:  # surrogates never occur in text
-                code = 0xE000
-            return "".join(chars) + chr(code)
-    return None
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter, none when there are no items)."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
-def slash_prefixes(source: str) -> list[str]:
-    """Every folder prefix of ``source`` ending in '/', then ``source`` itself.
+class Sink(abc.ABC):
+    """A place the store is mirrored into: one collection of one engine.
 
-    For engines without a string-prefix filter: a row lists these, and a prefix query asks
-    for rows whose list holds the longest folder prefix of what was asked.
-    """
-    parts = source.split("/")
-    return ["/".join(parts[:i]) + "/" for i in range(1, len(parts))] + [source]
-
-
-def fit_utf8(text: str, max_bytes: int) -> tuple[str, int]:
-    """``text`` cut to ``max_bytes`` of UTF-8 at a character boundary, and its full size."""
-    raw = text.encode()
-    if len(raw) <= max_bytes:
-        return text, len(raw)
-    return raw[:max_bytes].decode("utf-8", "ignore"), len(raw)
-
-
-def plan_changes(changes: Mapping[str, Sequence[SinkRow] | None]) -> tuple[list[SinkRow], list[Stale]]:
-    """The rows to upsert and the stale rows to delete afterwards for ``apply(changes)``.
-
-    Raises ValueError when a source's rows repeat a chunk position or belong to another source.
-    """
-    rows: list[SinkRow] = []
-    stale: list[Stale] = []
-    for source, new in changes.items():
-        if new is None:
-            stale.append(Stale(source))
-            continue
-        chunks = sorted(r.chunk for r in new)
-        if len(set(chunks)) != len(chunks):
-            raise ValueError(f"{source}: two rows have the same chunk position")
-        if any(r.source != source for r in new):
-            raise ValueError(f"{source}: a row of another source was passed with it")
-        rows.extend(new)
-        if chunks == list(range(len(chunks))):  # what the pipeline writes (also: no rows at all)
-            stale.append(Stale(source, keep_below=len(chunks)))
-        else:
-            stale.append(Stale(source, keep=tuple(chunks)))
-    return rows, stale
-
-
-class BaseSink(abc.ABC):
-    """What every engine's sink does alike; an engine implements the abstract methods.
-
-    Not thread-safe: one thread uses a sink at a time. Every call connects first if needed.
+    The interface is written once, here, over a few storage primitives each engine module
+    implements (the abstract ``_`` methods: open and forget a client, write a batch, delete
+    by key or by filter, scan, count and search), as litestream's replicas implement a
+    ``ReplicaClient``. Methods raise SinkError; no single request waits longer than the
+    sink's timeout. Every call connects first if needed, and a sink reconnects by itself on
+    the next call after an error or ``close``. Not thread-safe: one thread uses a sink at a time.
     """
 
     engine = "sink"  # the engine's name in messages ("Milvus", "Qdrant", ...)
+    label = "folder"  # what a path names, in messages ("LanceDB folder", "Milvus Lite file")
+    exclusive = True  # a path this engine opens can be open in one process at a time
+    upsert_rows = 1000  # rows per write call
+    delete_keys = 1000  # keys per delete call
 
     def __init__(
         self,
@@ -308,6 +155,7 @@ class BaseSink(abc.ABC):
         self._fingerprint = fingerprint
         self._timeout = settings.timeout_s if timeout_s is None else timeout_s
         self._incarnation: str | None = None
+        self._path = self.path_of(self._uri)
 
     @property
     def name(self) -> str:
@@ -326,17 +174,44 @@ class BaseSink(abc.ABC):
 
     @property
     def local(self) -> bool:
-        """True when only one process at a time can open the sink (see each engine)."""
-        return False
+        """True when the sink is a file or folder only one process can open at a time."""
+        return self.exclusive and self._path is not None
 
     @property
     def incarnation(self) -> str | None:
-        """The collection's ``PROP_INSTANCE`` (or the engine's id for it), once connected."""
+        """What tells this collection from one made again under the same name (None before connect):
+        its ``PROP_INSTANCE``, or the engine's id for it."""
         return self._incarnation
 
     def row_id(self, source: str, chunk: int) -> str:
         """The primary key this daemon's row for chunk position ``chunk`` of ``source`` has."""
         return row_id(self._daemon, source, chunk)
+
+    # ----- connecting -----
+
+    def connect(self) -> None:
+        """Open the client and make sure the collection exists and fits this store.
+
+        Creates the collection on first use. Raises SinkMismatchError when the collection
+        exists with another dimension or fingerprint or was not made by embedd, and SinkError
+        when the sink cannot be reached.
+        """
+        if self.connected:
+            return
+        if self._path is not None and not self._path.parent.is_dir():
+            what = f"{self.engine} {self.label} {self._path}"
+            raise SinkError(self._name, f"cannot open {what}: {self._path.parent} is missing")
+        try:
+            self._open()
+        except BaseException:
+            self._drop()
+            raise
+        log.info("sink_connected", sink=self._name, uri=self._uri, collection=self._collection)
+
+    def close(self) -> None:
+        """Close the client (a local file or folder is free for other processes then); a later
+        call reconnects."""
+        self._drop()
 
     # ----- changing rows -----
 
@@ -351,6 +226,7 @@ class BaseSink(abc.ABC):
         rows, stale = plan_changes(changes)
         upserted = self.upsert(rows)
         if stale:
+            self.connect()
             self._delete_stale(stale)
         return upserted
 
@@ -361,6 +237,119 @@ class BaseSink(abc.ABC):
     def delete_source(self, source: str) -> None:
         """Delete this daemon's rows of ``source``; nothing happens when there are none."""
         self.apply({source: None})
+
+    def upsert(self, rows: Iterable[SinkRow]) -> int:
+        """Write ``rows`` (of any sources) as this daemon's, in batches; returns how many."""
+        self.connect()
+        total = 0
+        for batch in batches(rows, self.upsert_rows):
+            self._write(batch)
+            total += len(batch)
+        return total
+
+    def delete_ids(self, ids: Iterable[str]) -> int:
+        """Delete rows by primary key, in batches; returns how many keys were sent."""
+        self.connect()
+        keys = list(ids)
+        for batch in batches(keys, self.delete_keys):
+            self._delete_keys(batch)
+        return len(keys)
+
+    def flush(self) -> None:
+        """Seal or compact what was written, where the engine needs it (after a full sync);
+        by default nothing: the engine has applied every write when its call returns."""
+        return
+
+    def wipe(self) -> None:
+        """Delete every row of this daemon; other daemons' rows stay."""
+        self.connect()
+        self._wipe()
+
+    def drop(self) -> None:
+        """Delete the whole collection, every daemon's rows; the next call makes it again."""
+        self.connect()
+        self._drop_collection()
+        self._drop()
+
+    # ----- reading -----
+
+    def digests(self) -> dict[str, RowDigest]:
+        """Each of this daemon's rows by primary key: what tells it is as the store has it.
+
+        The key covers source and chunk position, the hash the text (and, with the
+        fingerprint, the vector), the timestamp a re-embedding; vectors are not read.
+        """
+        self.connect()
+        return {
+            str(r["id"]): RowDigest(r["hash"], _page(r), int(r["timestamp"]))
+            for r in self._scan(None, ("id", "hash", "page", "timestamp"))
+        }
+
+    def sources(self) -> set[str]:
+        """The sources this daemon has rows for."""
+        self.connect()
+        return {r["source"] for r in self._scan(None, ("source",))}
+
+    def count(self, source: str | None = None) -> int:
+        """How many rows this daemon has (of ``source``, if given)."""
+        self.connect()
+        return self._count(source)
+
+    def rows_for(self, source: str) -> list[StoredRow]:
+        """This daemon's rows of ``source`` in chunk order, every field."""
+        self.connect()
+        out = [
+            StoredRow(
+                id=str(r["id"]),
+                vector=np.asarray(r["vector"], dtype=np.float32),
+                content=r["content"],
+                source=r["source"],
+                page=_page(r),
+                chunk=int(r["chunk"]),
+                timestamp=int(r["timestamp"]),
+                hash=r["hash"],
+                daemon=r["daemon"],
+            )
+            for r in self._scan(source, FIELDS)
+        ]
+        out.sort(key=lambda r: r.chunk)
+        return out
+
+    def search(
+        self,
+        vector: npt.ArrayLike,
+        k: int,
+        *,
+        source_prefix: str | None = None,
+        daemon: str | None = None,
+    ) -> list[Hit]:
+        """The ``k`` rows most cosine-similar to ``vector``, best first.
+
+        Searches every daemon's rows unless ``daemon`` is given; ``source_prefix`` keeps the
+        sources that start with it. Raises ValueError for a vector of another length.
+        """
+        if k <= 0:
+            return []
+        self.connect()
+        query = np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(-1))
+        if query.shape != (self._dimensions,):
+            raise ValueError(f"query vector shape {query.shape}, not ({self._dimensions},)")
+        found = self._search(query, k, source_prefix=source_prefix or None, daemon=daemon)
+        return [
+            Hit(
+                rank=rank,
+                score=float(h["score"]),
+                id=str(h["id"]),
+                source=h["source"],
+                page=_page(h),
+                chunk=int(h["chunk"]),
+                content=h["content"],
+                daemon=h["daemon"],
+                hash=h["hash"],
+                timestamp=int(h["timestamp"]),
+            )
+            for rank, h in enumerate(found, start=1)
+        ]
 
     # ----- what engines share -----
 
@@ -381,6 +370,11 @@ class BaseSink(abc.ABC):
         reason = str(exc) or type(exc).__name__
         return SinkError(self._name, f"{what} failed: {reason}")
 
+    def _mismatch(self, what: str) -> SinkMismatchError:
+        """The refusal of a collection that does not fit: ``what`` says how."""
+        fix = "set another collection in its [[sink]] table, or drop this one"
+        return SinkMismatchError(self._name, f"{self._where()} {what}; {fix}")
+
     def _check_made_by_embedd(
         self,
         properties: Mapping[str, object] | None,
@@ -394,25 +388,19 @@ class BaseSink(abc.ABC):
         ``dimensions`` its vector length when the engine records one, ``lacks`` what an
         engine found missing of the layout. Raises SinkMismatchError naming both sides.
         """
-        where = self._where()
-        fix = "set another collection in its [[sink]] table, or drop this one"
         props = dict(properties or {})
         if lacks is None and PROP_FINGERPRINT not in props:
             lacks = f"the property {PROP_FINGERPRINT}"
         if lacks is not None:
-            raise SinkMismatchError(self._name, f"{where} was not made by embedd (it lacks {lacks}); {fix}")
+            raise self._mismatch(f"was not made by embedd (it lacks {lacks})")
         if dimensions is None and PROP_DIMENSIONS in props:
             dimensions = int(str(props[PROP_DIMENSIONS]))
         if dimensions is not None and dimensions != self._dimensions:
-            raise SinkMismatchError(
-                self._name,
-                f"{where} holds {dimensions}-dimension vectors, this store {self._dimensions}; {fix}",
-            )
+            raise self._mismatch(f"holds {dimensions}-dimension vectors, this store {self._dimensions}")
         if props[PROP_FINGERPRINT] != self._fingerprint:
-            raise SinkMismatchError(
-                self._name,
-                f"{where} was made with another model or chunking (fingerprint "
-                f"{str(props[PROP_FINGERPRINT])[:12]}, this store {self._fingerprint[:12]}); {fix}",
+            raise self._mismatch(
+                f"was made with another model or chunking (fingerprint "
+                f"{str(props[PROP_FINGERPRINT])[:12]}, this store {self._fingerprint[:12]})"
             )
         # Collections made before PROP_INSTANCE existed all share one value.
         return str(props.get(PROP_INSTANCE) or "-")
@@ -426,6 +414,15 @@ class BaseSink(abc.ABC):
             PROP_INSTANCE: new_instance(),
         }
 
+    def _created(self) -> None:
+        """Log that this sink made its collection."""
+        log.info(
+            "sink_collection_created",
+            sink=self._name,
+            collection=self._collection,
+            dimensions=self._dimensions,
+        )
+
     def _vector(self, row: SinkRow) -> npt.NDArray[np.float32]:
         vector = np.ascontiguousarray(row.vector, dtype=np.float32)
         if vector.shape != (self._dimensions,):
@@ -433,12 +430,6 @@ class BaseSink(abc.ABC):
                 f"{row.source} chunk {row.chunk}: vector shape {vector.shape}, not ({self._dimensions},)"
             )
         return vector
-
-    def _query(self, vector: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        query = np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(-1))
-        if query.shape != (self._dimensions,):
-            raise ValueError(f"query vector shape {query.shape}, not ({self._dimensions},)")
-        return query
 
     # ----- what each engine implements -----
 
@@ -452,13 +443,10 @@ class BaseSink(abc.ABC):
         """Why ``name`` cannot name a collection of this engine; None when it can."""
         return None
 
-    @abc.abstractmethod
-    def _client_errors(self) -> tuple[type[BaseException], ...]:
-        """The exceptions the engine's client raises for a failed call."""
-
-    @abc.abstractmethod
-    def _drop(self) -> None:
-        """Forget the client (closing what it holds), so that the next call connects afresh."""
+    @classmethod
+    def path_of(cls, uri: str) -> Path | None:
+        """The file or folder ``uri`` names when the engine opens it in this process; None for a server."""
+        return None if "://" in uri else Path(uri)
 
     @property
     @abc.abstractmethod
@@ -466,61 +454,58 @@ class BaseSink(abc.ABC):
         """True while a client is open."""
 
     @abc.abstractmethod
-    def connect(self) -> None:
-        """Open the client and make sure the collection exists and fits this store (SinkMismatchError)."""
+    def _open(self) -> None:
+        """Open the client and the collection (making it if needed, refusing one that does not
+        fit: ``_check_made_by_embedd``) and set ``_incarnation``; ``connect`` drops what was
+        opened when it raises."""
 
     @abc.abstractmethod
-    def close(self) -> None:
-        """Close the client; a later call reconnects."""
+    def _drop(self) -> None:
+        """Forget the client (closing what it holds), so that the next call connects afresh;
+        harmless when nothing is open."""
 
     @abc.abstractmethod
-    def upsert(self, rows: Iterable[SinkRow]) -> int:
-        """Write ``rows`` (of any sources) as this daemon's, in batches; returns how many."""
+    def _client_errors(self) -> tuple[type[BaseException], ...]:
+        """The exceptions the engine's client raises for a failed call."""
+
+    @abc.abstractmethod
+    def _write(self, rows: Sequence[SinkRow]) -> None:
+        """Upsert one batch (at most ``upsert_rows``) as this daemon's rows."""
+
+    @abc.abstractmethod
+    def _delete_keys(self, keys: Sequence[str]) -> None:
+        """Delete one batch (at most ``delete_keys``) of rows by primary key."""
 
     @abc.abstractmethod
     def _delete_stale(self, stale: Sequence[Stale]) -> None:
         """Delete this daemon's rows ``stale`` describes, with the engine's own filter."""
 
     @abc.abstractmethod
-    def delete_ids(self, ids: Iterable[str]) -> int:
-        """Delete rows by primary key; returns how many keys were sent."""
+    def _wipe(self) -> None:
+        """Delete every row of this daemon."""
 
     @abc.abstractmethod
-    def digests(self) -> dict[str, RowDigest]:
-        """Each of this daemon's rows by primary key: hash, page and timestamp (no vectors)."""
+    def _drop_collection(self) -> None:
+        """Delete the whole collection."""
 
     @abc.abstractmethod
-    def flush(self) -> None:
-        """Seal or compact what was written, where the engine needs it (after a full sync)."""
+    def _scan(self, source: str | None, fields: Sequence[str]) -> list[Fields]:
+        """This daemon's rows (of ``source``, if given), each with at least ``fields`` of
+        ``FIELDS``, in any order; ``id`` is the row id, ``page`` None when there is none."""
 
     @abc.abstractmethod
-    def wipe(self) -> None:
-        """Delete every row of this daemon; other daemons' rows stay."""
-
-    @abc.abstractmethod
-    def drop(self) -> None:
-        """Delete the whole collection, every daemon's rows; the next call makes it again."""
-
-    @abc.abstractmethod
-    def count(self, source: str | None = None) -> int:
+    def _count(self, source: str | None) -> int:
         """How many rows this daemon has (of ``source``, if given)."""
 
     @abc.abstractmethod
-    def sources(self) -> set[str]:
-        """The sources this daemon has rows for."""
+    def _search(
+        self, query: npt.NDArray[np.float32], k: int, *, source_prefix: str | None, daemon: str | None
+    ) -> list[Fields]:
+        """The ``k`` best rows for ``query``, best first (every daemon's unless ``daemon`` is
+        given; ``source_prefix`` non-empty or None), each with the scalar fields of ``FIELDS``
+        and ``score``, the cosine similarity."""
 
-    @abc.abstractmethod
-    def rows_for(self, source: str) -> list[StoredRow]:
-        """This daemon's rows of ``source`` in chunk order, every field."""
 
-    @abc.abstractmethod
-    def search(
-        self,
-        vector: npt.ArrayLike,
-        k: int,
-        *,
-        source_prefix: str | None = None,
-        daemon: str | None = None,
-    ) -> list[Hit]:
-        """The ``k`` rows most cosine-similar to ``vector``, best first; every daemon's unless
-        ``daemon`` is given; ``source_prefix`` keeps the sources starting with it."""
+def _page(row: Fields) -> int | None:
+    page = row.get("page")
+    return None if page is None else int(page)

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -28,9 +29,9 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from daemon.errors import SinkError, SinkMismatchError
-from daemon.query.hit import Hit
-from daemon.sinks.base import BaseSink, RowDigest, SinkRow, SinkSettings, Stale, StoredRow, slash_prefixes
+from daemon.errors import SinkError
+from daemon.sinks.base import Fields, Sink
+from daemon.sinks.rows import SinkRow, Stale, slash_prefixes
 
 __all__ = ["ChromaSink"]
 
@@ -41,9 +42,7 @@ _FOLDER_LOCKS: dict[Path, list[int]] = {}
 _FOLDER_LOCKS_GUARD = threading.Lock()
 
 
-UPSERT_ROWS = 1000  # well under the engine's max batch (5,461 rows in chromadb 1.5)
 GET_ROWS = 5000
-DELETE_IDS = 1000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
 Where = dict[str, Any]
 
@@ -56,27 +55,22 @@ class _Chroma(NamedTuple):
     httpx: Any
 
 
-_chroma: _Chroma | None = None
-
-
+@functools.cache
 def _load_chroma() -> _Chroma:
-    global _chroma
-    if _chroma is None:
-        import chromadb
-        import httpx
-        from chromadb.config import Settings
-        from chromadb.errors import ChromaError, NotFoundError
+    import chromadb
+    import httpx
+    from chromadb.config import Settings
+    from chromadb.errors import ChromaError, NotFoundError
 
-        # A server answers with ChromaError subclasses or fails in httpx; the embedded engine
-        # and the client's own checks raise ValueError or RuntimeError.
-        _chroma = _Chroma(
-            chromadb,
-            Settings,
-            NotFoundError,
-            (ChromaError, httpx.HTTPError, ValueError, RuntimeError, OSError),
-            httpx,
-        )
-    return _chroma
+    # A server answers with ChromaError subclasses or fails in httpx; the embedded engine
+    # and the client's own checks raise ValueError or RuntimeError.
+    return _Chroma(
+        chromadb,
+        Settings,
+        NotFoundError,
+        (ChromaError, httpx.HTTPError, ValueError, RuntimeError, OSError),
+        httpx,
+    )
 
 
 def _all(*terms: Where) -> Where:
@@ -87,28 +81,15 @@ def _any(*terms: Where) -> Where:
     return terms[0] if len(terms) == 1 else {"$or": list(terms)}
 
 
-class ChromaSink(BaseSink):
+class ChromaSink(Sink):
     """A Chroma collection holding this daemon's copy of the store (and maybe other daemons' rows)."""
 
     engine = "Chroma"
+    upsert_rows = 1000  # well under the engine's max batch (5,461 rows in chromadb 1.5)
 
-    def __init__(
-        self,
-        settings: SinkSettings,
-        *,
-        daemon: str,
-        dimensions: int,
-        fingerprint: str,
-        timeout_s: float | None = None,
-    ) -> None:
-        super().__init__(
-            settings, daemon=daemon, dimensions=dimensions, fingerprint=fingerprint, timeout_s=timeout_s
-        )
-        self._path = None if "://" in self._uri else Path(self._uri)
-        self._client: Any = None
-        self._col: Any = None
-        self._mine: Where = {"daemon": daemon}
-        self._locked: Path | None = None
+    _client: Any = None
+    _col: Any = None
+    _locked: Path | None = None
 
     @classmethod
     def client_modules(cls, uri: str) -> tuple[str, ...]:
@@ -123,49 +104,28 @@ class ChromaSink(BaseSink):
         return "a Chroma collection name has 3 to 512 characters and starts and ends with a letter or digit"
 
     @property
-    def local(self) -> bool:
-        """True for a PersistentClient folder (see the module's docstring)."""
-        return self._path is not None
-
-    @property
     def connected(self) -> bool:
         """True while a client is open."""
         return self._col is not None
 
     # ----- connecting -----
 
-    def connect(self) -> None:
-        """Open the client and make sure the collection exists and fits this store.
+    @property
+    def _mine(self) -> Where:
+        return {"daemon": self._daemon}
 
-        Raises SinkMismatchError when the collection exists with another dimension or
-        fingerprint or was not made by embedd, and SinkError when the sink cannot be reached.
-        """
-        if self._col is not None:
-            return
+    def _open(self) -> None:
         c = _load_chroma()
         settings = c.settings(anonymized_telemetry=False)
         try:
             if self._path is not None:
-                if not self._path.parent.is_dir():
-                    raise SinkError(
-                        self._name, f"cannot open Chroma folder {self._path}: {self._path.parent} is missing"
-                    )
                 self._lock_folder(self._path)
                 self._client = c.module.PersistentClient(path=str(self._path), settings=settings)
             else:
                 self._client = self._http_client(c, settings)
         except c.errors as exc:
-            self._drop()
             raise self._error("connect", exc) from exc
-        except BaseException:
-            self._drop()
-            raise
-        try:
-            self._ensure_collection(c)
-        except BaseException:
-            self._drop()
-            raise
-        log.info("sink_connected", sink=self._name, uri=self._uri, collection=self._collection)
+        self._ensure_collection(c)
 
     def _http_client(self, c: _Chroma, settings: Any) -> Any:
         url = urlsplit(self._uri)
@@ -191,10 +151,6 @@ class ChromaSink(BaseSink):
         else:
             log.warning("sink_no_timeout", sink=self._name, reason="this chromadb has no session to time out")
         return client
-
-    def close(self) -> None:
-        """Close the client; a later call reconnects."""
-        self._drop()
 
     def _lock_folder(self, folder: Path) -> None:
         """Hold ``<folder>.lock`` while connected: chromadb does not stop two processes from
@@ -261,11 +217,7 @@ class ChromaSink(BaseSink):
         self._incarnation = self._check_made_by_embedd(col.metadata, dimensions=None)
         space = ((getattr(col, "configuration_json", None) or {}).get("hnsw") or {}).get("space")
         if space not in (None, "cosine"):
-            raise SinkMismatchError(
-                self._name,
-                f"{self._where()} compares its vectors by {space}, not cosine; set another collection "
-                "in its [[sink]] table, or drop this one",
-            )
+            raise self._mismatch(f"compares its vectors by {space}, not cosine")
         self._col = col
 
     def _create(self, c: _Chroma) -> Any:
@@ -282,12 +234,7 @@ class ChromaSink(BaseSink):
                 return self._client.get_collection(self._collection, embedding_function=None)
             except c.errors:
                 raise self._error("create_collection", exc) from exc
-        log.info(
-            "sink_collection_created",
-            sink=self._name,
-            collection=self._collection,
-            dimensions=self._dimensions,
-        )
+        self._created()
         return col
 
     # ----- errors -----
@@ -295,37 +242,18 @@ class ChromaSink(BaseSink):
     def _client_errors(self) -> tuple[type[BaseException], ...]:
         return _load_chroma().errors
 
-    def _ready(self) -> Any:
-        self.connect()
-        return self._col
-
     # ----- changing rows -----
 
-    def upsert(self, rows: Iterable[SinkRow]) -> int:
-        """Write ``rows`` (of any sources) as this daemon's, in batches; returns how many."""
-        col = self._ready()
-        total = 0
-        batch: list[SinkRow] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) >= UPSERT_ROWS:
-                total += self._upsert(col, batch)
-                batch = []
-        if batch:
-            total += self._upsert(col, batch)
-        return total
-
-    def _upsert(self, col: Any, rows: list[SinkRow]) -> int:
+    def _write(self, rows: Sequence[SinkRow]) -> None:
         vectors = np.stack([self._vector(r) for r in rows])
         self._call(
             "upsert",
-            col.upsert,
+            self._col.upsert,
             ids=[self.row_id(r.source, r.chunk) for r in rows],
             embeddings=vectors,
             documents=[r.content for r in rows],
             metadatas=[self._metadata(r) for r in rows],
         )
-        return len(rows)
 
     def _metadata(self, row: SinkRow) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -350,148 +278,85 @@ class ChromaSink(BaseSink):
                 terms.append(src)
             else:
                 terms.append(_all(src, {"chunk": {"$gte": st.keep_below}}))
-        col = self._ready()
-        self._call("delete", col.delete, where=_all(self._mine, _any(*terms)))
+        self._call("delete", self._col.delete, where=_all(self._mine, _any(*terms)))
 
-    def delete_ids(self, ids: Iterable[str]) -> int:
-        """Delete rows by primary key, in batches; returns how many keys were sent."""
-        col = self._ready()
-        keys = list(ids)
-        for i in range(0, len(keys), DELETE_IDS):
-            self._call("delete", col.delete, ids=keys[i : i + DELETE_IDS])
-        return len(keys)
+    def _delete_keys(self, keys: Sequence[str]) -> None:
+        self._call("delete", self._col.delete, ids=list(keys))
 
-    def flush(self) -> None:
-        """Nothing to do: Chroma has applied every write when the call returns."""
+    def _wipe(self) -> None:
+        self._call("delete", self._col.delete, where=self._mine)
 
-    def wipe(self) -> None:
-        """Delete every row of this daemon; other daemons' rows stay."""
-        col = self._ready()
-        self._call("delete", col.delete, where=self._mine)
-
-    def drop(self) -> None:
-        """Delete the whole collection, every daemon's rows; the next call makes it again."""
-        self._ready()
+    def _drop_collection(self) -> None:
         self._call("delete_collection", self._client.delete_collection, self._collection)
-        self._drop()
 
     # ----- reading -----
 
-    def _get(self, where: Where, include: list[str]) -> tuple[list[str], list[Any], list[Any], list[Any]]:
-        """Every row ``where`` matches, in pages: ids, metadatas, documents, embeddings."""
-        col = self._ready()
-        ids: list[str] = []
-        metas: list[Any] = []
-        docs: list[Any] = []
-        vecs: list[Any] = []
+    def _filter(self, source: str | None) -> Where:
+        return self._mine if source is None else _all(self._mine, {"source": source})
+
+    def _scan(self, source: str | None, fields: Sequence[str]) -> list[Fields]:
+        """Every row of this daemon (of ``source``), in pages of ``GET_ROWS``."""
+        include = ["metadatas"]
+        if "content" in fields:
+            include.append("documents")
+        if "vector" in fields:
+            include.append("embeddings")
+        return self._get(self._filter(source), include)
+
+    def _get(self, where: Where, include: list[str]) -> list[Fields]:
+        out: list[Fields] = []
         offset = 0
         while True:
-            page = self._call("get", col.get, where=where, include=include, limit=GET_ROWS, offset=offset)
+            page = self._call(
+                "get", self._col.get, where=where, include=include, limit=GET_ROWS, offset=offset
+            )
             got = page["ids"]
-            ids.extend(got)
-            metas.extend(page.get("metadatas") or [None] * len(got))
-            docs.extend(page.get("documents") or [None] * len(got))
+            metas = page.get("metadatas") or [{}] * len(got)
+            docs = page.get("documents") or [None] * len(got)
             emb = page.get("embeddings")
-            vecs.extend(list(emb) if emb is not None else [None] * len(got))
+            vecs = list(emb) if emb is not None else [None] * len(got)
+            for rid, meta, doc, vec in zip(got, metas, docs, vecs, strict=True):
+                out.append({**(meta or {}), "id": rid, "content": doc, "vector": vec})
             if len(got) < GET_ROWS:
-                return ids, metas, docs, vecs
+                return out
             offset += len(got)
 
-    def digests(self) -> dict[str, RowDigest]:
-        """Each of this daemon's rows by primary key: hash, page and timestamp; vectors are not read."""
-        ids, metas, _, _ = self._get(self._mine, ["metadatas"])
-        return {
-            i: RowDigest(m["hash"], m.get("page"), int(m["timestamp"]))
-            for i, m in zip(ids, metas, strict=True)
-        }
+    def _count(self, source: str | None) -> int:
+        return len(self._get(self._filter(source), []))
 
-    def sources(self) -> set[str]:
-        """The sources this daemon has rows for."""
-        _, metas, _, _ = self._get(self._mine, ["metadatas"])
-        return {m["source"] for m in metas}
-
-    def count(self, source: str | None = None) -> int:
-        """How many rows this daemon has (of ``source``, if given)."""
-        where = self._mine if source is None else _all(self._mine, {"source": source})
-        return len(self._get(where, [])[0])
-
-    def rows_for(self, source: str) -> list[StoredRow]:
-        """This daemon's rows of ``source`` in chunk order, every field."""
-        ids, metas, docs, vecs = self._get(
-            _all(self._mine, {"source": source}), ["metadatas", "documents", "embeddings"]
-        )
-        out = [
-            StoredRow(
-                id=i,
-                vector=np.asarray(v, dtype=np.float32),
-                content=d,
-                source=m["source"],
-                page=m.get("page"),
-                chunk=int(m["chunk"]),
-                timestamp=int(m["timestamp"]),
-                hash=m["hash"],
-                daemon=m["daemon"],
-            )
-            for i, m, d, v in zip(ids, metas, docs, vecs, strict=True)
-        ]
-        out.sort(key=lambda r: r.chunk)
-        return out
-
-    def search(
-        self,
-        vector: npt.ArrayLike,
-        k: int,
-        *,
-        source_prefix: str | None = None,
-        daemon: str | None = None,
-    ) -> list[Hit]:
-        """The ``k`` rows most cosine-similar to ``vector``, best first (every daemon's unless
-        ``daemon`` is given); ``source_prefix`` keeps sources that start with it."""
-        if k <= 0:
-            return []
-        col = self._ready()
-        query = self._query(vector)
+    def _search(
+        self, query: npt.NDArray[np.float32], k: int, *, source_prefix: str | None, daemon: str | None
+    ) -> list[Fields]:
         terms: list[Where] = []
         if daemon is not None:
             terms.append({"daemon": daemon})
         folder = ""
-        if source_prefix:
+        if source_prefix is not None:
             folder = source_prefix[: source_prefix.rfind("/") + 1]
             if folder:
                 terms.append({"prefixes": {"$contains": folder}})
         where = _all(*terms) if terms else None
-        exact = not source_prefix or source_prefix == folder
+        exact = source_prefix is None or source_prefix == folder
         ask = k if exact else 4 * k
         while True:
             res = self._call(
                 "search",
-                col.query,
+                self._col.query,
                 query_embeddings=[query],
                 n_results=ask,
                 where=where,
                 include=["metadatas", "documents", "distances"],
             )
-            found = list(
-                zip(res["ids"][0], res["metadatas"][0], res["documents"][0], res["distances"][0], strict=True)
-            )
-            kept = [h for h in found if exact or h[1]["source"].startswith(source_prefix or "")]
+            found: list[Fields] = [
+                # Chroma answers the cosine distance.
+                {**meta, "id": rid, "content": doc, "score": 1.0 - float(dist)}
+                for rid, meta, doc, dist in zip(
+                    res["ids"][0], res["metadatas"][0], res["documents"][0], res["distances"][0], strict=True
+                )
+            ]
+            kept = [h for h in found if exact or h["source"].startswith(source_prefix or "")]
             # Past the folder filter, only some hits start with the prefix: ask for more until
             # k of them are found or the folder has no more rows.
             if len(kept) >= k or len(found) < ask:
-                break
+                return kept[:k]
             ask *= 4
-        return [
-            Hit(
-                rank=rank,
-                score=1.0 - float(dist),  # Chroma answers the cosine distance
-                id=rid,
-                source=m["source"],
-                page=m.get("page"),
-                chunk=int(m["chunk"]),
-                content=doc,
-                daemon=m["daemon"],
-                hash=m["hash"],
-                timestamp=int(m["timestamp"]),
-            )
-            for rank, (rid, m, doc, dist) in enumerate(kept[:k], start=1)
-        ]

@@ -15,27 +15,21 @@ versions older than ``KEEP_VERSIONS``, from ``flush`` and every ``OPTIMIZE_EVERY
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-import structlog
 
 from daemon.errors import SinkError
-from daemon.query.hit import Hit
-from daemon.sinks.base import FIELDS, BaseSink, RowDigest, SinkRow, SinkSettings, Stale, StoredRow
+from daemon.sinks.base import Fields, Sink
+from daemon.sinks.rows import FIELDS, SinkRow, Stale
 
 __all__ = ["LanceDBSink", "sql_string"]
 
-log = structlog.get_logger(__name__)
-
-
-UPSERT_ROWS = 5000  # rows per merge_insert: each one is a new version of the table
-DELETE_IDS = 1000
 OPTIMIZE_EVERY = 200  # writes between compactions
 KEEP_VERSIONS = timedelta(minutes=10)  # a reader in another process may still be on an older one
 _RUST_PLACE = re.compile(r",\s*/\S+\.rs:\d+:\d+")
@@ -53,43 +47,26 @@ class _Lance(NamedTuple):
     errors: tuple[type[BaseException], ...]
 
 
-_lance: _Lance | None = None
-
-
+@functools.cache
 def _load_lance() -> _Lance:
-    global _lance
-    if _lance is None:
-        import lancedb
-        import pyarrow as pa  # type: ignore[import-untyped]
+    import lancedb
+    import pyarrow as pa  # type: ignore[import-untyped]
 
-        # Lance's Rust errors arrive as ValueError (a missing table, a bad filter), OSError
-        # (the folder) or RuntimeError; pyarrow's as ArrowException.
-        _lance = _Lance(lancedb, pa, (ValueError, RuntimeError, OSError, pa.ArrowException))
-    return _lance
+    # Lance's Rust errors arrive as ValueError (a missing table, a bad filter), OSError
+    # (the folder) or RuntimeError; pyarrow's as ArrowException.
+    return _Lance(lancedb, pa, (ValueError, RuntimeError, OSError, pa.ArrowException))
 
 
-class LanceDBSink(BaseSink):
+class LanceDBSink(Sink):
     """A LanceDB table holding this daemon's copy of the store (and maybe other daemons' rows)."""
 
     engine = "LanceDB"
+    exclusive = False  # several processes may write one folder (see the module's docstring)
+    upsert_rows = 5000  # rows per merge_insert: each one is a new version of the table
 
-    def __init__(
-        self,
-        settings: SinkSettings,
-        *,
-        daemon: str,
-        dimensions: int,
-        fingerprint: str,
-        timeout_s: float | None = None,
-    ) -> None:
-        super().__init__(
-            settings, daemon=daemon, dimensions=dimensions, fingerprint=fingerprint, timeout_s=timeout_s
-        )
-        self._path = None if "://" in self._uri else Path(self._uri)
-        self._db: Any = None
-        self._table: Any = None
-        self._writes = 0
-        self._mine = f"daemon = {sql_string(daemon)}"
+    _db: Any = None
+    _table: Any = None
+    _writes = 0  # since the last compaction
 
     @classmethod
     def client_modules(cls, uri: str) -> tuple[str, ...]:
@@ -100,6 +77,10 @@ class LanceDBSink(BaseSink):
     def connected(self) -> bool:
         """True while the table is open."""
         return self._table is not None
+
+    @property
+    def _mine(self) -> str:
+        return f"daemon = {sql_string(self._daemon)}"
 
     # ----- connecting -----
 
@@ -120,19 +101,8 @@ class LanceDBSink(BaseSink):
             metadata=self._properties(),
         )
 
-    def connect(self) -> None:
-        """Open the folder and make sure the table exists and fits this store.
-
-        Raises SinkMismatchError when the table exists with another dimension or fingerprint
-        or was not made by embedd, and SinkError when it cannot be opened.
-        """
-        if self._table is not None:
-            return
+    def _open(self) -> None:
         lance = _load_lance()
-        if self._path is not None and not self._path.parent.is_dir():
-            raise SinkError(
-                self._name, f"cannot open LanceDB folder {self._path}: {self._path.parent} is missing"
-            )
         try:
             # read_consistency_interval=0: every read sees what other processes committed.
             self._db = lance.lancedb.connect(
@@ -143,15 +113,9 @@ class LanceDBSink(BaseSink):
             except ValueError:
                 table = self._create(lance)
         except lance.errors as exc:
-            self._drop()
             raise self._error("connect", exc) from exc
-        try:
-            self._validate(lance, table)
-        except BaseException:
-            self._drop()
-            raise
+        self._validate(lance, table)
         self._table = table
-        log.info("sink_connected", sink=self._name, uri=self._uri, collection=self._collection)
 
     def _create(self, lance: _Lance) -> Any:
         try:
@@ -159,12 +123,7 @@ class LanceDBSink(BaseSink):
         except ValueError:
             # Another daemon may have made it meanwhile; then the caller checks theirs.
             return self._db.open_table(self._collection)
-        log.info(
-            "sink_collection_created",
-            sink=self._name,
-            collection=self._collection,
-            dimensions=self._dimensions,
-        )
+        self._created()
         return table
 
     def _validate(self, lance: _Lance, table: Any) -> None:
@@ -183,10 +142,6 @@ class LanceDBSink(BaseSink):
             meta, dimensions=dims, lacks=f"the fields {', '.join(missing)}" if missing else None
         )
 
-    def close(self) -> None:
-        """Let go of the table; a later call opens it again."""
-        self._drop()
-
     def _drop(self) -> None:
         self._table = None
         db, self._db = self._db, None
@@ -204,10 +159,6 @@ class LanceDBSink(BaseSink):
     def _client_errors(self) -> tuple[type[BaseException], ...]:
         return _load_lance().errors
 
-    def _ready(self) -> Any:
-        self.connect()
-        return self._table
-
     def _wrote(self) -> None:
         self._writes += 1
         if self._writes >= OPTIMIZE_EVERY:
@@ -215,22 +166,8 @@ class LanceDBSink(BaseSink):
 
     # ----- changing rows -----
 
-    def upsert(self, rows: Iterable[SinkRow]) -> int:
-        """Write ``rows`` (of any sources) as this daemon's, in batches; returns how many."""
-        table = self._ready()
-        total = 0
-        batch: list[SinkRow] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) >= UPSERT_ROWS:
-                total += self._merge(table, batch)
-                batch = []
-        if batch:
-            total += self._merge(table, batch)
-        return total
-
-    def _merge(self, table: Any, rows: list[SinkRow]) -> int:
-        pa = _load_lance().pa
+    def _write(self, rows: Sequence[SinkRow]) -> None:
+        table, pa = self._table, _load_lance().pa
         flat = np.concatenate([self._vector(r) for r in rows])
         data = pa.table(
             {
@@ -254,11 +191,9 @@ class LanceDBSink(BaseSink):
 
         self._call("upsert", merge)
         self._wrote()
-        return len(rows)
 
     def _delete(self, where: str) -> None:
-        table = self._ready()
-        self._call("delete", table.delete, where)
+        self._call("delete", self._table.delete, where)
         self._wrote()
 
     def _delete_stale(self, stale: Sequence[Stale]) -> None:
@@ -273,114 +208,52 @@ class LanceDBSink(BaseSink):
                 terms.append(f"({src} AND chunk >= {st.keep_below})")
         self._delete(f"{self._mine} AND ({' OR '.join(terms)})")
 
-    def delete_ids(self, ids: Iterable[str]) -> int:
-        """Delete rows by primary key, in batches; returns how many keys were sent."""
-        keys = list(ids)
-        for i in range(0, len(keys), DELETE_IDS):
-            self._delete(f"id IN ({', '.join(map(sql_string, keys[i : i + DELETE_IDS]))})")
-        return len(keys)
+    def _delete_keys(self, keys: Sequence[str]) -> None:
+        self._delete(f"id IN ({', '.join(map(sql_string, keys))})")
 
     def flush(self) -> None:
         """Compact the table's files and drop old versions (``KEEP_VERSIONS``)."""
-        table = self._ready()
+        self.connect()
         self._writes = 0
-        self._call("optimize", table.optimize, cleanup_older_than=KEEP_VERSIONS)
+        self._call("optimize", self._table.optimize, cleanup_older_than=KEEP_VERSIONS)
 
-    def wipe(self) -> None:
-        """Delete every row of this daemon; other daemons' rows stay."""
+    def _wipe(self) -> None:
         self._delete(self._mine)
 
-    def drop(self) -> None:
-        """Delete the whole table, every daemon's rows; the next call makes it again."""
-        self._ready()
+    def _drop_collection(self) -> None:
         self._call("drop_table", self._db.drop_table, self._collection)
-        self._drop()
 
     # ----- reading -----
 
-    def _scan(self, where: str, columns: list[str]) -> list[dict[str, Any]]:
-        table = self._ready()
+    def _filter(self, source: str | None) -> str:
+        return self._mine if source is None else f"{self._mine} AND source = {sql_string(source)}"
+
+    def _scan(self, source: str | None, fields: Sequence[str]) -> list[Fields]:
+        table, where = self._table, self._filter(source)
         rows = self._call(
-            "query", lambda: table.search().where(where).select(columns).limit(None).to_arrow().to_pylist()
+            "query",
+            lambda: table.search().where(where).select(list(fields)).limit(None).to_arrow().to_pylist(),
         )
         return list(rows)
 
-    def digests(self) -> dict[str, RowDigest]:
-        """Each of this daemon's rows by primary key: hash, page and timestamp; vectors are not read."""
-        return {
-            r["id"]: RowDigest(r["hash"], r["page"], int(r["timestamp"]))
-            for r in self._scan(self._mine, ["id", "hash", "page", "timestamp"])
-        }
+    def _count(self, source: str | None) -> int:
+        return int(self._call("count", self._table.count_rows, self._filter(source)))
 
-    def sources(self) -> set[str]:
-        """The sources this daemon has rows for."""
-        return {r["source"] for r in self._scan(self._mine, ["source"])}
-
-    def count(self, source: str | None = None) -> int:
-        """How many rows this daemon has (of ``source``, if given)."""
-        table = self._ready()
-        where = self._mine if source is None else f"{self._mine} AND source = {sql_string(source)}"
-        return int(self._call("count", table.count_rows, where))
-
-    def rows_for(self, source: str) -> list[StoredRow]:
-        """This daemon's rows of ``source`` in chunk order, every field."""
-        rows = self._scan(f"{self._mine} AND source = {sql_string(source)}", list(FIELDS))
-        out = [
-            StoredRow(
-                id=r["id"],
-                vector=np.asarray(r["vector"], dtype=np.float32),
-                content=r["content"],
-                source=r["source"],
-                page=r["page"],
-                chunk=int(r["chunk"]),
-                timestamp=int(r["timestamp"]),
-                hash=r["hash"],
-                daemon=r["daemon"],
-            )
-            for r in rows
-        ]
-        out.sort(key=lambda r: r.chunk)
-        return out
-
-    def search(
-        self,
-        vector: npt.ArrayLike,
-        k: int,
-        *,
-        source_prefix: str | None = None,
-        daemon: str | None = None,
-    ) -> list[Hit]:
-        """The ``k`` rows most cosine-similar to ``vector``, best first (every daemon's unless
-        ``daemon`` is given); ``source_prefix`` keeps sources that start with it."""
-        if k <= 0:
-            return []
-        table = self._ready()
+    def _search(
+        self, query: npt.NDArray[np.float32], k: int, *, source_prefix: str | None, daemon: str | None
+    ) -> list[Fields]:
+        table = self._table
         terms = []
         if daemon is not None:
             terms.append(f"daemon = {sql_string(daemon)}")
-        if source_prefix:
+        if source_prefix is not None:
             terms.append(f"starts_with(source, {sql_string(source_prefix)})")
-        vec = self._query(vector)
 
         def search() -> Any:
-            query = table.search(vec, vector_column_name="vector").distance_type("cosine")
+            found = table.search(query, vector_column_name="vector").distance_type("cosine")
             if terms:
-                query = query.where(" AND ".join(terms), prefilter=True)
-            return query.select([*SCALARS, "_distance"]).limit(k).to_list()
+                found = found.where(" AND ".join(terms), prefilter=True)
+            return found.select([*SCALARS, "_distance"]).limit(k).to_list()
 
-        found = self._call("search", search)
-        return [
-            Hit(
-                rank=rank,
-                score=1.0 - float(h["_distance"]),  # Lance answers the cosine distance
-                id=h["id"],
-                source=h["source"],
-                page=h["page"],
-                chunk=int(h["chunk"]),
-                content=h["content"],
-                daemon=h["daemon"],
-                hash=h["hash"],
-                timestamp=int(h["timestamp"]),
-            )
-            for rank, h in enumerate(found, start=1)
-        ]
+        # Lance answers the cosine distance.
+        return [{**h, "score": 1.0 - float(h["_distance"])} for h in self._call("search", search)]

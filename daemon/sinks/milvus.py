@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,20 +21,9 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from daemon.errors import SinkError, SinkMismatchError
-from daemon.query.hit import Hit
-from daemon.sinks.base import (
-    DAEMON_MAX_BYTES,
-    FIELDS,
-    BaseSink,
-    RowDigest,
-    SinkRow,
-    SinkSettings,
-    Stale,
-    StoredRow,
-    fit_utf8,
-    prefix_successor,
-)
+from daemon.errors import SinkError
+from daemon.sinks.base import Fields, Sink
+from daemon.sinks.rows import DAEMON_MAX_BYTES, FIELDS, SinkRow, Stale, fit_utf8, prefix_successor
 
 __all__ = ["MilvusSink", "prefix_filter", "quote"]
 
@@ -43,12 +33,10 @@ log = structlog.get_logger(__name__)
 SCALAR_FIELDS = ("content", "source", "page", "chunk", "timestamp", "hash", "daemon")
 VARCHAR_MAX = 65535  # Milvus' largest VARCHAR, in bytes
 NO_PAGE = -1  # Milvus INT64 fields hold no null everywhere; text files have no page
-UPSERT_ROWS = 500
 UPSERT_BYTES = 16 << 20  # well under gRPC's 64 MiB message limit even with long chunks
 ITERATOR_BATCH = 1000  # rows a page when a scan of a server needs more than one query
 QUERY_MAX = 16384  # the most rows a Milvus server answers to one query
 LOAD_TIMEOUT_S = 120.0  # loading a collection takes seconds even when it is empty
-DELETE_IDS = 1000  # keys a delete call
 
 
 # Milvus filter strings are C-like literals: these must be escaped, everything else is literal.
@@ -78,24 +66,21 @@ class _Milvus(NamedTuple):
     errors: tuple[type[BaseException], ...]
 
 
-_milvus: _Milvus | None = None
 _lite_lock = threading.Lock()
 _lite_users: dict[str, int] = {}  # Milvus Lite folder -> open sinks using its in-process server
 
 
+@functools.cache
 def _load_milvus() -> _Milvus:
-    global _milvus
-    if _milvus is None:
-        import grpc  # type: ignore[import-untyped]
-        import pymilvus  # type: ignore[import-untyped]
-        from pymilvus.exceptions import MilvusException  # type: ignore[import-untyped]
+    import grpc  # type: ignore[import-untyped]
+    import pymilvus  # type: ignore[import-untyped]
+    from pymilvus.exceptions import MilvusException  # type: ignore[import-untyped]
 
-        # pymilvus logs every failed call with a traceback through its own stderr handler, and
-        # Milvus Lite logs a failed start the same way; we report both as sink_error events.
-        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
-        logging.getLogger("milvus_lite.server_manager").setLevel(logging.CRITICAL)
-        _milvus = _Milvus(pymilvus.MilvusClient, pymilvus.DataType, (MilvusException, grpc.RpcError, OSError))
-    return _milvus
+    # pymilvus logs every failed call with a traceback through its own stderr handler, and
+    # Milvus Lite logs a failed start the same way; we report both as sink_error events.
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    logging.getLogger("milvus_lite.server_manager").setLevel(logging.CRITICAL)
+    return _Milvus(pymilvus.MilvusClient, pymilvus.DataType, (MilvusException, grpc.RpcError, OSError))
 
 
 def _release_lite(path: str, *, held: bool = True) -> None:
@@ -116,62 +101,49 @@ def _release_lite(path: str, *, held: bool = True) -> None:
     server_manager_instance.release_server(path)
 
 
-class MilvusSink(BaseSink):
-    """A Milvus collection holding this daemon's copy of the store (and maybe other daemons' rows).
-
-    Not thread-safe: one thread uses it at a time. Every call connects first if needed.
-    """
+class MilvusSink(Sink):
+    """A Milvus collection holding this daemon's copy of the store (and maybe other daemons' rows)."""
 
     engine = "Milvus"
+    label = "Lite file"
+    upsert_rows = 500
 
-    def __init__(
-        self,
-        settings: SinkSettings,
-        *,
-        daemon: str,
-        dimensions: int,
-        fingerprint: str,
-        timeout_s: float | None = None,
-    ) -> None:
-        super().__init__(
-            settings, daemon=daemon, dimensions=dimensions, fingerprint=fingerprint, timeout_s=timeout_s
-        )
-        self._lite = str(Path(self._uri).absolute()) if self._uri.endswith(".db") else None
+    _client: Any = None
+    _query_max = QUERY_MAX
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lite = None if self._path is None else str(self._path.absolute())
         # Milvus Lite answers a query with every match at once, and each query costs a pass
         # over the collection, so pages would make a scan quadratic; a server caps a query
         # at QUERY_MAX rows, so there a longer scan iterates.
         self._scan_in_one_query = self._lite is not None
-        self._query_max = QUERY_MAX
-        self._client: Any = None
-        self._mine = f"daemon == {quote(daemon)}"
 
     @classmethod
     def client_modules(cls, uri: str) -> tuple[str, ...]:
         """pymilvus, and milvus_lite for a ``.db`` folder."""
         return ("pymilvus", "milvus_lite") if uri.endswith(".db") else ("pymilvus",)
 
-    @property
-    def local(self) -> bool:
-        """True for a Milvus Lite file, which one process at a time can open."""
-        return self._lite is not None
+    @classmethod
+    def path_of(cls, uri: str) -> Path | None:
+        """A ``.db`` folder is Milvus Lite, served in this process; anything else a server."""
+        return Path(uri) if uri.endswith(".db") else None
 
     @property
     def connected(self) -> bool:
         """True while a client is open."""
         return self._client is not None
 
+    @property
+    def _mine(self) -> str:
+        return f"daemon == {quote(self._daemon)}"
+
+    def _filter(self, source: str | None) -> str:
+        return self._mine if source is None else f"{self._mine} and source == {quote(source)}"
+
     # ----- connecting -----
 
-    def connect(self) -> None:
-        """Open the client and make sure the collection exists and fits this store.
-
-        Creates the collection on first use (the fields of ``FIELDS``, a cosine index, the
-        dimension and fingerprint as properties). Raises SinkMismatchError when the
-        collection exists with another dimension or fingerprint or was not made by embedd,
-        and SinkError when the sink cannot be reached.
-        """
-        if self._client is not None:
-            return
+    def _open(self) -> None:
         milvus = _load_milvus()
         if self._lite is not None:
             self._check_lite_free(self._lite)
@@ -185,16 +157,7 @@ class MilvusSink(BaseSink):
             with _lite_lock:
                 _lite_users[self._lite] = _lite_users.get(self._lite, 0) + 1
         self._client = client
-        try:
-            self._ensure_collection(milvus)
-        except BaseException:
-            self._drop()
-            raise
-        log.info("sink_connected", sink=self._name, uri=self._uri, collection=self._collection)
-
-    def close(self) -> None:
-        """Close the client (and stop a Milvus Lite server nobody else here uses); a later call reconnects."""
-        self._drop()
+        self._ensure_collection(milvus)
 
     def _drop(self) -> None:
         client, self._client = self._client, None
@@ -211,10 +174,6 @@ class MilvusSink(BaseSink):
             if path in _lite_users:
                 return  # this process already serves it
         folder = Path(path)
-        if not folder.parent.is_dir():
-            raise SinkError(
-                self._name, f"cannot open Milvus Lite file {path}: folder {folder.parent} is missing"
-            )
         if folder.exists() and not folder.is_dir():
             raise SinkError(self._name, f"{path} is not a Milvus Lite database (it must be a folder)")
         try:
@@ -278,15 +237,9 @@ class MilvusSink(BaseSink):
             ):
                 raise self._error("create_collection", exc) from exc
             return
-        log.info(
-            "sink_collection_created",
-            sink=self._name,
-            collection=self._collection,
-            dimensions=self._dimensions,
-        )
+        self._created()
 
     def _validate(self) -> None:
-        fix = "set another collection in its [[sink]] table, or drop this one"
         desc = self._call(
             "describe_collection", self._client.describe_collection, self._collection, timeout=self._timeout
         )
@@ -297,7 +250,6 @@ class MilvusSink(BaseSink):
             dimensions=None if missing else int((fields["vector"].get("params") or {}).get("dim", -1)),
             lacks=f"the fields {', '.join(missing)}" if missing else None,
         )
-        where = self._where()
         indexes = self._call(
             "list_indexes",
             self._client.list_indexes,
@@ -331,9 +283,7 @@ class MilvusSink(BaseSink):
             for name in indexes
         }
         if "COSINE" not in metrics:
-            raise SinkMismatchError(
-                self._name, f"{where} indexes its vectors by {', '.join(sorted(metrics))}, not cosine; {fix}"
-            )
+            raise self._mismatch(f"indexes its vectors by {', '.join(sorted(metrics))}, not cosine")
 
     # ----- errors -----
 
@@ -348,78 +298,20 @@ class MilvusSink(BaseSink):
     def _client_errors(self) -> tuple[type[BaseException], ...]:
         return _load_milvus().errors
 
-    def _ready(self) -> Any:
-        self.connect()
-        return self._client
-
     # ----- changing rows -----
 
-    def _delete_stale(self, stale: Sequence[Stale]) -> None:
-        terms = []
-        for st in stale:
-            if st.keep is not None:
-                kept = ", ".join(map(str, st.keep))
-                terms.append(f"(source == {quote(st.source)} and chunk not in [{kept}])")
-            elif st.keep_below == 0:
-                terms.append(f"source == {quote(st.source)}")
-            else:
-                terms.append(f"(source == {quote(st.source)} and chunk >= {st.keep_below})")
-        client = self._ready()
-        expr = f"{self._mine} and ({' or '.join(terms)})"
-        self._call("delete", client.delete, self._collection, filter=expr, timeout=self._timeout)
-
-    def upsert(self, rows: Iterable[SinkRow]) -> int:
-        """Write ``rows`` (of any sources) as this daemon's, in batches; returns how many."""
-        client = self._ready()
+    def _write(self, rows: Sequence[SinkRow]) -> None:
         batch: list[dict[str, Any]] = []
-        size = total = 0
+        size = 0
         for row in rows:
             record = self._record(row)
             batch.append(record)
             size += self._dimensions * 4 + len(record["content"]) + len(row.source) + 200
-            if len(batch) >= UPSERT_ROWS or size >= UPSERT_BYTES:
-                self._call("upsert", client.upsert, self._collection, batch, timeout=self._timeout)
-                total += len(batch)
+            if size >= UPSERT_BYTES:  # long chunks: a message under gRPC's limit
+                self._call("upsert", self._client.upsert, self._collection, batch, timeout=self._timeout)
                 batch, size = [], 0
         if batch:
-            self._call("upsert", client.upsert, self._collection, batch, timeout=self._timeout)
-            total += len(batch)
-        return total
-
-    def digests(self) -> dict[str, RowDigest]:
-        """Each of this daemon's rows by primary key: what tells it is as the store has it.
-
-        The key covers source and chunk position, the hash the text (and, with the
-        fingerprint, the vector), the timestamp a re-embedding; vectors are not read.
-        """
-        rows = self._scan(self._mine, ["id", "hash", "page", "timestamp"])
-        return {
-            str(r["id"]): RowDigest(
-                r["hash"], None if r["page"] == NO_PAGE else int(r["page"]), int(r["timestamp"])
-            )
-            for r in rows
-        }
-
-    def flush(self) -> None:
-        """Ask Milvus Lite to seal what was written: it then filters it much faster.
-
-        A server seals and indexes growing segments by itself; a flush there only makes the
-        caller wait for it (seconds), so it is left to the server.
-        """
-        if self._lite is None:
-            return
-        client = self._ready()
-        self._call("flush", client.flush, self._collection, timeout=max(self._timeout, 60.0))
-
-    def delete_ids(self, ids: Iterable[str]) -> int:
-        """Delete rows by primary key, in batches; returns how many keys were sent."""
-        client = self._ready()
-        keys = list(ids)
-        for i in range(0, len(keys), DELETE_IDS):
-            self._call(
-                "delete", client.delete, self._collection, ids=keys[i : i + DELETE_IDS], timeout=self._timeout
-            )
-        return len(keys)
+            self._call("upsert", self._client.upsert, self._collection, batch, timeout=self._timeout)
 
     def _record(self, row: SinkRow) -> dict[str, Any]:
         source = row.source
@@ -447,82 +339,73 @@ class MilvusSink(BaseSink):
             "daemon": self._daemon,
         }
 
-    def wipe(self) -> None:
-        """Delete every row of this daemon; other daemons' rows stay."""
-        client = self._ready()
-        self._call("delete", client.delete, self._collection, filter=self._mine, timeout=self._timeout)
+    def _delete(self, **what: Any) -> None:
+        self._call("delete", self._client.delete, self._collection, timeout=self._timeout, **what)
 
-    def drop(self) -> None:
-        """Delete the whole collection, every daemon's rows; the next call makes it again."""
-        client = self._ready()
-        self._call("drop_collection", client.drop_collection, self._collection, timeout=self._timeout)
-        self._drop()
+    def _delete_stale(self, stale: Sequence[Stale]) -> None:
+        terms = []
+        for st in stale:
+            if st.keep is not None:
+                kept = ", ".join(map(str, st.keep))
+                terms.append(f"(source == {quote(st.source)} and chunk not in [{kept}])")
+            elif st.keep_below == 0:
+                terms.append(f"source == {quote(st.source)}")
+            else:
+                terms.append(f"(source == {quote(st.source)} and chunk >= {st.keep_below})")
+        self._delete(filter=f"{self._mine} and ({' or '.join(terms)})")
+
+    def _delete_keys(self, keys: Sequence[str]) -> None:
+        self._delete(ids=list(keys))
+
+    def _wipe(self) -> None:
+        self._delete(filter=self._mine)
+
+    def _drop_collection(self) -> None:
+        self._call("drop_collection", self._client.drop_collection, self._collection, timeout=self._timeout)
+
+    def flush(self) -> None:
+        """Ask Milvus Lite to seal what was written: it then filters it much faster.
+
+        A server seals and indexes growing segments by itself; a flush there only makes the
+        caller wait for it (seconds), so it is left to the server.
+        """
+        if self._lite is None:
+            return
+        self.connect()
+        self._call("flush", self._client.flush, self._collection, timeout=max(self._timeout, 60.0))
 
     # ----- reading -----
 
-    def sources(self) -> set[str]:
-        """The sources this daemon has rows for."""
-        return {r["source"] for r in self._scan(self._mine, ["source"])}
-
-    def count(self, source: str | None = None) -> int:
-        """How many rows this daemon has (of ``source``, if given)."""
-        client = self._ready()
-        expr = self._mine if source is None else f"{self._mine} and source == {quote(source)}"
+    def _count(self, source: str | None) -> int:
         res = self._call(
             "count",
-            client.query,
+            self._client.query,
             self._collection,
-            filter=expr,
+            filter=self._filter(source),
             output_fields=["count(*)"],
             timeout=self._timeout,
         )
         return int(res[0]["count(*)"])
 
-    def rows_for(self, source: str) -> list[StoredRow]:
-        """This daemon's rows of ``source`` in chunk order, every field."""
-        rows = self._scan(f"{self._mine} and source == {quote(source)}", list(FIELDS))
-        out = [
-            StoredRow(
-                id=str(r["id"]),
-                vector=np.asarray(r["vector"], dtype=np.float32),
-                content=r["content"],
-                source=r["source"],
-                page=None if r["page"] == NO_PAGE else int(r["page"]),
-                chunk=int(r["chunk"]),
-                timestamp=int(r["timestamp"]),
-                hash=r["hash"],
-                daemon=r["daemon"],
-            )
-            for r in rows
-        ]
-        out.sort(key=lambda r: r.chunk)
-        return out
+    def _scan(self, source: str | None, fields: Sequence[str]) -> list[Fields]:
+        return [_fields(r) for r in self._query(self._filter(source), list(fields))]
 
-    def _scan(self, expr: str, fields: list[str]) -> list[dict[str, Any]]:
-        client = self._ready()
-        if self._scan_in_one_query:
-            rows = self._call(
-                "query",
-                client.query,
-                self._collection,
-                filter=expr,
-                output_fields=fields,
-                timeout=self._timeout,
-            )
-            return [dict(r) for r in rows]
+    def _query(self, expr: str, fields: list[str]) -> list[Fields]:
+        client = self._client
         # Most scans (one source, a small store) fit one query, which costs one consistency
-        # wait instead of an iterator's several; a query holds at most QUERY_MAX rows.
+        # wait instead of an iterator's several; a server's query holds at most QUERY_MAX rows.
+        limit = {} if self._scan_in_one_query else {"limit": self._query_max}
         rows = self._call(
             "query",
             client.query,
             self._collection,
             filter=expr,
             output_fields=fields,
-            limit=self._query_max,
             timeout=self._timeout,
+            **limit,
         )
-        if len(rows) < self._query_max:
-            return [dict(r) for r in rows]
+        if self._scan_in_one_query or len(rows) < self._query_max:
+            return list(rows)
         it = self._call(
             "query",
             client.query_iterator,
@@ -532,7 +415,7 @@ class MilvusSink(BaseSink):
             output_fields=fields,
             timeout=self._timeout,
         )
-        out: list[dict[str, Any]] = []
+        out: list[Fields] = []
         try:
             while batch := self._call("query", it.next):
                 out.extend(batch)
@@ -541,31 +424,17 @@ class MilvusSink(BaseSink):
                 it.close()
         return out
 
-    def search(
-        self,
-        vector: npt.ArrayLike,
-        k: int,
-        *,
-        source_prefix: str | None = None,
-        daemon: str | None = None,
-    ) -> list[Hit]:
-        """The ``k`` rows most cosine-similar to ``vector``, best first.
-
-        Searches every daemon's rows unless ``daemon`` is given; ``source_prefix`` keeps
-        sources that start with it.
-        """
-        if k <= 0:
-            return []
-        client = self._ready()
+    def _search(
+        self, query: npt.NDArray[np.float32], k: int, *, source_prefix: str | None, daemon: str | None
+    ) -> list[Fields]:
         terms = []
         if daemon is not None:
             terms.append(f"daemon == {quote(daemon)}")
-        if source_prefix:
+        if source_prefix is not None:
             terms.append(prefix_filter("source", source_prefix))
-        query = self._query(vector)
         res = self._call(
             "search",
-            client.search,
+            self._client.search,
             self._collection,
             data=[query],
             anns_field="vector",
@@ -575,21 +444,12 @@ class MilvusSink(BaseSink):
             search_params={"metric_type": "COSINE"},
             timeout=self._timeout,
         )
-        hits = []
-        for rank, h in enumerate(res[0] if res else [], start=1):
-            e = h["entity"]
-            hits.append(
-                Hit(
-                    rank=rank,
-                    score=float(h["distance"]),
-                    id=str(h["id"]),
-                    source=e["source"],
-                    page=None if e["page"] == NO_PAGE else int(e["page"]),
-                    chunk=int(e["chunk"]),
-                    content=e["content"],
-                    daemon=e["daemon"],
-                    hash=e["hash"],
-                    timestamp=int(e["timestamp"]),
-                )
-            )
-        return hits
+        return [
+            {**_fields(h["entity"]), "id": h["id"], "score": float(h["distance"])}
+            for h in (res[0] if res else [])
+        ]
+
+
+def _fields(row: Fields) -> Fields:
+    """A Milvus row with ``page`` None where it holds NO_PAGE (INT64 fields hold no null everywhere)."""
+    return {**row, "page": None if row.get("page", NO_PAGE) == NO_PAGE else row["page"]}

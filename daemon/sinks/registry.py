@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from daemon.errors import ConfigError
-from daemon.sinks.base import BaseSink, SinkSettings, read_secret
+from daemon.sinks.base import Sink, SinkSettings, read_secret
 
 __all__ = ["ENGINES", "Engine", "check_sinks", "engine_for", "open_sink"]
 
@@ -27,10 +27,10 @@ class Engine:
     cls: str
     extra: str  # the pip extra that installs its client
 
-    def sink_class(self) -> type[BaseSink]:
+    def sink_class(self) -> type[Sink]:
         """The engine's sink class (its module imports the client only when a sink connects)."""
         cls: object = getattr(importlib.import_module(self.module), self.cls)
-        if not (isinstance(cls, type) and issubclass(cls, BaseSink)):
+        if not (isinstance(cls, type) and issubclass(cls, Sink)):
             raise TypeError(f"{self.module}.{self.cls} is not a sink class")
         return cls
 
@@ -85,7 +85,7 @@ def check_sinks(sinks: Sequence[SinkSettings]) -> None:
 
 def open_sink(
     cfg: SinkSettings, *, daemon: str, dimensions: int, fingerprint: str, timeout_s: float | None = None
-) -> BaseSink:
+) -> Sink:
     """A sink for ``cfg`` (not yet connected); run ``check_sinks`` on the configuration first."""
     return engine_for(cfg.type).sink_class()(
         cfg, daemon=daemon, dimensions=dimensions, fingerprint=fingerprint, timeout_s=timeout_s
