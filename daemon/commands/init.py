@@ -64,6 +64,10 @@ COMMENTS: Mapping[str, Mapping[str, str]] = {
         "exclude": "Glob patterns tested on the file name and every folder name below path:\n"
         '".*" skips hidden files and folders, "*~" and "*.tmp" editor backups, "*.part" downloads.',
         "recursive": "Also watch subfolders.",
+        "respect_gitignore": "Leave out what .gitignore, .ignore and .git/info/exclude ignore, as git\n"
+        "does (negation, folder patterns, nested files); .git/ itself is never indexed.",
+        "preset": '"code": add the source-code patterns to include (source split along its syntax;\n'
+        'lock files, minified and binary files skipped); "" = none.',
     },
     "daemon": {
         "": "How the daemon runs.",
