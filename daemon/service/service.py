@@ -75,6 +75,7 @@ def extract_limits(config: Config) -> ExtractLimits:
         timeout_s=config.daemon.extract_timeout_s,
         memory_bytes=config.daemon.extract_memory_bytes,
         max_html_bytes=config.daemon.max_html_bytes,
+        chunk_chars=config.chunking.size,
     )
 
 
