@@ -19,6 +19,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# Imported with the module, before the worker lowers its memory limit (as pypdf is).
+from tree_sitter_language_pack import get_parser
+
 from .sections import MAX_TITLE_CHARS, SEPARATOR
 from .text import decode
 from .units import UNSUPPORTED, Parsed, Refused, TextUnit
@@ -230,9 +233,7 @@ _parsers: dict[str, Any] = {}
 def _parser(language: str) -> Any:
     parser = _parsers.get(language)
     if parser is None:
-        # Imported here: only the worker that parses code pays for loading the grammars.
-        from tree_sitter_language_pack import get_parser
-
+        # A grammar's shared object is loaded on first use, one per language.
         parser = _parsers[language] = get_parser(language)  # type: ignore[arg-type]
     return parser
 
