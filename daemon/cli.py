@@ -180,12 +180,18 @@ def _add_tool_parsers(sub: Any) -> None:
         "existing file is never overwritten.",
         "  embedd init                                  config.toml watching ./inbox\n"
         "  embedd init ~/notes ~/papers                 watch two folders\n"
+        '  embedd init --code ~/src/project             a source-code folder (preset = "code")\n'
         "  embedd init /srv/docs --config /etc/embedd/config.toml --store /var/lib/embedd/embeddings.json",
     )
     init.add_argument("folders", nargs="*", type=Path, metavar="FOLDER", help="folders to watch")
     _config_argument(init, "where to write the configuration (default: config.toml)")
     init.add_argument("--model", type=Path, help="the GGUF model path to write (default: models/...)")
     init.add_argument("--store", type=Path, help="the store path to write (default: data/embeddings.json)")
+    init.add_argument(
+        "--code",
+        action="store_true",
+        help='watch the folders as source code (preset = "code", see the README)',
+    )
 
     status = _tool_parser(
         sub,
@@ -379,7 +385,9 @@ def _init(args: argparse.Namespace) -> int:
     from daemon.commands.init import init_command
 
     path: Path = getattr(args, "config", None) or Path("config.toml")
-    init_command(path, args.folders, model_path=args.model, store_path=args.store, out=sys.stdout)
+    init_command(
+        path, args.folders, model_path=args.model, store_path=args.store, out=sys.stdout, code=args.code
+    )
     return EXIT_OK
 
 

@@ -94,9 +94,28 @@ WATCH_DEFAULTS: Mapping[str, object] = MappingProxyType(
         ),
         "exclude": (".*", "*~", "*.tmp", "*.part"),
         "recursive": True,
+        "respect_gitignore": True,
+        "preset": "",
     }
 )
 """Every key of a ``[[watch]]`` table with its default; ``path`` has none and is required."""
+
+CODE_INCLUDE: tuple[str, ...] = (
+    *("*.py", "*.pyi", "*.js", "*.mjs", "*.cjs", "*.jsx", "*.ts", "*.mts", "*.cts", "*.tsx"),
+    *("*.go", "*.rs", "*.java", "*.c", "*.h", "*.cc", "*.cpp", "*.cxx", "*.hpp", "*.hh", "*.cs"),
+    *("*.rb", "*.php", "*.kt", "*.kts", "*.swift", "*.sh", "*.bash", "*.sql"),
+    *("*.md", "*.rst", "*.txt", "*.toml", "*.json", "*.yaml", "*.yml"),
+)
+PRESETS: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        # Source code and the docs beside it; lock files, minified and binary files are skipped
+        # at extraction with a reason; generated folders are the .gitignore's business, these
+        # two are excluded even without one.
+        "code": MappingProxyType({"include": CODE_INCLUDE, "exclude": ("node_modules", "__pycache__")}),
+    }
+)
+"""``[[watch]] preset``: patterns added to the watch's ``include`` (which it replaces when not
+given) and ``exclude``."""
 
 SINK_TYPES = ("milvus", "qdrant", "chroma", "lancedb")
 SINK_DEFAULTS: Mapping[str, object] = MappingProxyType(
@@ -150,6 +169,8 @@ class WatchConfig:
     include: tuple[str, ...]
     exclude: tuple[str, ...]
     recursive: bool
+    respect_gitignore: bool = True  # .gitignore, .ignore and .git/info/exclude (watch/ignore.py)
+    preset: str = ""
 
     def matches(self, relpath: str) -> bool:
         """Tell whether the file at ``relpath`` ('/'-separated, relative to ``path``) is indexed.
@@ -322,13 +343,24 @@ def _parse_watches(raw: object, base: Path) -> tuple[WatchConfig, ...]:
             raise ConfigError(field, item, "must be a table: write [[watch]] with path = ...")
         table = _Table(item, field, WATCH_DEFAULTS, base)
         written, path = table.path("path")
+        include = table.patterns("include", allow_empty=False)
+        exclude = table.patterns("exclude", allow_empty=True)
+        preset = table.string("preset").strip().lower()
+        if preset:
+            if preset not in PRESETS:
+                raise ConfigError(f"{field}.preset", preset, f"must be one of: {', '.join(PRESETS)}")
+            given = include if "include" in item else ()
+            include = tuple(dict.fromkeys((*PRESETS[preset]["include"], *given)))
+            exclude = tuple(dict.fromkeys((*exclude, *PRESETS[preset]["exclude"])))
         watches.append(
             WatchConfig(
                 path=path,
                 name=PurePath(written).as_posix(),
-                include=table.patterns("include", allow_empty=False),
-                exclude=table.patterns("exclude", allow_empty=True),
+                include=include,
+                exclude=exclude,
                 recursive=table.boolean("recursive"),
+                respect_gitignore=table.boolean("respect_gitignore"),
+                preset=preset,
             )
         )
     return tuple(watches)

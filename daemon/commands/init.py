@@ -66,6 +66,10 @@ COMMENTS: Mapping[str, Mapping[str, str]] = {
         "exclude": "Glob patterns tested on the file name and every folder name below path:\n"
         '".*" skips hidden files and folders, "*~" and "*.tmp" editor backups, "*.part" downloads.',
         "recursive": "Also watch subfolders.",
+        "respect_gitignore": "Leave out what .gitignore, .ignore and .git/info/exclude ignore, as git\n"
+        "does (negation, folder patterns, nested files); .git/ itself is never indexed.",
+        "preset": '"code": add the source-code patterns to include (source split along its syntax;\n'
+        'lock files, minified and binary files skipped); "" = none.',
     },
     "daemon": {
         "": "How the daemon runs.",
@@ -136,7 +140,13 @@ def written_path(path: Path | str, base: Path) -> str:
     return absolute.as_posix()
 
 
-def render(folders: Sequence[str], *, model_path: str | None = None, store_path: str | None = None) -> str:
+def render(
+    folders: Sequence[str],
+    *,
+    model_path: str | None = None,
+    store_path: str | None = None,
+    code: bool = False,
+) -> str:
     """The commented TOML text watching ``folders`` (as they should be written in the file)."""
     parts = [_INTRO]
     overrides = {"model": {"path": model_path}, "store": {"path": store_path}}
@@ -147,6 +157,10 @@ def render(folders: Sequence[str], *, model_path: str | None = None, store_path:
     for i, folder in enumerate(folders):
         values = {k: list(v) if isinstance(v, tuple) else v for k, v in WATCH_DEFAULTS.items()}
         values["path"] = folder
+        if code:
+            # The preset brings its own include; the default one (documents) would only add noise.
+            values.pop("include")
+            values["preset"] = "code"
         parts.append(_table("[[watch]]", "watch", values, commented=i == 0))
     parts.append(_table("[daemon]", "daemon", dict(DEFAULTS["daemon"])))
     store = PurePosixPath(store_path or str(DEFAULTS["store"]["path"]))
@@ -206,6 +220,7 @@ def build(
     *,
     model_path: Path | str | None = None,
     store_path: Path | str | None = None,
+    code: bool = False,
 ) -> Starter:
     """The starter for ``config_path``, validated by the real config parser (raises ConfigError)."""
     path = Path(os.path.normpath(config_path.absolute()))
@@ -215,6 +230,7 @@ def build(
         written,
         model_path=written_path(model_path, base) if model_path is not None else None,
         store_path=written_path(store_path, base) if store_path is not None else None,
+        code=code,
     )
     config = parse_config(tomllib.loads(text), base, source_path=path)
     return Starter(path, text, config)
@@ -277,11 +293,12 @@ def init_command(
     model_path: Path | None,
     store_path: Path | None,
     out: TextIO,
+    code: bool = False,
 ) -> None:
     """``embedd init``: write the starter and say what to do next; an existing file is refused first."""
     refuse_existing(config_path)
     try:
-        built = build(config_path, folders, model_path=model_path, store_path=store_path)
+        built = build(config_path, folders, model_path=model_path, store_path=store_path, code=code)
     except ConfigError as exc:
         raise UsageError(
             f"the configuration would not load: {exc}; choose other folders, or other paths with "

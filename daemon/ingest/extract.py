@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from daemon.errors import ExtractError
-from daemon.ingest import markdown, text
+from daemon.ingest import generated, markdown, text
 from daemon.ingest.sandbox import SandboxLimits, run_worker
 from daemon.ingest.units import Parsed, Refused, TextUnit
 
@@ -38,6 +38,7 @@ class Format:
     name: str
     sandboxed: bool
     version: int = 1
+    language: str | None = None  # the tree-sitter grammar of a source-code format
 
 
 # Version 1 is how every file was read before formats had versions: as text, a PDF by pypdf.
@@ -62,6 +63,32 @@ FORMATS: dict[str, Format] = {
     ".rst": Format("rst", sandboxed=True, version=3),
 }
 """File suffix (lower case) -> its format; any other suffix is read as text."""
+
+_CODE_SUFFIXES: dict[str, str] = {
+    **dict.fromkeys((".py", ".pyi"), "python"),
+    **dict.fromkeys((".js", ".mjs", ".cjs", ".jsx"), "javascript"),
+    **dict.fromkeys((".ts", ".mts", ".cts"), "typescript"),
+    ".tsx": "tsx",
+    ".go": "go",
+    ".rs": "rust",
+    ".java": "java",
+    **dict.fromkeys((".c", ".h"), "c"),
+    **dict.fromkeys((".cc", ".cpp", ".cxx", ".hpp", ".hh", ".hxx"), "cpp"),
+    ".cs": "csharp",
+    ".rb": "ruby",
+    ".php": "php",
+    **dict.fromkeys((".kt", ".kts"), "kotlin"),
+    ".swift": "swift",
+    **dict.fromkeys((".sh", ".bash"), "bash"),
+    ".sql": "sql",
+}
+# Source code was read as text (version 1) before; split along its syntax it is version 2.
+FORMATS.update(
+    {
+        suffix: Format(f"code-{lang}", sandboxed=True, version=2, language=lang)
+        for suffix, lang in _CODE_SUFFIXES.items()
+    }
+)
 
 
 def format_of(path: PurePath) -> Format:
@@ -91,6 +118,7 @@ class ExtractLimits:
     timeout_s: float
     memory_bytes: int
     max_html_bytes: int = 20 * _MIB
+    chunk_chars: int = 500  # source code is split along its syntax into pieces of at most this
 
     def __post_init__(self) -> None:
         if min(self.max_bytes, self.max_html_bytes) < 0 or self.timeout_s <= 0 or self.memory_bytes <= 0:
@@ -110,13 +138,17 @@ def extract(path: Path, limits: ExtractLimits) -> Extracted:
     try:
         if fmt.sandboxed:
             # A document's text is capped as a text file's size is (daemon.max_file_mb).
+            options: dict[str, object] = {}
+            if fmt.language:
+                options = {"language": fmt.language, "chunk_chars": limits.chunk_chars, "name": path.name}
             sandbox = SandboxLimits(
-                limits.timeout_s, limits.memory_bytes, limits.max_html_bytes, limits.max_bytes
+                limits.timeout_s, limits.memory_bytes, limits.max_html_bytes, limits.max_bytes, options
             )
-            parsed = run_worker(path, fd, fmt.name, sandbox)
+            parsed = run_worker(path, fd, "code" if fmt.language else fmt.name, sandbox)
         else:
             data = _read_all(path, fd, limits.max_bytes)
             try:
+                generated.refuse(path.name, data)
                 parsed = markdown.parse(data) if fmt is MARKDOWN else text.parse(data)
             except Refused as exc:
                 raise ExtractError(path, exc.detail) from None

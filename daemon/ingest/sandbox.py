@@ -14,7 +14,8 @@ import math
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon.errors import ExtractError
@@ -34,6 +35,8 @@ class SandboxLimits:
     # The most text (characters) one document may yield: a small zip can expand to hundreds
     # of MB of text, which the daemon would hold and queue for hours of embedding.
     max_text_chars: int = 100 * _MIB
+    # What the format's parser needs besides the bytes (a source file's language, chunk size).
+    parser_options: Mapping[str, object] = field(default_factory=dict)
 
 
 def _worker_argv(fmt: str, limits: SandboxLimits) -> list[str]:
@@ -43,7 +46,13 @@ def _worker_argv(fmt: str, limits: SandboxLimits) -> list[str]:
     imports) is never loaded in the child; ``-P`` keeps the script's folder off ``sys.path``.
     """
     cpu_seconds = math.ceil(limits.timeout_s) + 1
-    options = json.dumps({"max_html_bytes": limits.max_html_bytes, "max_text_chars": limits.max_text_chars})
+    options = json.dumps(
+        {
+            "max_html_bytes": limits.max_html_bytes,
+            "max_text_chars": limits.max_text_chars,
+            **limits.parser_options,
+        }
+    )
     return [
         sys.executable, "-P", str(WORKER_SCRIPT), fmt, str(limits.memory_bytes), str(cpu_seconds), options
     ]  # fmt: skip

@@ -33,7 +33,7 @@ from types import ModuleType
 from typing import Any, BinaryIO
 
 PACKAGE = "_embedd_formats"
-FORMATS = ("pdf", "docx", "pptx", "odt", "epub", "html", "rst", "markdown", "text")
+FORMATS = ("pdf", "docx", "pptx", "odt", "epub", "html", "rst", "markdown", "text", "code")
 
 JsonDict = dict[str, Any]
 
@@ -69,6 +69,10 @@ def _parse(fmt: str, module: ModuleType, stream: BinaryIO, options: JsonDict) ->
         return module.parse(stream, int(options.get("max_html_bytes", 20 * 1024 * 1024)))
     if fmt in ("rst", "markdown", "text"):
         return module.parse(stream.read())
+    if fmt == "code":
+        data = stream.read()
+        sys.modules[f"{PACKAGE}.generated"].refuse(str(options.get("name", "")), data)
+        return module.parse(data, str(options["language"]), int(options.get("chunk_chars", 500)))
     return module.parse(stream)
 
 
@@ -125,6 +129,7 @@ def main(argv: list[str]) -> int:
     load_formats()
     # Imported before the limits, like the interpreter itself: what they cap is the parsing.
     importlib.import_module(f"{PACKAGE}.units")
+    importlib.import_module(f"{PACKAGE}.generated")
     module = importlib.import_module(f"{PACKAGE}.{fmt}")
     set_limits(int(argv[2]), int(argv[3]))
     # fd 0 is the document itself (a regular file the parent opened and checked), so it is

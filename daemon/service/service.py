@@ -71,6 +71,7 @@ def extract_limits(config: Config) -> ExtractLimits:
         timeout_s=config.daemon.extract_timeout_s,
         memory_bytes=config.daemon.extract_memory_bytes,
         max_html_bytes=config.daemon.max_html_bytes,
+        chunk_chars=config.chunking.size,
     )
 
 
@@ -148,6 +149,7 @@ class Service:
 
     def handle(self, event: FileEvent) -> None:
         """Apply one coalesced event to the store."""
+        self._ignore_files_changed(event)
         if event.kind is EventKind.CHANGED:
             self._changed(event.path)
         elif event.kind is EventKind.DELETED:
@@ -157,6 +159,19 @@ class Service:
             self._moved(event.path, event.dest)
         elif event.kind is EventKind.RESCAN:
             self.reconcile(event.path)
+
+    def _ignore_files_changed(self, event: FileEvent) -> None:
+        """A .gitignore, .ignore or .git/info/exclude changed: files it now ignores leave the
+        store, files it no longer ignores are queued (a reconcile of its folder)."""
+        for path in (event.path, event.dest):
+            folder = scan.ignore_rules_changed(self.config.watches, path) if path is not None else None
+            if path is None or folder is None:
+                continue
+            for source in self._sources_under(folder):
+                old = scan.path_of(self.config.watches, source)
+                if old is not None and self._locate(old) is None:
+                    self._remove(source, reason=f"ignored since {display_path(path)} changed")
+            self.reconcile(folder)
 
     def _changed(self, path: Path) -> None:
         located = self._locate(path)

@@ -18,6 +18,7 @@ import structlog
 
 from daemon.config import WatchConfig
 from daemon.log import display_path
+from daemon.watch import ignore
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +65,39 @@ def locate(watches: Sequence[WatchConfig], path: Path) -> tuple[WatchConfig, str
             return None
         # The first watch that contains the path decides: a nested watch listed later never
         # takes a file the outer one rejects.
-        return (watch, f"{watch.name}/{relpath}") if watch.matches(relpath) else None
+        if not watch.matches(relpath) or _ignored(watch, path, relpath):
+            return None
+        return watch, f"{watch.name}/{relpath}"
+    return None
+
+
+def _ignored(watch: WatchConfig, path: Path, relpath: str) -> bool:
+    """``.git/`` is never indexed; the ignore files' rules apply when the watch respects them."""
+    if ignore.GIT_DIR in relpath.split("/"):
+        return True
+    return watch.respect_gitignore and ignore.rules_for(watch.path).ignores(path)
+
+
+def skips_folder(watch: WatchConfig, path: Path) -> bool:
+    """Whether a walk leaves the folder ``path`` (below ``watch.path``) unentered."""
+    if watch.skips_dir(path.name) or path.name == ignore.GIT_DIR:
+        return True
+    return watch.respect_gitignore and ignore.rules_for(watch.path).ignores(path, is_dir=True)
+
+
+def ignore_rules_changed(watches: Sequence[WatchConfig], path: Path) -> Path | None:
+    """When ``path`` is an ignore file of a watch that respects them: forget that watch's rules
+    and return the folder whose files they may have changed; otherwise None."""
+    if not ignore.is_ignore_file(path):
+        return None
+    for watch in watches:
+        if watch.path not in path.parents:
+            continue
+        if not watch.respect_gitignore:
+            return None
+        ignore.forget(watch.path)
+        inside_git = ignore.GIT_DIR in path.relative_to(watch.path).parts
+        return watch.path if inside_git else path.parent
     return None
 
 
@@ -106,7 +139,13 @@ def unindexable(watch: WatchConfig, source: str, path: Path) -> str | None:
 
 
 def walk(watches: Sequence[WatchConfig], watch: WatchConfig, top: Path) -> Iterator[FoundFile]:
-    """Files below ``top`` that ``watch`` selects, with lstat results; symlinks never followed."""
+    """Files below ``top`` that ``watch`` selects, with lstat results; symlinks never followed.
+
+    A walk of the whole folder reads its ignore files afresh, so a periodic rescan also
+    catches an ignore file changed while no event reported it.
+    """
+    if top == watch.path:
+        ignore.forget(watch.path)
     stack = [top]
     while stack:
         folder = stack.pop()
@@ -125,7 +164,7 @@ def walk(watches: Sequence[WatchConfig], watch: WatchConfig, top: Path) -> Itera
             except OSError:
                 continue
             if stat.S_ISDIR(st.st_mode):
-                if not watch.skips_dir(entry.name):
+                if not skips_folder(watch, path):
                     stack.append(path)
                 continue
             located = locate(watches, path)
