@@ -30,6 +30,17 @@ class Hit:
     hash: str | None = None
     section: str | None = None
     title: str | None = None
+    vector_rank: int | None = None
+    vector_score: float | None = None
+    keyword_rank: int | None = None
+    keyword_score: float | None = None
+    matched_terms: tuple[str, ...] | None = None
+    snippet: str | None = None
+
+    @property
+    def ranked(self) -> bool:
+        """True for a hit of ``daemon.query.search`` (it carries both sides' ranks and scores)."""
+        return self.matched_terms is not None
 
     def to_json(self) -> dict[str, Any]:
         """The hit as a JSON object (full content); ``daemon``, ``hash``, ``section`` and ``title``
@@ -52,6 +63,13 @@ class Hit:
             doc["section"] = self.section
         if self.title is not None:
             doc["title"] = self.title
+        if self.ranked:
+            doc["vector_rank"] = self.vector_rank
+            doc["vector_score"] = self.vector_score
+            doc["keyword_rank"] = self.keyword_rank
+            doc["keyword_score"] = self.keyword_score
+            doc["matched_terms"] = list(self.matched_terms or ())
+            doc["snippet"] = self.snippet
         return doc
 
     @classmethod
@@ -70,6 +88,12 @@ class Hit:
             hash=doc.get("hash"),
             section=doc.get("section"),
             title=doc.get("title"),
+            vector_rank=doc.get("vector_rank"),
+            vector_score=doc.get("vector_score"),
+            keyword_rank=doc.get("keyword_rank"),
+            keyword_score=doc.get("keyword_score"),
+            matched_terms=None if "matched_terms" not in doc else tuple(doc["matched_terms"]),
+            snippet=doc.get("snippet"),
         )
 
 
