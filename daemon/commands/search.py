@@ -122,7 +122,7 @@ def search_here(config: Config, query: str, k: int, *, options: SearchOptions | 
         snap = store.snapshot()
         vector = None
         model = store.model
-        if opts.needs_vector and store.count:
+        if opts.needs_vector:
             embedder = LlamaEmbedder(
                 config.model.path,
                 EmbedderSettings(

@@ -283,7 +283,10 @@ class Api:
         self._ready()
         vector = None
         notes: list[str] = []
-        if opts.needs_vector:
+        if opts.mode == "vector":
+            # The vector is the whole answer: a query past the model's context is refused, as ever.
+            vector = (await self._vectors(request, [self.backend.query_prefix + query], "query"))[0]
+        elif opts.needs_vector:
             vector = await self._query_vector(request, self.backend.query_prefix + query, notes)
         snap = self.backend.snapshot()
         outcome = await run_in_threadpool(search_snapshot, snap, query, vector, opts)

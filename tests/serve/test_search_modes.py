@@ -1,7 +1,8 @@
-"""``POST /v1/search`` in every mode over real HTTP, the real model and a real store with its keyword index."""
+"""`POST /v1/search` in every mode over real HTTP, the real model and a store with its keyword index."""
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -169,6 +170,10 @@ def test_every_hostile_query_is_answered_200_in_every_mode(server: tuple[Path, S
     for mode in ("hybrid", "vector", "keyword"):
         for query in HOSTILE:
             r = post(sock, {"query": query, "k": 3, "mode": mode})
+            if mode == "vector" and len(query) > 2000:
+                # Vectors only: a query past the model's context is refused, never truncated.
+                assert r.status_code == 422 and r.json()["error"]["code"] == "context_length_exceeded"
+                continue
             assert r.status_code == 200, (mode, query[:40], r.text)
             assert isinstance(r.json()["results"], list)
     # A lone surrogate escape (valid JSON, invalid Unicode) and a query with no word at all.
@@ -218,7 +223,7 @@ def test_modes_fusion_and_scores(server: tuple[Path, Store]) -> None:
     assert doc["mode"] == "hybrid" and doc["notes"] == []
     hits = doc["results"]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4]
-    assert all(a["score"] >= b["score"] for a, b in zip(hits, hits[1:], strict=False))
+    assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(hits))
     for h in hits:  # RRF: the score is the sum of 1/(60 + rank) over the sides that returned it
         expect = sum(1 / (60 + h[f"{side}_rank"]) for side in ("vector", "keyword") if h[f"{side}_rank"])
         assert abs(h["score"] - expect) < 1e-9
