@@ -321,13 +321,23 @@ class KeywordIndex:
         ``mtime_ns``) with ``params``, applied inside the query so a filter never leaves fewer
         hits than exist.
         """
-        sql = (
-            "SELECT f.rowid, s.source, c.chunk, c.hash, -bm25(fts) FROM fts f "
-            "JOIN chunks c ON c.rowid = f.rowid JOIN sources s ON s.id = c.sid "
-            f"WHERE fts MATCH ? {('AND ' + where) if where else ''} ORDER BY bm25(fts) LIMIT ?"
-        )
+        if not where:
+            # FTS5 alone sorts by rank in C; the chunk rows are joined for the best ones only.
+            sql = (
+                "SELECT b.rowid, s.source, c.chunk, c.hash, b.score FROM "
+                "(SELECT rowid, -rank AS score FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?) b "
+                "JOIN chunks c ON c.rowid = b.rowid JOIN sources s ON s.id = c.sid ORDER BY b.score DESC"
+            )
+            args: tuple[object, ...] = (match, limit)
+        else:
+            sql = (
+                "SELECT f.rowid, s.source, c.chunk, c.hash, -bm25(fts) FROM fts f "
+                "JOIN chunks c ON c.rowid = f.rowid JOIN sources s ON s.id = c.sid "
+                f"WHERE fts MATCH ? AND {where} ORDER BY bm25(fts) LIMIT ?"
+            )
+            args = (match, *params, limit)
         with self._reading() as conn:
-            rows = conn.execute(sql, (match, *params, limit)).fetchall()
+            rows = conn.execute(sql, args).fetchall()
         return [KeywordHit(int(a), str(b), int(c), str(d), float(e)) for a, b, c, d, e in rows]
 
     def mark(self, match: str, rowids: Sequence[int], *, tokens: int = 24) -> dict[int, Marked]:
