@@ -62,5 +62,5 @@ def test_rrf_and_convex() -> None:
     assert c.vector_rank == 3 and c.keyword_rank == 1 and c.score == pytest.approx(1 / 63 + 1 / 61)
     assert rrf[-1].vector_rank is None and rrf[-1].keyword_score == 3.0
     assert [f.key for f in fuse(vec, kw, method="convex", alpha=1.0)][:3] == ["a", "b", "c"]
-    assert [f.key for f in fuse(vec, kw, method="convex", alpha=0.0)][0] == "c"
+    assert fuse(vec, kw, method="convex", alpha=0.0)[0].key == "c"
     assert fuse([], []) == []
