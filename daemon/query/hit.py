@@ -11,7 +11,11 @@ SNIPPET_CHARS = 200
 
 @dataclass(frozen=True)
 class Hit:
-    """One ranked chunk; ``score`` is the cosine similarity (higher is closer).
+    """One ranked chunk; ``score`` is what hits are ordered by (higher is better): the cosine
+    similarity for a sink or vector search, BM25 for a keyword search, the fused score for hybrid.
+
+    A hit of ``daemon.query.search`` also carries each side's rank and score (None where that
+    side did not return it), the words the keyword side matched and a snippet around them.
 
     ``daemon`` names the daemon whose row it is (sink searches cover every daemon's rows);
     ``hash`` is the sha256 of ``content`` when the source of the hit records it; ``section``

@@ -97,7 +97,10 @@ class KeywordIndex:
         self._conn = conn
         self._readonly = readonly
         self._memory = memory
-        self._local = threading.local()
+        # A writable index on disk keeps no file open between changes (each change and each
+        # search opens its own connection, for a millisecond): an open-for-writing file would
+        # keep an administrator from remounting the store's file system read-only.
+        self._parked = False
         self._lock = threading.Lock()
         self.broken: str | None = None
         """Why the index can no longer be trusted (a write failed); searches then skip it."""
@@ -116,6 +119,7 @@ class KeywordIndex:
             index = cls(path, _connect(path), readonly=False)
             index._check_schema()
             index.sync(sources, states, progress=progress)
+            index._park()
             return index
         except sqlite3.DatabaseError as exc:
             with contextlib.suppress(Exception):
@@ -125,7 +129,12 @@ class KeywordIndex:
             index = cls(path, _connect(path), readonly=False)
             index._check_schema()
             index.sync(sources, states, progress=progress)
+            index._park()
             return index
+
+    def _park(self) -> None:
+        self._conn.close()
+        self._parked = True
 
     @classmethod
     def open_readonly(cls, path: Path, sources: Mapping[str, Sequence[Row]]) -> KeywordIndex | None:
@@ -216,13 +225,9 @@ class KeywordIndex:
         return len(set(stale) | set(missing))
 
     def close(self) -> None:
-        """Close every connection of this index. Idempotent."""
+        """Close the index's connection. Idempotent."""
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
 
     # ----- changing (the store's writer thread, under the store lock) -----
 
@@ -257,8 +262,14 @@ class KeywordIndex:
         if self.broken is not None:
             return
         try:
-            with _tx(self._conn):
-                change()
+            if self._parked:
+                self._conn = _connect(self.path)
+            try:
+                with _tx(self._conn):
+                    change()
+            finally:
+                if self._parked:
+                    self._conn.close()
         except sqlite3.Error as exc:
             # The store changed in memory all the same; searches stop using this index until
             # the next start repairs it from the store.
@@ -295,22 +306,18 @@ class KeywordIndex:
 
     # ----- searching (any thread) -----
 
-    def _reader(self) -> sqlite3.Connection:
-        if self._memory or self._readonly:
-            return self._conn
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-            self._local.conn = conn
-        return conn
-
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
-        if self._memory or self._readonly:
+        if not self._parked:
             with self._lock:
                 yield self._conn
-        else:
-            yield self._reader()
+            return
+        conn = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA query_only=1")
+            yield conn
+        finally:
+            conn.close()
 
     def search(
         self, match: str, limit: int, *, where: str = "", params: Sequence[object] = ()
