@@ -1,10 +1,11 @@
 """The keyword index: every live chunk's text, title and section in SQLite FTS5 (BM25), beside the store.
 
-It lives in ``<store>.kw`` (with SQLite's ``-wal`` and ``-shm``) and is derived data: the JSON
+It lives in ``<store>.kw`` (and SQLite's ``-journal`` while a change is written) and is derived data: the JSON
 store stays the source of truth. The ``Store`` tells it every change (``replace``, ``remove``,
 ``rename``) under the store lock, before the snapshot that shows the change is published, and
-each change is committed at once (WAL, ``synchronous=NORMAL``: a crash of the process loses
-nothing committed; a power cut may lose the last commits, which the next start repairs).
+each change is committed at once (a rollback journal, ``synchronous=NORMAL``: a crash of the
+process loses nothing committed; a power cut may lose the last commits, which the next start
+repairs).
 
 Per source it records a signature of its chunks (ids, hashes, sections, titles). At open the
 signatures are compared with the store's, and only the sources that differ are indexed again,
@@ -101,6 +102,7 @@ class KeywordIndex:
         # search opens its own connection, for a millisecond): an open-for-writing file would
         # keep an administrator from remounting the store's file system read-only.
         self._parked = False
+        self._local = threading.local()
         self._lock = threading.Lock()
         self.broken: str | None = None
         """Why the index can no longer be trusted (a write failed); searches then skip it."""
@@ -312,12 +314,21 @@ class KeywordIndex:
             with self._lock:
                 yield self._conn
             return
-        conn = sqlite3.connect(self.path, check_same_thread=False)
+        # One read-only connection per thread, kept: its page cache stays warm between searches
+        # (a fresh connection per search tripled a keyword search's time at 100,000 chunks).
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA mmap_size=1073741824")
+            self._local.conn = conn
         try:
-            conn.execute("PRAGMA query_only=1")
             yield conn
-        finally:
+        except sqlite3.DatabaseError:
+            # A rebuilt or replaced file: the next search opens it afresh.
+            self._local.conn = None
             conn.close()
+            raise
 
     def search(
         self, match: str, limit: int, *, where: str = "", params: Sequence[object] = ()
@@ -371,7 +382,7 @@ class KeywordIndex:
         return out
 
     def size_bytes(self) -> int:
-        """The sidecar's size on disk (with its WAL)."""
+        """The sidecar's size on disk."""
         total = 0
         for p in (self.path, Path(f"{self.path}-wal")):
             with contextlib.suppress(OSError):
@@ -398,13 +409,16 @@ def _tx(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    # A rollback journal, not WAL: readers then open the file read-only and keep no -shm open
+    # for writing, so nothing blocks remounting the store's file system read-only.
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA journal_mode=DELETE")
     conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
     return conn
 
 
 def _delete(path: Path) -> None:
-    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
