@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -109,6 +110,7 @@ def server(default_model: Path) -> Iterator[tuple[Path, Store]]:
         scheduler.close()
         embedder.close()
         store.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def post(sock: Path, body: dict[str, Any] | bytes) -> httpx.Response:
