@@ -46,17 +46,22 @@ def latency_at(root: Path, model: Path, n: int, *, queries: int, cli_runs: int, 
     try:
         daemon.wait_ready()
         with daemon.client() as c:
-            for q in QUERIES:  # warm-up: first requests pay for lazy imports and page faults
-                c.post("/v1/search", json={"query": q, "k": 5}).raise_for_status()
-            ms, took = [], []
-            for i in range(queries):
-                t0 = time.perf_counter()
-                r = c.post("/v1/search", json={"query": QUERIES[i % len(QUERIES)], "k": 5})
-                ms.append((time.perf_counter() - t0) * 1000)
-                r.raise_for_status()
-                took.append(r.json()["took_ms"])
-        rows.append(f"| {n:,} | daemon, HTTP on the socket | {queries} | {fmt(percentiles(ms))} |")
-        rows.append(f"| {n:,} | (of which in the daemon: took_ms) | {queries} | {fmt(percentiles(took))} |")
+            for mode in ("hybrid", "vector", "keyword"):
+                for q in QUERIES:  # warm-up: first requests pay for lazy imports and page faults
+                    c.post("/v1/search", json={"query": q, "k": 5, "mode": mode}).raise_for_status()
+                ms, took = [], []
+                for i in range(queries):
+                    t0 = time.perf_counter()
+                    r = c.post("/v1/search", json={"query": QUERIES[i % len(QUERIES)], "k": 5, "mode": mode})
+                    ms.append((time.perf_counter() - t0) * 1000)
+                    r.raise_for_status()
+                    took.append(r.json()["took_ms"])
+                rows.append(
+                    f"| {n:,} | daemon, HTTP on the socket, {mode} | {queries} | {fmt(percentiles(ms))} |"
+                )
+                rows.append(
+                    f"| {n:,} | (in the daemon: took_ms), {mode} | {queries} | {fmt(percentiles(took))} |"
+                )
         ms = []
         for i in range(cli_runs):
             t0 = time.perf_counter()

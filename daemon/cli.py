@@ -210,10 +210,11 @@ def _add_tool_parsers(sub: Any) -> None:
         sub,
         "search",
         "find the chunks closest to a query",
-        "Embed QUERY with the configured model (prefixed with [model] query_prefix) and print the "
-        "K most similar chunks by cosine similarity. A running daemon answers over its socket in "
-        "milliseconds; without one the model is loaded here and the store read without its lock. "
-        "A store built with another model file is refused (exit 5).",
+        "Print the K best chunks for QUERY: by default hybrid (keyword BM25 and cosine similarity of "
+        "the embedded query, fused by reciprocal rank); --mode vector or keyword for one side only. "
+        'Words in "double quotes" must appear as that phrase. A running daemon answers over its '
+        "socket in milliseconds; without one the model is loaded here and the store read without its "
+        "lock. A store built with another model file is refused (exit 5).",
         '  embedd search --config config.toml "how long does bread dough rise"\n'
         "  embedd search --config config.toml -k 10 --json volcanic eruptions | jq '.results[].source'",
     )
@@ -224,7 +225,32 @@ def _add_tool_parsers(sub: Any) -> None:
     search.add_argument(
         "--sink", metavar="NAME", help="query this [[sink]] (all daemons' rows) instead of the JSON store"
     )
-    search.add_argument("--source-prefix", metavar="P", help="with --sink: only sources starting with P")
+    search.add_argument("--source-prefix", metavar="P", help="only sources starting with P")
+    search.add_argument(
+        "--mode",
+        choices=("hybrid", "vector", "keyword"),
+        default="hybrid",
+        help="how to rank (default hybrid)",
+    )
+    search.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        metavar="F",
+        help="only files of this format (pdf, markdown, docx, html, text...; repeat for several)",
+    )
+    search.add_argument(
+        "--modified-after", metavar="DATE", help="only files modified at or after DATE (ISO 8601)"
+    )
+    search.add_argument(
+        "--modified-before", metavar="DATE", help="only files modified before DATE (ISO 8601)"
+    )
+    search.add_argument(
+        "--group-by",
+        choices=("chunk", "file"),
+        default="chunk",
+        help="file: the best chunk of K distinct files",
+    )
     search.add_argument(
         "--no-daemon",
         action="store_true",
@@ -400,11 +426,16 @@ def _status(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from daemon.commands.search import search_command
+    from daemon.query.options import Filters, SearchOptions, parse_time
 
-    if args.k < 1:
-        raise UsageError(f"-k must be at least 1, not {args.k}")
-    if args.sink is None and args.source_prefix is not None:
-        raise UsageError("--source-prefix needs --sink")
+    after = None if args.modified_after is None else parse_time(args.modified_after, "--modified-after")
+    before = None if args.modified_before is None else parse_time(args.modified_before, "--modified-before")
+    options = SearchOptions(
+        k=args.k,
+        mode=args.mode,
+        filters=Filters(args.source_prefix, tuple(args.formats or ()), after, before),
+        group_by=args.group_by,
+    )
     search_command(
         _load(args),
         " ".join(args.query),
@@ -415,6 +446,7 @@ def _search(args: argparse.Namespace) -> int:
         out=sys.stdout,
         err=sys.stderr,
         use_daemon=not args.no_daemon,
+        options=options,
     )
     return EXIT_OK
 

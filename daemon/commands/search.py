@@ -18,6 +18,7 @@ from daemon.commands.output import print_json
 from daemon.config import Config
 from daemon.errors import DaemonRequestError, DaemonUnavailable, EmbeddError, EmbedError, UsageError
 from daemon.query.hit import Hit, render_hits
+from daemon.query.options import Filters, SearchOptions, check_query, to_body
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class SearchResult:
     hits: tuple[Hit, ...]
     notes: tuple[str, ...] = ()  # caveats for the person reading the results
     sink: str | None = None
+    mode: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` document."""
@@ -44,24 +46,32 @@ class SearchResult:
         }
         if self.sink is not None:
             doc["sink"] = self.sink
+        if self.mode is not None:
+            doc["mode"] = self.mode
         return doc
 
 
-def run_search(config: Config, query: str, k: int, *, use_daemon: bool = True) -> SearchResult:
+def run_search(
+    config: Config, query: str, k: int, *, use_daemon: bool = True, options: SearchOptions | None = None
+) -> SearchResult:
     """Search ``config``'s store: through the running daemon when one answers, else here.
 
-    Raises StoreError when there is no store, ModelError when the model cannot be loaded and
+    ``options`` (mode, filters, grouping) default to a hybrid search of ``k`` hits. Raises
+    StoreError when there is no store, ModelError when the model cannot be loaded and
     FingerprintMismatchError when the store was built with another model.
     """
-    _check_query(query, k)
+    opts = options or SearchOptions(k=k)
+    _check_query(query, opts.k)
     if use_daemon:
-        answered = search_via_daemon(config, query, k)
+        answered = search_via_daemon(config, query, opts.k, options=opts)
         if answered is not None:
             return answered
-    return search_here(config, query, k)
+    return search_here(config, query, opts.k, options=opts)
 
 
-def search_via_daemon(config: Config, query: str, k: int) -> SearchResult | None:
+def search_via_daemon(
+    config: Config, query: str, k: int, *, options: SearchOptions | None = None
+) -> SearchResult | None:
     """The running daemon's answer; None when no daemon for this store answers (or it is starting)."""
     from daemon.serve.client import DaemonClient
 
@@ -69,7 +79,7 @@ def search_via_daemon(config: Config, query: str, k: int) -> SearchResult | None
     if client is None:
         return None
     try:
-        doc = client.search(query, k)
+        doc = client.request("POST", "/v1/search", to_body(query, options or SearchOptions(k=k)))
     except DaemonUnavailable:
         return None
     except DaemonRequestError as exc:
@@ -83,38 +93,61 @@ def search_via_daemon(config: Config, query: str, k: int) -> SearchResult | None
     if doc.get("store") != str(config.store.path):
         return None  # a daemon of another store answers on this socket
     hits = tuple(Hit.from_json(h) for h in doc["results"])
-    return SearchResult(query, config.store.path, str(doc["model"]), int(doc["searched"]), hits)
+    notes = tuple(str(n) for n in doc.get("notes", ()))
+    return SearchResult(
+        query, config.store.path, str(doc["model"]), int(doc["searched"]), hits, notes, mode=doc.get("mode")
+    )
 
 
-def search_here(config: Config, query: str, k: int) -> SearchResult:
-    """Search ``config``'s store with ``config``'s model, loaded for this one query."""
+def search_here(config: Config, query: str, k: int, *, options: SearchOptions | None = None) -> SearchResult:
+    """Search ``config``'s store with ``config``'s model, loaded for this one query (not in keyword mode).
+
+    The keyword sidecar is only read: when it lags behind the store (no daemon brought it up to
+    date), one is built in memory for this search, and a note says so.
+    """
     # Imported here: a search answered by the daemon needs neither numpy nor the store.
     from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
-    from daemon.query.rank import check_compatible, search_store
+    from daemon.query.rank import check_compatible
+    from daemon.query.search import search_snapshot
     from daemon.store.store import Store
 
-    _check_query(query, k)
+    opts = options or SearchOptions(k=k)
+    _check_query(query, opts.k)
     with Store.open_readonly(config.store.path) as store:
-        embedder = LlamaEmbedder(
-            config.model.path,
-            EmbedderSettings(
-                threads=config.model.threads,
-                batch_tokens=config.model.batch_tokens,
-                gpu_layers=config.model.gpu_layers,
-            ),
-        )
-        try:
-            check_compatible(store, embedder, config.model.path)
-            hits = search_store(store, embedder, query, k, prefix=config.model.query_prefix)
-        finally:
-            embedder.close()
-        notes: tuple[str, ...] = ()
+        notes: list[str] = []
+        if opts.mode != "vector":
+            _, note = store.keyword_reader()
+            if note:
+                notes.append(note)
+        snap = store.snapshot()
+        vector = None
+        model = store.model
+        if opts.needs_vector:
+            embedder = LlamaEmbedder(
+                config.model.path,
+                EmbedderSettings(
+                    threads=config.model.threads,
+                    batch_tokens=config.model.batch_tokens,
+                    gpu_layers=config.model.gpu_layers,
+                ),
+            )
+            try:
+                check_compatible(store, embedder, config.model.path)
+                vector = embedder.embed([config.model.query_prefix + query])[0]
+                model = model or embedder.name
+            finally:
+                embedder.close()
+        hits: list[Hit] = []
+        if store.count:
+            outcome = search_snapshot(snap, query, vector, opts)
+            hits = outcome.hits
+            notes += outcome.notes
         if store.fingerprint is None and store.count:
-            notes = (
+            notes.append(
                 f"the store {store.path} records no fingerprint (written by another tool), so it "
                 "cannot be confirmed that its vectors come from the configured model",
             )
-        return SearchResult(query, store.path, store.model or embedder.name, store.count, tuple(hits), notes)
+        return SearchResult(query, store.path, model, store.count, tuple(hits), tuple(notes), mode=opts.mode)
 
 
 def run_sink_search(
@@ -140,10 +173,26 @@ def run_sink_search(
 
 
 def _check_query(query: str, k: int) -> None:
-    if not query.strip():
-        raise UsageError("the query is empty")
-    if k < 1:
-        raise UsageError(f"-k must be at least 1, not {k}")
+    check_query(query)
+    SearchOptions(k=k)  # checks k
+
+
+def _check_sink_options(opts: SearchOptions) -> None:
+    f = opts.filters
+    refused = []
+    if opts.mode not in ("vector", "hybrid"):
+        refused.append(f"--mode {opts.mode}")
+    if f.formats:
+        refused.append("--format")
+    if f.modified_after is not None or f.modified_before is not None:
+        refused.append("--modified-after/--modified-before")
+    if opts.group_by != "chunk":
+        refused.append("--group-by")
+    if refused:
+        raise UsageError(
+            f"{', '.join(refused)}: a sink is searched by its engine's vector search, which filters by "
+            "--source-prefix only; search the JSON store (without --sink) for these"
+        )
 
 
 def render_result(result: SearchResult, out: TextIO) -> None:
@@ -166,14 +215,19 @@ def search_command(
     out: TextIO,
     err: TextIO,
     use_daemon: bool = True,
+    options: SearchOptions | None = None,
 ) -> None:
-    """``embedd search``: rank and print; ``sink`` searches that ``[[sink]]`` instead of the store."""
-    if sink is None and source_prefix is not None:
-        raise UsageError("--source-prefix needs --sink")
+    """``embedd search``: rank and print; ``sink`` searches that ``[[sink]]`` instead of the store.
+
+    A sink ranks by vectors only and filters by source prefix only: other modes, filters and
+    grouping are refused for it (UsageError).
+    """
+    opts = options or SearchOptions(k=k, filters=Filters(source_prefix))
     if sink is not None:
-        result = run_sink_search(config, sink, query, k, source_prefix=source_prefix)
+        _check_sink_options(opts)
+        result = run_sink_search(config, sink, query, opts.k, source_prefix=opts.filters.source_prefix)
     else:
-        result = run_search(config, query, k, use_daemon=use_daemon)
+        result = run_search(config, query, opts.k, use_daemon=use_daemon, options=opts)
     for note in result.notes:
         err.write(f"embedd search: note: {note}\n")
     if as_json:

@@ -11,7 +11,11 @@ SNIPPET_CHARS = 200
 
 @dataclass(frozen=True)
 class Hit:
-    """One ranked chunk; ``score`` is the cosine similarity (higher is closer).
+    """One ranked chunk; ``score`` is what hits are ordered by (higher is better): the cosine
+    similarity for a sink or vector search, BM25 for a keyword search, the fused score for hybrid.
+
+    A hit of ``daemon.query.search`` also carries each side's rank and score (None where that
+    side did not return it), the words the keyword side matched and a snippet around them.
 
     ``daemon`` names the daemon whose row it is (sink searches cover every daemon's rows);
     ``hash`` is the sha256 of ``content`` when the source of the hit records it; ``section``
@@ -30,6 +34,17 @@ class Hit:
     hash: str | None = None
     section: str | None = None
     title: str | None = None
+    vector_rank: int | None = None
+    vector_score: float | None = None
+    keyword_rank: int | None = None
+    keyword_score: float | None = None
+    matched_terms: tuple[str, ...] | None = None
+    snippet: str | None = None
+
+    @property
+    def ranked(self) -> bool:
+        """True for a hit of ``daemon.query.search`` (it carries both sides' ranks and scores)."""
+        return self.matched_terms is not None
 
     def to_json(self) -> dict[str, Any]:
         """The hit as a JSON object (full content); ``daemon``, ``hash``, ``section`` and ``title``
@@ -52,6 +67,13 @@ class Hit:
             doc["section"] = self.section
         if self.title is not None:
             doc["title"] = self.title
+        if self.ranked:
+            doc["vector_rank"] = self.vector_rank
+            doc["vector_score"] = self.vector_score
+            doc["keyword_rank"] = self.keyword_rank
+            doc["keyword_score"] = self.keyword_score
+            doc["matched_terms"] = list(self.matched_terms or ())
+            doc["snippet"] = self.snippet
         return doc
 
     @classmethod
@@ -70,6 +92,12 @@ class Hit:
             hash=doc.get("hash"),
             section=doc.get("section"),
             title=doc.get("title"),
+            vector_rank=doc.get("vector_rank"),
+            vector_score=doc.get("vector_score"),
+            keyword_rank=doc.get("keyword_rank"),
+            keyword_score=doc.get("keyword_score"),
+            matched_terms=None if "matched_terms" not in doc else tuple(doc["matched_terms"]),
+            snippet=doc.get("snippet"),
         )
 
 

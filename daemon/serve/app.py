@@ -7,8 +7,10 @@ Routes (the same on the Unix socket and on TCP):
   accepted and answered with the daemon's model; ``encoding_format`` "float" (the default) or
   "base64" (little-endian float32, what the official client asks for). No query prefix is
   added: a caller embeds documents or queries as it likes.
-- ``POST /v1/search``: ``{"query", "k", "source_prefix", "min_score"}``; the query gets
-  ``[model] query_prefix`` and is ranked exactly like ``embedd search`` does.
+- ``POST /v1/search``: ``{"query", "k", "mode", "source_prefix", "formats", "modified_after",
+  "modified_before", "group_by", "min_score", "fusion", "rrf_k", "alpha"}`` (see
+  ``daemon.query.search``); the query gets ``[model] query_prefix`` for the vector side and is
+  ranked exactly like ``embedd search`` does. Any query text is answered 200.
 - ``GET /v1/status``: what ``embedd status --json`` prints, with the daemon's live state.
 - ``GET /v1/models``: the one model, for clients that list models first.
 - ``GET /healthz``: 200 once the startup reconcile is done, 503 before and while stopping.
@@ -25,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import json
+import re
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import anyio
 import numpy as np
@@ -43,8 +47,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from daemon.embed.embedder import FloatMatrix
-from daemon.errors import EmbedError, SchedulerClosedError, TextTooLongError
-from daemon.query.rank import rank_snapshot
+from daemon.errors import EmbedError, SchedulerClosedError, TextTooLongError, UsageError
+from daemon.query.options import Filters, Mode, SearchOptions, parse_time
+from daemon.query.search import search_snapshot
 from daemon.store.snapshot import Snapshot
 
 log = structlog.get_logger("embedd")
@@ -55,7 +60,10 @@ Phase = Literal["starting", "ready", "stopping"]
 BODY_TIMEOUT_S = 30.0
 # OpenAI's own limit of inputs per embeddings request.
 MAX_INPUTS = 2048
-MAX_K = 1000
+SEARCH_FIELDS = frozenset(
+    {"query", "k", "mode", "source_prefix", "formats", "modified_after", "modified_before", "group_by",
+     "min_score", "fusion", "rrf_k", "alpha"}
+)  # fmt: skip
 
 
 class Backend(Protocol):
@@ -141,7 +149,7 @@ class Api:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    async def _json_body(self, request: Request) -> dict[str, Any]:
+    async def _json_body(self, request: Request, *, lenient: bool = False) -> dict[str, Any]:
         """The request's JSON object; 413 past the limit, 408 when it does not arrive, 400 when invalid."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -158,7 +166,9 @@ class Api:
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+            doc = _lenient_json(body) if lenient else None
+            if doc is None:
+                raise ApiError(400, f"the body is not valid JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise ApiError(400, "the body must be a JSON object")
         return doc
@@ -193,6 +203,32 @@ class Api:
         except EmbedError as exc:
             raise ApiError(400, f"{param}: {exc}", param=param) from None
         return await _wait_unless_disconnected(request, future)
+
+    async def _query_vector(self, request: Request, text: str, notes: list[str]) -> FloatMatrix:
+        """The query's vector; a query longer than the model's context is embedded by its start
+        (the keyword side still reads all of it), with a note, never refused."""
+        whole = len(text)
+        for _ in range(8):
+            try:
+                future = await run_in_threadpool(self.backend.embed, [text])
+            except TextTooLongError as exc:
+                text = text[: max(1, min(len(text) - 1, int(len(text) * exc.limit / exc.tokens * 0.9)))]
+                continue
+            except SchedulerClosedError:
+                raise unavailable("stopping") from None
+            except EmbedError as exc:
+                raise ApiError(400, f"query: {exc}", param="query") from None
+            if len(text) < whole:
+                notes.append(
+                    f"the query is longer than the model's context: its first {len(text)} of {whole} "
+                    "characters were embedded (the keyword side reads all of it)"
+                )
+            vectors = await _wait_unless_disconnected(request, future)
+            vector: FloatMatrix = vectors[0]
+            return vector
+        raise ApiError(
+            422, "the query does not fit the model's context", param="query", code="context_length_exceeded"
+        )
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -233,39 +269,34 @@ class Api:
 
     async def search(self, request: Request) -> Response:
         started = time.perf_counter()
-        doc = await self._json_body(request)
-        unknown = set(doc) - {"query", "k", "source_prefix", "min_score"}
+        doc = await self._json_body(request, lenient=True)
+        unknown = set(doc) - SEARCH_FIELDS
         if unknown:
             raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
         query = doc.get("query")
         if not isinstance(query, str):
             raise ApiError(400, "missing required field: query (a string)", param="query")
+        query = _clean(query)
         if not query.strip():
             raise ApiError(400, "query is empty", param="query")
-        k = doc.get("k", 5)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise ApiError(400, f"k must be an integer from 1 to {MAX_K}", param="k")
-        prefix = doc.get("source_prefix")
-        if prefix is not None and not isinstance(prefix, str):
-            raise ApiError(400, "source_prefix must be a string", param="source_prefix")
-        min_score = doc.get("min_score")
-        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, int | float)):
-            raise ApiError(400, "min_score must be a number", param="min_score")
+        opts = _search_options(doc)
         self._ready()
-        vector = (await self._vectors(request, [self.backend.query_prefix + query], "query"))[0]
+        vector = None
+        notes: list[str] = []
+        if opts.mode == "vector":
+            # The vector is the whole answer: a query past the model's context is refused, as ever.
+            vector = (await self._vectors(request, [self.backend.query_prefix + query], "query"))[0]
+        elif opts.needs_vector:
+            vector = await self._query_vector(request, self.backend.query_prefix + query, notes)
         snap = self.backend.snapshot()
-        hits = await run_in_threadpool(
-            rank_snapshot,
-            snap,
-            vector,
-            k,
-            source_prefix=prefix,
-            min_score=None if min_score is None else float(min_score),
-        )
+        outcome = await run_in_threadpool(search_snapshot, snap, query, vector, opts)
+        notes += outcome.notes
         return json_response(
             {
                 "query": query,
-                "results": [h.to_json() for h in hits],
+                "mode": opts.mode,
+                "results": [h.to_json() for h in outcome.hits],
+                "notes": notes,
                 "model": snap.model,
                 "store": str(snap.path),
                 "searched": snap.count,
@@ -283,6 +314,70 @@ class Api:
     async def healthz(self, request: Request) -> Response:
         phase = self.backend.phase
         return json_response({"status": phase}, 200 if phase == "ready" else 503)
+
+
+def _lenient_json(body: bytes | bytearray) -> object:
+    """JSON orjson refuses only for a lone surrogate escape (``"\\ud800"``), which the standard
+    library reads (and ``_clean`` then replaces); None when it is not JSON at all."""
+    try:
+        return json.loads(bytes(body))
+    except ValueError:
+        return None
+
+
+def _clean(text: str) -> str:
+    """Query text the model and SQLite can take: lone surrogates as U+FFFD, NUL as a space."""
+    return _SURROGATES.sub("\ufffd", text).replace("\x00", " ")
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _field(doc: dict[str, Any], name: str, types: type | tuple[type, ...], what: str) -> Any:
+    value = doc.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+        raise ApiError(400, f"{name} must be {what}", param=name)
+    return value
+
+
+def _search_options(doc: dict[str, Any]) -> SearchOptions:
+    """The search request's options; 400 naming the field for any bad one."""
+    k = doc.get("k", 5)
+    try:
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise UsageError(f"k must be an integer, not {k!r}")
+        prefix = _field(doc, "source_prefix", str, "a string")
+        formats = doc.get("formats")
+        if isinstance(formats, str):
+            formats = [formats]
+        if formats is not None and (
+            not isinstance(formats, list) or not all(isinstance(f, str) for f in formats)
+        ):
+            raise ApiError(400, "formats must be a format name or a list of them", param="formats")
+        times = {}
+        for name in ("modified_after", "modified_before"):
+            value = _field(doc, name, str, "an ISO 8601 date or date-time string")
+            times[name] = None if value is None else parse_time(value, name)
+        min_score = _field(doc, "min_score", (int, float), "a number")
+        mode = _field(doc, "mode", str, "a string") or ("vector" if min_score is not None else "hybrid")
+        rrf_k = _field(doc, "rrf_k", (int, float), "a number")
+        alpha = _field(doc, "alpha", (int, float), "a number")
+        return SearchOptions(
+            k=k,
+            mode=cast(Mode, mode),
+            fusion=_field(doc, "fusion", str, "a string") or "rrf",
+            rrf_k=60.0 if rrf_k is None else float(rrf_k),
+            alpha=0.5 if alpha is None else float(alpha),
+            filters=Filters(
+                prefix or None, tuple(formats or ()), times["modified_after"], times["modified_before"]
+            ),
+            group_by=_field(doc, "group_by", str, "a string") or "chunk",
+            min_score=None if min_score is None else float(min_score),
+        )
+    except UsageError as exc:
+        message = str(exc)
+        param = next((f for f in SEARCH_FIELDS if message.startswith(f)), None)
+        raise ApiError(400, message, param=param or ("k" if message.startswith("k ") else None)) from None
 
 
 def _input_texts(raw: object) -> list[str]:

@@ -15,28 +15,33 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
 from daemon.config import Config
-from daemon.errors import DaemonRequestError, DaemonUnavailable
+from daemon.errors import DaemonRequestError, DaemonUnavailable, UsageError
+from daemon.query.options import Filters, SearchOptions, parse_time, to_body
 from daemon.serve.client import DaemonClient
 
 INSTRUCTIONS = (
-    "Semantic search over the documents an embedd daemon indexes (text, Markdown, PDF, Word, "
-    "PowerPoint, EPUB, OpenDocument, HTML, reStructuredText). Call `search` with a "
-    "natural-language query; each hit has the source file, the page or slide, the heading path "
-    "it sits under, the chunk's position and its text, best first."
+    "Hybrid (keyword and semantic) search over the documents an embedd daemon indexes (text, "
+    "Markdown, PDF, Word, PowerPoint, EPUB, OpenDocument, HTML, reStructuredText). Call `search` "
+    'with a natural-language query, exact names or codes, or a "quoted phrase"; each hit has the '
+    "source file, the page or slide, the heading path it sits under, the chunk's position and its "
+    "text, best first."
 )
 
 
 class SearchHit(BaseModel):
-    """One chunk of a document, ranked by cosine similarity to the query."""
+    """One chunk of a document, ranked for the query."""
 
     rank: int
-    score: float = Field(description="cosine similarity, higher is closer")
+    score: float = Field(
+        description="what hits are ordered by: the fused score (hybrid), cosine similarity (vector) or BM25"
+    )
     source: str = Field(description="the file, as the watch path plus the path below it")
     page: int | None = Field(description="the PDF page or the slide (1-based); null for other files")
     section: str | None = Field(default=None, description='the heading path, as "# A > ## B"')
     title: str | None = Field(default=None, description="the document's own title, when it has one")
     chunk: int = Field(description="the chunk's position in the file")
     content: str
+    matched_terms: list[str] = Field(default_factory=list, description="the query's words found in the chunk")
 
 
 class SearchAnswer(BaseModel):
@@ -70,17 +75,40 @@ def build_server(config: Config) -> MCPServer:
             raise ToolError(exc.message) from None
 
     @server.tool()
-    def search(query: str, k: int = 5, source_prefix: str | None = None) -> SearchAnswer:
-        """Find the chunks of the indexed documents closest in meaning to ``query``, best first.
+    def search(  # noqa: PLR0917 - an MCP tool's parameters are its schema
+        query: str,
+        k: int = 5,
+        source_prefix: str | None = None,
+        mode: str = "hybrid",
+        group_by: str = "chunk",
+        formats: list[str] | None = None,
+        modified_after: str | None = None,
+        modified_before: str | None = None,
+    ) -> SearchAnswer:
+        """Find the chunks of the indexed documents that best match ``query``, best first.
 
-        ``k`` is how many (1 to 100); ``source_prefix`` keeps only files whose source starts
-        with it (for instance "inbox/reports/").
+        ``k`` is how many (1 to 1000); ``source_prefix`` keeps only files whose source starts
+        with it (for instance "inbox/reports/"); ``mode`` is "hybrid" (keywords and meaning,
+        the default), "vector" (meaning only) or "keyword" (the words only); ``group_by``
+        "file" returns the best chunk of k distinct files; ``formats`` keeps only those file
+        formats ("pdf", "markdown", "docx", "text"...); ``modified_after`` / ``modified_before``
+        are ISO 8601 dates.
         """
-        if not 1 <= k <= 100:
-            raise ToolError("k must be between 1 and 100")
-        body: dict[str, Any] = {"query": query, "k": k}
-        if source_prefix:
-            body["source_prefix"] = source_prefix
+        try:
+            opts = SearchOptions(
+                k=k,
+                mode=mode,  # type: ignore[arg-type]  # checked by SearchOptions
+                group_by=group_by,
+                filters=Filters(
+                    source_prefix or None,
+                    tuple(formats or ()),
+                    None if modified_after is None else parse_time(modified_after, "modified_after"),
+                    None if modified_before is None else parse_time(modified_before, "modified_before"),
+                ),
+            )
+        except UsageError as exc:
+            raise ToolError(str(exc)) from None
+        body = to_body(query, opts)
         doc = ask("POST", "/v1/search", body)
         hits = [
             SearchHit(
@@ -92,6 +120,7 @@ def build_server(config: Config) -> MCPServer:
                 title=h.get("title"),
                 chunk=h["chunk"],
                 content=h["content"],
+                matched_terms=h.get("matched_terms") or [],
             )
             for h in doc["results"]
         ]

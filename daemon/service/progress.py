@@ -96,3 +96,19 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Stepped:
+    """A ``(done, total)`` callback (what ``daemon.store`` reports through) drawn as a ``Progress``."""
+
+    def __init__(self, task: str, *, unit: str = "items") -> None:
+        self._task = task
+        self._unit = unit
+        self._progress: Progress | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._progress is None:
+            self._progress = Progress(self._task, total, unit=self._unit)
+        self._progress.advance(done - self._progress.done)
+        if done >= total:
+            self._progress.close()

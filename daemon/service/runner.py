@@ -20,6 +20,7 @@ from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
 from daemon.embed.scheduler import QueuedEmbedder, Scheduler
 from daemon.errors import ConfigError
 from daemon.service import priority
+from daemon.service.progress import Stepped
 from daemon.service.service import Service, fingerprint_for
 from daemon.service.serving import Serving
 from daemon.sinks.mirror import Mirror
@@ -181,6 +182,7 @@ def run_service(
                 dimensions=embedder.dimension,
                 fingerprint=fingerprint_for(config, embedder),
                 rebuild=reembed,
+                keyword_progress=Stepped("keyword index", unit="files"),
             )
             try:
                 log.info(

@@ -10,8 +10,9 @@ held, while the worker applies changes and saves, and it sees each change whole 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -20,6 +21,7 @@ import numpy.typing as npt
 
 from daemon.store.entries import Entry, Row
 from daemon.store.format import Fingerprint, FloatMatrix
+from daemon.store.keyword import KeywordIndex
 
 BoolMask = npt.NDArray[np.bool_]
 
@@ -41,6 +43,10 @@ class Snapshot:
     matrix: FloatMatrix
     alive: BoolMask | None
     rows: Sequence[Row]
+    mtimes: Mapping[str, int] = field(default_factory=dict)
+    """Each indexed source's recorded mtime (ns), for the modified-time filters."""
+    keyword: KeywordIndex | None = None
+    """The store's keyword index; it may be ahead of this snapshot (see ``live_row``)."""
 
     @property
     def count(self) -> int:
@@ -59,6 +65,38 @@ class Snapshot:
             r.id, r.content, r.source, r.page, r.chunk, r.hash, self.matrix[i], r.timestamp, r.extra,
             section=r.section, title=r.title,
         )  # fmt: skip
+
+    @functools.cached_property
+    def _row_of(self) -> dict[tuple[str, int], int]:
+        # Built once per snapshot, on its first keyword search; live rows only (a dead row may
+        # carry the key of a live one: a rename over a file that was removed).
+        rows = self.rows
+        if self.alive is None:
+            return {(r.source, r.chunk): i for i, r in enumerate(rows)}
+        return {(rows[i].source, rows[i].chunk): i for i in np.flatnonzero(self.alive).tolist()}
+
+    def live_row(self, source: str, chunk: int, hash_: str) -> int | None:
+        """The row of this live chunk in this snapshot, or None when the snapshot does not hold it
+        (the keyword index already saw a later change)."""
+        i = self._row_of.get((source, chunk))
+        if i is None or self.rows[i].hash != hash_:
+            return None
+        return i
+
+    @functools.cached_property
+    def source_codes(self) -> tuple[npt.NDArray[np.int32], tuple[str, ...]]:
+        """Each row's source as an index into the tuple of distinct sources (for filters)."""
+        names: dict[str, int] = {}
+        codes = np.fromiter(
+            (names.setdefault(r.source, len(names)) for r in self.rows), dtype=np.int32, count=len(self.rows)
+        )
+        return codes, tuple(names)
+
+    def sources_mask(self, keep: Callable[[str], bool]) -> BoolMask:
+        """Rows whose source ``keep`` accepts (asked once per distinct source)."""
+        codes, names = self.source_codes
+        allowed = np.fromiter((keep(n) for n in names), dtype=np.bool_, count=len(names))
+        return allowed[codes] if len(names) else np.zeros(len(self.rows), dtype=np.bool_)
 
     def source_mask(self, prefix: str) -> BoolMask:
         """Rows whose source starts with ``prefix``."""

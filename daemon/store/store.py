@@ -19,6 +19,7 @@ import contextlib
 import errno
 import gc
 import os
+import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -46,6 +47,7 @@ from daemon.store.format import (
     utc_now_iso,
 )
 from daemon.store.io import AtomicWriter, StoreLock, move_aside, remove_stale_temps
+from daemon.store.keyword import KeywordIndex, Progress, kw_path
 from daemon.store.load import Loaded, check_compatible, load
 from daemon.store.snapshot import Snapshot
 from daemon.store.splice import write_spliced
@@ -117,6 +119,8 @@ class Store:
         self._snapshot: Snapshot | None = None
         # True once a snapshot holds a view of _vecs: compaction must then not move rows in place.
         self._vecs_shared = False
+        # The keyword index (``daemon.store.keyword``) told of every change; None when off.
+        self._keyword: KeywordIndex | None = None
         if cols is not None:
             self._adopt(cols)
 
@@ -154,7 +158,15 @@ class Store:
 
     @classmethod
     def open(
-        cls, path: Path, *, model: str, dimensions: int, fingerprint: Fingerprint, rebuild: bool = False
+        cls,
+        path: Path,
+        *,
+        model: str,
+        dimensions: int,
+        fingerprint: Fingerprint,
+        rebuild: bool = False,
+        keyword: bool = True,
+        keyword_progress: Progress | None = None,
     ) -> Store:
         """Open ``path`` for writing, holding its lock until ``close``.
 
@@ -177,11 +189,51 @@ class Store:
         try:
             with _gc_paused():
                 store = cls._open_locked(path, model, dimensions, fingerprint, rebuild)
+            if keyword:
+                store._open_keyword(keyword_progress)
         except BaseException:
             lock.release()
             raise
         store._lock = lock
         return store
+
+    def _open_keyword(self, progress: Progress | None) -> None:
+        """Open the keyword sidecar and bring it in step with the entries (a missing one is built)."""
+        path = kw_path(self._path)
+        try:
+            self._keyword = KeywordIndex.open(path, self._by_source, self._mtimes(), progress=progress)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("keyword_index_unavailable", path=str(path), reason=str(exc),
+                      hint="searches rank by vectors only until the index can be written")  # fmt: skip
+
+    def _mtimes(self) -> dict[str, int]:
+        return {s: st.mtime_ns for s, st in self._header.files.items()}
+
+    def keyword_reader(self) -> tuple[KeywordIndex | None, str | None]:
+        """For a read-only store: its keyword sidecar when it matches, else one built in memory.
+
+        Never writes the sidecar (a daemon may own it). Returns the index and a note for the
+        person searching when the sidecar could not be used.
+        """
+        if self._keyword is not None:
+            return self._keyword, None
+        index = KeywordIndex.open_readonly(kw_path(self._path), self._by_source)
+        note = None
+        if index is None:
+            started = time.perf_counter()
+            index = KeywordIndex.in_memory(self._by_source, self._mtimes())
+            note = (
+                f"the keyword index {kw_path(self._path)} is missing or behind the store, so one was built "
+                f"in memory for this search ({time.perf_counter() - started:.1f} s); the daemon brings the "
+                "file up to date when it starts"
+            )
+        self._keyword = index
+        return index, note
+
+    @property
+    def keyword(self) -> KeywordIndex | None:
+        """The keyword index, when open (see ``keyword_reader`` for a read-only store)."""
+        return self._keyword
 
     @classmethod
     def _open_locked(
@@ -270,6 +322,8 @@ class Store:
 
     def close(self) -> None:
         """Release the lock and the file handle; does not save. Idempotent."""
+        if self._keyword is not None:
+            self._keyword.close()
         if self._src_fd is not None:
             os.close(self._src_fd)
             self._src_fd = None
@@ -408,6 +462,8 @@ class Store:
             matrix=matrix,
             alive=self._alive[:n].copy() if self._dead else None,
             rows=tuple(self._rows),
+            mtimes=self._mtimes(),
+            keyword=self._keyword,
         )
         self._snapshot = snap
         return snap
@@ -461,6 +517,8 @@ class Store:
         self._dirty |= changed
         if changed:
             self._version += 1
+            if self._keyword is not None:
+                self._keyword.replace(source, rows, state.mtime_ns)
 
     def remove_source(self, source: str) -> None:
         """Forget ``source``: its entries and its stat signature."""
@@ -472,6 +530,8 @@ class Store:
         self._dirty |= bool(rows) or had_file
         if rows or had_file:
             self._version += 1
+            if self._keyword is not None:
+                self._keyword.remove(source)
 
     def rename_source(self, old: str, new: str, state: FileState) -> bool:
         """Move ``old``'s entries to ``new`` (new ids, same vectors and timestamps).
@@ -495,6 +555,8 @@ class Store:
         self._header.files[new] = state
         self._dirty = True
         self._version += 1
+        if self._keyword is not None:
+            self._keyword.rename(old, new, rows, state.mtime_ns)
         return True
 
     def _renamed(self, r: _Row, source: str) -> _Row:

@@ -113,7 +113,10 @@ def test_every_error_status_from_real_requests(ready: Api) -> None:
         too_long = error(c.post("/v1/embeddings", json={"input": ["fine", LONG]}), 422)
         assert too_long["code"] == "context_length_exceeded" and "512" in str(too_long["message"])
         assert str(too_long["message"]).startswith("input[1] has ")
-        assert error(c.post("/v1/search", json={"query": LONG}), 422)["code"] == "context_length_exceeded"
+        assert (
+            error(c.post("/v1/search", json={"query": LONG, "mode": "vector"}), 422)["code"]
+            == "context_length_exceeded"
+        )
         assert error(c.get("/nope"), 404)["message"] == "Invalid URL (GET /nope)"
         r = c.get("/v1/search")
         assert error(r, 405) and r.headers["allow"] == "POST"

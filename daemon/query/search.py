@@ -1,0 +1,163 @@
+"""One search over a store snapshot in any mode: filters, the vector and keyword sides, fusion, grouping.
+
+The daemon's ``/v1/search``, ``embedd search`` without a daemon and (through the daemon) the
+MCP tool all search through ``search_snapshot``, so they return the same hits.
+
+- ``mode``: ``hybrid`` (the default: both sides fused, see ``daemon.query.fuse``), ``vector``
+  (cosine similarity only, as before) or ``keyword`` (BM25 only).
+- ``score`` is what hits are ordered by: the cosine in ``vector``, BM25 (higher is better) in
+  ``keyword``, the fused score in ``hybrid``. Each hit also carries both sides' rank and score.
+- Filters (``source_prefix``, ``formats``, ``modified_after``/``modified_before``) are applied
+  before ranking, on both sides (in SQL on the keyword side), so they never leave fewer than
+  ``k`` hits when more exist.
+- ``group_by="file"`` keeps the best chunk of each file: ``k`` distinct files.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from daemon.embed.embedder import FloatMatrix
+from daemon.query.fuse import fuse
+from daemon.query.hit import Hit
+from daemon.query.keyword import parse
+from daemon.query.options import MAX_K, Filters, Mode, SearchOptions, check_k, check_query
+from daemon.query.rank import top_k
+from daemon.store.snapshot import BoolMask, Snapshot
+
+__all__ = ["MAX_K", "Filters", "Mode", "Outcome", "SearchOptions", "check_k", "search_snapshot"]
+
+# Candidates taken from each side before fusion (at least; 3 k for a larger k).
+MIN_CANDIDATES = 100
+
+log = structlog.get_logger(__name__)
+
+# (row, score, vector rank, vector score, keyword rank, keyword score)
+_Ranked = tuple[int, float, int | None, float | None, int | None, float | None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The hits of one search and caveats for whoever reads them."""
+
+    hits: list[Hit]
+    notes: tuple[str, ...] = ()
+
+
+def search_snapshot(snap: Snapshot, query: str, vector: FloatMatrix | None, opts: SearchOptions) -> Outcome:
+    """The best ``opts.k`` live entries of ``snap`` for ``query`` (and its ``vector``, unless keyword)."""
+    check_query(query)
+    notes: list[str] = []
+    mask = _mask(snap, opts.filters)
+    want = max(opts.k * 3, MIN_CANDIDATES) if opts.mode == "hybrid" else opts.k
+    if opts.group_by == "file":
+        want = max(want * 4, 400)
+    vec: list[tuple[int, float]] = []
+    kw: list[tuple[int, float]] = []
+    rowids: dict[int, int] = {}
+    kq = parse(query)
+    order: list[_Ranked] = []
+    while True:
+        if opts.mode != "keyword":
+            assert vector is not None
+            vec = top_k(snap.matrix, vector, want, normalized=snap.normalized, mask=mask)
+            if opts.min_score is not None:
+                vec = [(r, s) for r, s in vec if s >= opts.min_score]
+        if opts.mode != "vector" and not kq.empty:
+            kw, rowids, note = _keyword_side(snap, kq.match(), want, opts.filters)
+            if note and note not in notes:
+                notes.append(note)
+        if opts.mode == "vector":
+            order = [(r, s, i + 1, s, None, None) for i, (r, s) in enumerate(vec)]
+        elif opts.mode == "keyword":
+            order = [(r, s, None, None, i + 1, s) for i, (r, s) in enumerate(kw)]
+        else:
+            order = [
+                (int(f.key), f.score, f.vector_rank, f.vector_score, f.keyword_rank, f.keyword_score)  # type: ignore[call-overload]
+                for f in fuse(vec, kw, method=opts.fusion, rrf_k=opts.rrf_k, alpha=opts.alpha)
+            ]
+        if opts.group_by == "file":
+            order = _best_per_file(snap, order)
+            exhausted = len(vec) < want and len(kw) < want
+            if len(order) >= opts.k or exhausted:
+                break
+            want *= 4
+            continue
+        break
+    order = order[: opts.k]
+    marks = {}
+    if snap.keyword is not None and rowids and not kq.empty:
+        try:
+            marks = snap.keyword.mark(kq.match(), [rowids[r] for r, *_ in order if r in rowids])
+        except sqlite3.Error as exc:
+            log.warning("keyword_mark_failed", reason=str(exc))
+    hits = []
+    for rank, (row, score, vr, vs, kr, ks) in enumerate(order, start=1):
+        e = snap.entry(row)
+        mark = marks.get(rowids.get(row, -1))
+        hits.append(
+            Hit(
+                rank, score, e.id, e.source, e.page, e.chunk, e.content, e.timestamp,
+                section=e.section, title=e.title,
+                vector_rank=vr, vector_score=vs, keyword_rank=kr, keyword_score=ks,
+                matched_terms=mark.terms if mark is not None else (),
+                snippet=mark.snippet if mark is not None else None,
+            )
+        )  # fmt: skip
+    return Outcome(hits, tuple(notes))
+
+
+def _mask(snap: Snapshot, filters: Filters) -> BoolMask | None:
+    mask = snap.alive
+    if filters.active:
+        by = snap.sources_mask(lambda s: filters.keep(s, snap.mtimes.get(s)))
+        mask = by if mask is None else mask & by
+    return mask
+
+
+def _keyword_side(
+    snap: Snapshot, match: str, want: int, filters: Filters
+) -> tuple[list[tuple[int, float]], dict[int, int], str | None]:
+    """The keyword side's (row, BM25) best first, the rows' FTS rowids, and a note when it failed."""
+    index = snap.keyword
+    if index is None or index.broken is not None:
+        return (
+            [],
+            {},
+            "the keyword index is unavailable (see the daemon's log), so hits are ranked by vectors only",
+        )
+    where, params = filters.sql()
+    out: list[tuple[int, float]] = []
+    rowids: dict[int, int] = {}
+    limit = want
+    try:
+        while True:
+            found = index.search(match, limit, where=where, params=params)
+            out, rowids = [], {}
+            for h in found:
+                # The index may be ahead of this snapshot: only chunks the snapshot holds, live.
+                row = snap.live_row(h.source, h.chunk, h.hash)
+                if row is not None and row not in rowids:
+                    rowids[row] = h.rowid
+                    out.append((row, h.score))
+            if len(out) >= want or len(found) < limit:
+                return out[:want], rowids, None
+            limit *= 2
+    except sqlite3.Error as exc:
+        log.warning("keyword_search_failed", path=str(index.path), reason=str(exc))
+        return [], {}, f"the keyword index failed ({exc}); the daemon rebuilds it at its next start"
+
+
+def _best_per_file(snap: Snapshot, order: Sequence[_Ranked]) -> list[_Ranked]:
+    seen: set[str] = set()
+    out = []
+    for item in order:
+        source = snap.rows[item[0]].source
+        if source not in seen:
+            seen.add(source)
+            out.append(item)
+    return out

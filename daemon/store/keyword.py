@@ -1,0 +1,424 @@
+"""The keyword index: every live chunk's text, title and section in SQLite FTS5 (BM25), beside the store.
+
+It lives in ``<store>.kw`` (and SQLite's ``-journal`` while a change is written) and is derived data: the JSON
+store stays the source of truth. The ``Store`` tells it every change (``replace``, ``remove``,
+``rename``) under the store lock, before the snapshot that shows the change is published, and
+each change is committed at once (a rollback journal, ``synchronous=NORMAL``: a crash of the
+process loses nothing committed; a power cut may lose the last commits, which the next start
+repairs).
+
+Per source it records a signature of its chunks (ids, hashes, sections, titles). At open the
+signatures are compared with the store's, and only the sources that differ are indexed again,
+so a SIGKILL between a keyword commit and the JSON save (or the reverse) is repaired at the next
+start. A missing, corrupt or foreign file is rebuilt from the store, with progress.
+
+Readers (searches on the API's threads) use connections of their own; a search checks every
+hit against the snapshot it ranks, so it never returns a chunk that snapshot does not hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from daemon.store.entries import Row
+from daemon.store.tokens import extra_terms
+
+log = structlog.get_logger(__name__)
+
+SCHEMA_VERSION = "1"
+APP = "embedd-keyword"
+TOKENIZE = "porter unicode61 remove_diacritics 2"
+# Rows per transaction while (re)building: progress is reported and memory bounded per batch.
+BUILD_BATCH = 2_000
+
+Progress = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` (sources) while the index is built or repaired."""
+
+
+def kw_path(store: Path) -> Path:
+    """The keyword index of ``store``."""
+    return store.with_name(store.name + ".kw")
+
+
+def signature(rows: Sequence[Row]) -> str:
+    """What the index must hold for one source's rows: equal signatures, nothing to do."""
+    h = hashlib.blake2b(digest_size=16)
+    for r in rows:
+        h.update(f"{r.id}\x1f{r.hash}\x1f{r.section or ''}\x1f{r.title or ''}\x1e".encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class KeywordHit:
+    """A chunk the index matched: where it is, its hash (to check against a snapshot), its BM25."""
+
+    rowid: int
+    source: str
+    chunk: int
+    hash: str
+    score: float  # -bm25(): higher is better
+
+
+@dataclass(frozen=True)
+class Marked:
+    """A matched chunk's highlighted snippet and the words in it that matched."""
+
+    snippet: str
+    terms: tuple[str, ...]
+
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sources(
+    id INTEGER PRIMARY KEY, source TEXT UNIQUE NOT NULL, sig TEXT NOT NULL,
+    suffix TEXT NOT NULL, mtime_ns INTEGER);
+CREATE TABLE IF NOT EXISTS chunks(
+    rowid INTEGER PRIMARY KEY, sid INTEGER NOT NULL, chunk INTEGER NOT NULL, hash TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS chunks_sid ON chunks(sid);
+CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(content, title, section, extra, tokenize='{TOKENIZE}');
+"""
+
+_HL_OPEN, _HL_CLOSE = "\x02", "\x03"
+
+
+class KeywordIndex:
+    """The FTS5 sidecar of one store; build it with ``open`` (writer) or ``open_readonly``."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, *, readonly: bool, memory: bool = False) -> None:
+        self.path = path
+        self._conn = conn
+        self._readonly = readonly
+        self._memory = memory
+        # A writable index on disk keeps no file open between changes (each change and each
+        # search opens its own connection, for a millisecond): an open-for-writing file would
+        # keep an administrator from remounting the store's file system read-only.
+        self._parked = False
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.broken: str | None = None
+        """Why the index can no longer be trusted (a write failed); searches then skip it."""
+
+    # ----- opening -----
+
+    @classmethod
+    def open(cls, path: Path, sources: Mapping[str, Sequence[Row]], states: Mapping[str, int],
+             *, progress: Progress | None = None) -> KeywordIndex:  # fmt: skip
+        """Open (or create) the index at ``path`` for writing and make it match ``sources``.
+
+        ``states`` maps a source to its recorded mtime (ns). A corrupt or foreign file is
+        deleted and rebuilt.
+        """
+        try:
+            index = cls(path, _connect(path), readonly=False)
+            index._check_schema()
+            index.sync(sources, states, progress=progress)
+            index._park()
+            return index
+        except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(Exception):
+                index._conn.close()
+            log.warning("keyword_index_rebuild", path=str(path), reason=str(exc))
+            _delete(path)
+            index = cls(path, _connect(path), readonly=False)
+            index._check_schema()
+            index.sync(sources, states, progress=progress)
+            index._park()
+            return index
+
+    def _park(self) -> None:
+        self._conn.close()
+        self._parked = True
+
+    @classmethod
+    def open_readonly(cls, path: Path, sources: Mapping[str, Sequence[Row]]) -> KeywordIndex | None:
+        """The index at ``path`` for reading only; None when it is missing or does not match ``sources``."""
+        if not path.exists():
+            return None
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            index = cls(path, conn, readonly=True)
+            if index._meta().get("app") != APP or index._meta().get("version") != SCHEMA_VERSION:
+                conn.close()
+                return None
+            have = dict(conn.execute("SELECT source, sig FROM sources"))
+        except sqlite3.Error:
+            return None
+        want = {s: signature(rows) for s, rows in sources.items() if rows}
+        if have != want:
+            conn.close()
+            return None
+        return index
+
+    @classmethod
+    def in_memory(cls, sources: Mapping[str, Sequence[Row]], states: Mapping[str, int]) -> KeywordIndex:
+        """A throw-away index built in memory (for a reader whose sidecar is stale)."""
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        index = cls(Path(":memory:"), conn, readonly=False, memory=True)
+        index._check_schema()
+        index.sync(sources, states)
+        return index
+
+    def _meta(self) -> dict[str, str]:
+        return dict(self._conn.execute("SELECT key, value FROM meta"))
+
+    def _check_schema(self) -> None:
+        """Create the tables, or raise DatabaseError for a file that is not ours (it is rebuilt)."""
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            raise sqlite3.DatabaseError("not an embedd keyword index")
+        self._conn.executescript(_SCHEMA)
+        with _tx(self._conn):
+            meta = self._meta()
+            if not meta:
+                self._conn.executemany(
+                    "INSERT INTO meta VALUES (?, ?)", [("app", APP), ("version", SCHEMA_VERSION)]
+                )
+            elif meta.get("app") != APP or meta.get("version") != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"keyword index of another version ({meta})")
+
+    def sync(self, sources: Mapping[str, Sequence[Row]], states: Mapping[str, int],
+             *, progress: Progress | None = None) -> int:  # fmt: skip
+        """Index again every source whose signature differs; returns how many were."""
+        started = time.perf_counter()
+        have = dict(self._conn.execute("SELECT source, sig FROM sources"))
+        want = {s: signature(rows) for s, rows in sources.items() if rows}
+        stale = [s for s in have if want.get(s) != have[s]]
+        missing = [s for s in want if have.get(s) != want[s]]
+        total = len(missing)
+        if not stale and not missing:
+            return 0
+        log.info("keyword_index_sync", path=str(self.path), remove=len(stale), index=total)
+        if progress is not None:
+            progress(0, total)
+        self._conn.execute("PRAGMA synchronous=OFF")
+        try:
+            with _tx(self._conn):
+                for s in stale:
+                    self._delete_source(s)
+            batch = 0
+            self._conn.execute("BEGIN")
+            for done, s in enumerate(missing, start=1):
+                self._insert_source(s, sources[s], states.get(s))
+                batch += len(sources[s])
+                if batch >= BUILD_BATCH:
+                    self._conn.execute("COMMIT")
+                    self._conn.execute("BEGIN")
+                    batch = 0
+                    if progress is not None:
+                        progress(done, total)
+            self._conn.execute("COMMIT")
+        finally:
+            if self._conn.in_transaction:
+                self._conn.rollback()
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+        if progress is not None:
+            progress(total, total)
+        log.info("keyword_index_synced", path=str(self.path), sources=total,
+                 seconds=round(time.perf_counter() - started, 2))  # fmt: skip
+        return len(set(stale) | set(missing))
+
+    def close(self) -> None:
+        """Close the index's connection. Idempotent."""
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+    # ----- changing (the store's writer thread, under the store lock) -----
+
+    def replace(self, source: str, rows: Sequence[Row], mtime_ns: int | None) -> None:
+        """Make ``rows`` the indexed chunks of ``source``."""
+
+        def change() -> None:
+            self._delete_source(source)
+            self._insert_source(source, rows, mtime_ns)
+
+        self._write(change)
+
+    def remove(self, source: str) -> None:
+        """Forget ``source``."""
+        self._write(lambda: self._delete_source(source))
+
+    def rename(self, old: str, new: str, rows: Sequence[Row], mtime_ns: int | None) -> None:
+        """``old``'s chunks are ``new``'s now (ids change with the source: the signature too)."""
+
+        def move() -> None:
+            self._delete_source(new)
+            cur = self._conn.execute(
+                "UPDATE sources SET source=?, sig=?, suffix=?, mtime_ns=? WHERE source=?",
+                (new, signature(rows), _suffix(new), mtime_ns, old),
+            )
+            if cur.rowcount == 0 and rows:
+                self._insert_source(new, rows, mtime_ns)
+
+        self._write(move)
+
+    def _write(self, change: Callable[[], object]) -> None:
+        if self.broken is not None:
+            return
+        try:
+            if self._parked:
+                self._conn = _connect(self.path)
+            try:
+                with _tx(self._conn):
+                    change()
+            finally:
+                if self._parked:
+                    self._conn.close()
+        except sqlite3.Error as exc:
+            # The store changed in memory all the same; searches stop using this index until
+            # the next start repairs it from the store.
+            self.broken = str(exc)
+            log.error("keyword_index_write_failed", path=str(self.path), reason=str(exc),
+                      hint="keyword search is off until the daemon restarts and rebuilds it")  # fmt: skip
+
+    def _delete_source(self, source: str) -> None:
+        row = self._conn.execute("SELECT id FROM sources WHERE source=?", (source,)).fetchone()
+        if row is None:
+            return
+        sid = row[0]
+        self._conn.execute("DELETE FROM fts WHERE rowid IN (SELECT rowid FROM chunks WHERE sid=?)", (sid,))
+        self._conn.execute("DELETE FROM chunks WHERE sid=?", (sid,))
+        self._conn.execute("DELETE FROM sources WHERE id=?", (sid,))
+
+    def _insert_source(self, source: str, rows: Sequence[Row], mtime_ns: int | None) -> None:
+        if not rows:
+            return
+        cur = self._conn.execute(
+            "INSERT INTO sources(source, sig, suffix, mtime_ns) VALUES (?, ?, ?, ?)",
+            (source, signature(rows), _suffix(source), mtime_ns),
+        )
+        sid = cur.lastrowid
+        for r in rows:
+            c = self._conn.execute(
+                "INSERT INTO chunks(sid, chunk, hash) VALUES (?, ?, ?)", (sid, r.chunk, r.hash)
+            )
+            self._conn.execute(
+                "INSERT INTO fts(rowid, content, title, section, extra) VALUES (?, ?, ?, ?, ?)",
+                (c.lastrowid, r.content, r.title or "", r.section or "",
+                 extra_terms(f"{r.content}\n{r.title or ''}\n{r.section or ''}")),
+            )  # fmt: skip
+
+    # ----- searching (any thread) -----
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        if not self._parked:
+            with self._lock:
+                yield self._conn
+            return
+        # One read-only connection per thread, kept: its page cache stays warm between searches
+        # (a fresh connection per search tripled a keyword search's time at 100,000 chunks).
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA mmap_size=1073741824")
+            self._local.conn = conn
+        try:
+            yield conn
+        except sqlite3.DatabaseError:
+            # A rebuilt or replaced file: the next search opens it afresh.
+            self._local.conn = None
+            conn.close()
+            raise
+
+    def search(
+        self, match: str, limit: int, *, where: str = "", params: Sequence[object] = ()
+    ) -> list[KeywordHit]:
+        """The best ``limit`` chunks for the FTS5 expression ``match`` (built by ``daemon.query.keyword``).
+
+        ``where`` is an extra SQL condition on ``s`` (sources: ``source``, ``suffix``,
+        ``mtime_ns``) with ``params``, applied inside the query so a filter never leaves fewer
+        hits than exist.
+        """
+        if not where:
+            # FTS5 alone sorts by rank in C; the chunk rows are joined for the best ones only.
+            sql = (
+                "SELECT b.rowid, s.source, c.chunk, c.hash, b.score FROM "
+                "(SELECT rowid, -rank AS score FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?) b "
+                "JOIN chunks c ON c.rowid = b.rowid JOIN sources s ON s.id = c.sid ORDER BY b.score DESC"
+            )
+            args: tuple[object, ...] = (match, limit)
+        else:
+            sql = (
+                "SELECT f.rowid, s.source, c.chunk, c.hash, -bm25(fts) FROM fts f "
+                "JOIN chunks c ON c.rowid = f.rowid JOIN sources s ON s.id = c.sid "
+                f"WHERE fts MATCH ? AND {where} ORDER BY bm25(fts) LIMIT ?"
+            )
+            args = (match, *params, limit)
+        with self._reading() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [KeywordHit(int(a), str(b), int(c), str(d), float(e)) for a, b, c, d, e in rows]
+
+    def mark(self, match: str, rowids: Sequence[int], *, tokens: int = 24) -> dict[int, Marked]:
+        """Snippets (matched words in ``[...]``) and matched words for the chunks ``rowids``."""
+        if not rowids:
+            return {}
+        marks = ",".join("?" * len(rowids))
+        marked = ", ".join(f"highlight(fts, {col}, '{_HL_OPEN}', '{_HL_CLOSE}')" for col in range(4))
+        sql = (
+            f"SELECT rowid, snippet(fts, 0, '{_HL_OPEN}', '{_HL_CLOSE}', ' … ', {int(tokens)}), {marked} "
+            f"FROM fts WHERE fts MATCH ? AND rowid IN ({marks})"
+        )
+        with self._reading() as conn:
+            rows = conn.execute(sql, (match, *rowids)).fetchall()
+        out: dict[int, Marked] = {}
+        for rowid, snip, *cols in rows:
+            terms: dict[str, None] = {}
+            for text in cols:
+                for piece in str(text).split(_HL_OPEN)[1:]:
+                    terms.setdefault(piece.split(_HL_CLOSE, 1)[0].lower(), None)
+            out[int(rowid)] = Marked(
+                " ".join(str(snip).replace(_HL_OPEN, "[").replace(_HL_CLOSE, "]").split()), tuple(terms)
+            )
+        return out
+
+    def size_bytes(self) -> int:
+        """The sidecar's size on disk."""
+        total = 0
+        for p in (self.path, Path(f"{self.path}-wal")):
+            with contextlib.suppress(OSError):
+                total += p.stat().st_size
+        return total
+
+
+def _suffix(source: str) -> str:
+    name = source.rsplit("/", 1)[-1]
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot > 0 else ""
+
+
+@contextlib.contextmanager
+def _tx(conn: sqlite3.Connection) -> Iterator[None]:
+    """One transaction: committed whole, or rolled back."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # A rollback journal, not WAL: readers then open the file read-only and keep no -shm open
+    # for writing, so nothing blocks remounting the store's file system read-only.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def _delete(path: Path) -> None:
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
