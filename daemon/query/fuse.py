@@ -3,20 +3,20 @@
 Two methods, chosen per request (``fusion``), with their constants as parameters so a benchmark
 can compare them through the API:
 
-- ``rrf`` (the default): reciprocal-rank fusion, ``sum(1 / (rrf_k + rank))`` over the lists a
-  chunk appears in (Cormack et al. 2009, k = 60). Uses ranks only, so the two scores' scales
-  do not matter.
-- ``convex``: ``alpha * v + (1 - alpha) * w``, where ``v`` and ``w`` are the cosine and the BM25
-  score min-max normalised over each list's candidates (0 for a chunk a list does not hold).
+- ``convex`` (the default, ``options.FUSION``): ``alpha * v + (1 - alpha) * w``, where ``v``
+  and ``w`` are the cosine and the BM25 score min-max normalised over each list's candidates
+  (0 for a chunk a list does not hold). It keeps how far ahead a hit is, which ranks alone lose.
+- ``rrf``: reciprocal-rank fusion, ``sum(1 / (rrf_k + rank))`` over the lists a chunk appears
+  in (Cormack et al. 2009, k = 60). Uses ranks only, so the two scores' scales do not matter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from daemon.query.options import ALPHA, RRF_K, Fusion
+from daemon.query.options import ALPHA, FUSION, RRF_K, Fusion
 
 K = TypeVar("K", bound=Hashable)
 
@@ -37,7 +37,7 @@ def fuse(
     vector: Sequence[tuple[K, float]],
     keyword: Sequence[tuple[K, float]],
     *,
-    method: Fusion = "rrf",
+    method: Fusion = FUSION,
     rrf_k: float = RRF_K,
     alpha: float = ALPHA,
 ) -> list[Fused]:
@@ -73,7 +73,7 @@ def fuse(
     return out
 
 
-def _normaliser(ranked: Sequence[tuple[K, float]]):  # type: ignore[no-untyped-def]
+def _normaliser(ranked: Sequence[tuple[K, float]]) -> Callable[[float], float]:
     if not ranked:
         return lambda s: 0.0
     scores = [s for _, s in ranked]

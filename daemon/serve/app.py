@@ -48,7 +48,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from daemon.embed.embedder import FloatMatrix
 from daemon.errors import EmbedError, SchedulerClosedError, TextTooLongError, UsageError
-from daemon.query.options import Filters, Mode, SearchOptions, parse_time
+from daemon.query.options import FUSION, Filters, Mode, SearchOptions, parse_time
 from daemon.query.search import search_snapshot
 from daemon.store.snapshot import Snapshot
 
@@ -365,7 +365,7 @@ def _search_options(doc: dict[str, Any]) -> SearchOptions:
         return SearchOptions(
             k=k,
             mode=cast(Mode, mode),
-            fusion=_field(doc, "fusion", str, "a string") or "rrf",
+            fusion=_field(doc, "fusion", str, "a string") or FUSION,
             rrf_k=60.0 if rrf_k is None else float(rrf_k),
             alpha=0.5 if alpha is None else float(alpha),
             filters=Filters(

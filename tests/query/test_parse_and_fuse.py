@@ -56,7 +56,7 @@ def test_documents_get_camel_parts_and_cjk_grams() -> None:
 def test_rrf_and_convex() -> None:
     vec = [("a", 0.9), ("b", 0.8), ("c", 0.1)]
     kw = [("c", 12.0), ("d", 3.0)]
-    rrf = fuse(vec, kw)
+    rrf = fuse(vec, kw, method="rrf")
     assert [f.key for f in rrf] == ["c", "a", "b", "d"]
     c = rrf[0]
     assert c.vector_rank == 3 and c.keyword_rank == 1 and c.score == pytest.approx(1 / 63 + 1 / 61)
@@ -64,3 +64,7 @@ def test_rrf_and_convex() -> None:
     assert [f.key for f in fuse(vec, kw, method="convex", alpha=1.0)][:3] == ["a", "b", "c"]
     assert fuse(vec, kw, method="convex", alpha=0.0)[0].key == "c"
     assert fuse([], []) == []
+    # The default is the convex combination at alpha 0.5 (chosen on bench/retrieval.py).
+    default = fuse(vec, kw)
+    assert [f.key for f in default] == [f.key for f in fuse(vec, kw, method="convex", alpha=0.5)]
+    assert default[0].score == pytest.approx(0.5 * (0.1 - 0.1) / 0.8 + 0.5 * 1.0)

@@ -226,10 +226,14 @@ def test_modes_fusion_and_scores(server: tuple[Path, Store]) -> None:
     hits = doc["results"]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4]
     assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(hits))
-    for h in hits:  # RRF: the score is the sum of 1/(60 + rank) over the sides that returned it
+    for h in hits:  # convex: half each side's score, min-max normalised (1 for each side's best)
+        assert 0.0 <= h["score"] <= 1.0
+        assert Hit.from_json(h).to_json() == h
+    assert any(h["vector_rank"] == 1 or h["keyword_rank"] == 1 for h in hits[:2])
+    rrf = post(sock, {"query": q, "k": 4, "fusion": "rrf"}).json()["results"]
+    for h in rrf:  # RRF: the score is the sum of 1/(60 + rank) over the sides that returned it
         expect = sum(1 / (60 + h[f"{side}_rank"]) for side in ("vector", "keyword") if h[f"{side}_rank"])
         assert abs(h["score"] - expect) < 1e-9
-        assert Hit.from_json(h).to_json() == h
     convex = post(sock, {"query": q, "k": 4, "fusion": "convex", "alpha": 1.0}).json()["results"]
     vector = post(sock, {"query": q, "k": 4, "mode": "vector"}).json()["results"]
     assert [h["id"] for h in convex] == [h["id"] for h in vector]  # alpha 1: the vector side alone
