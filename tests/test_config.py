@@ -443,6 +443,8 @@ def test_remote_tcp_with_a_token_is_allowed() -> None:
         Path("/s"),
     )
     assert cfg.serve.tcp == ("0.0.0.0", 8765) and cfg.serve.allow_remote
+
+
 # --- document extraction -----------------------------------------------------------------
 
 
