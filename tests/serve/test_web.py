@@ -157,7 +157,10 @@ def test_a_search_in_the_browser_shows_the_hit_and_progress_moves_live(
         browser.find_element(By.ID, "query").clear()
         browser.find_element(By.ID, "query").send_keys("when does the harbour survey start")
         browser.find_element(By.CSS_SELECTOR, "#search-form button").click()
-        wait_for(lambda: _text(browser, "search-info")[:1].isdigit(), what="hits for the screenshot")
+        wait_for(
+            lambda: _text(browser, "search-info")[:1].isdigit(),  # noqa: PLW0108 - re-read at each poll
+            what="hits for the screenshot",
+        )
         browser.save_screenshot(os.environ["EMBEDD_WEB_SCREENSHOT"])
 
 
