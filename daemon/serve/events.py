@@ -23,10 +23,13 @@ import contextlib
 from collections.abc import Callable
 
 import orjson
+import structlog
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from daemon.service.events import EventLog
+
+log = structlog.get_logger("embedd")
 
 BATCH = 100
 MAX_TIMEOUT_S = 60.0
@@ -111,16 +114,34 @@ class EventStream:
         try:
             await self._stream(send, gone)
         except TimeoutError:
-            pass  # a client that takes nothing is dropped: returning closes its connection
+            # Returning without ending the response makes uvicorn close the connection.
+            if not self._stopping():
+                log.info("events_client_dropped", reason=f"it took no data for {SEND_TIMEOUT_S:.0f} s")
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
     async def _send(self, send: Send, body: bytes, *, more: bool = True) -> None:
-        await asyncio.wait_for(
-            send({"type": "http.response.body", "body": body, "more_body": more}), SEND_TIMEOUT_S
-        )
+        await self._deliver(send, {"type": "http.response.body", "body": body, "more_body": more})
+
+    async def _deliver(self, send: Send, message: dict[str, object]) -> None:
+        """``send``, given up (TimeoutError) after SEND_TIMEOUT_S or once the daemon is stopping.
+
+        uvicorn's send waits while the client's socket is full; a client that reads nothing
+        must neither hold its connection forever nor make a stop wait for it.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SEND_TIMEOUT_S
+        task = asyncio.ensure_future(send(message))
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=STOP_POLL_S)
+            if done:
+                task.result()
+                return
+            if self._stopping() or loop.time() >= deadline:
+                task.cancel()
+                raise TimeoutError
 
     async def _stream(self, send: Send, gone: asyncio.Event) -> None:
         headers = [
@@ -128,9 +149,7 @@ class EventStream:
             (b"cache-control", b"no-store"),
             (b"x-accel-buffering", b"no"),
         ]
-        await asyncio.wait_for(
-            send({"type": "http.response.start", "status": 200, "headers": headers}), SEND_TIMEOUT_S
-        )
+        await self._deliver(send, {"type": "http.response.start", "status": 200, "headers": headers})
         since = self._log.last_id if self._since is None else self._since
         await self._send(send, b"retry: 2000\n\n")
         loop = asyncio.get_running_loop()
