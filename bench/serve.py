@@ -24,6 +24,7 @@ machine.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -169,6 +170,16 @@ def observed_cost(root: Path, model: Path, n: int, *, queries: int, rounds: int 
                 timed(watched)
                 stop.set()
                 threads[1].join()
+            # CPU the daemon spends, idle, alone and while observed: load on the shared machine
+            # moves latencies by more than 5%, but not what the process itself consumes.
+            idle = _cpu_seconds(daemon.proc.pid, 10.0)
+            stop = threading.Event()
+            threads = [threading.Thread(target=f, args=(stop,), daemon=True) for f in (stream, scrape)]
+            for t in threads:
+                t.start()
+            busy = _cpu_seconds(daemon.proc.pid, 10.0)
+            stop.set()
+            threads[1].join()
     finally:
         daemon.stop()
     a, b = percentiles(plain)["p50"], percentiles(watched)["p50"]
@@ -183,7 +194,22 @@ def observed_cost(root: Path, model: Path, n: int, *, queries: int, rounds: int 
         f"| events stream open, /metrics every 1 s | {fmt(percentiles(watched))} |",
         "",
         f"p50 ratio (observed / alone): {b / a:.3f}",
+        "",
+        f"The daemon's own CPU over 10 s idle: {idle * 100:.2f}% of a core alone, {busy * 100:.2f}% with an "
+        "events stream open and /metrics scraped every second.",
     ]
+
+
+def _cpu_seconds(pid: int, seconds: float) -> float:
+    """CPU seconds (user + system) process ``pid`` used per second of wall time over ``seconds``."""
+
+    def used() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before, t0 = used(), time.perf_counter()
+    time.sleep(seconds)
+    return (used() - before) / (time.perf_counter() - t0)
 
 
 def embeddings_rate(root: Path, model: Path, clients: int, seconds: float) -> list[str]:

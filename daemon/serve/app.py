@@ -12,6 +12,9 @@ Routes (the same on the Unix socket and on TCP):
 - ``GET /v1/status``: what ``embedd status --json`` prints, with the daemon's live state.
 - ``GET /v1/models``: the one model, for clients that list models first.
 - ``GET /healthz``: 200 once the startup reconcile is done, 503 before and while stopping.
+- ``GET /v1/events``: the events feed, as Server-Sent Events or a JSON long poll (``serve/events.py``).
+- ``GET /metrics``: Prometheus' text format (``service/metrics.py``).
+- ``GET /``: the web page (``serve/web/``); it and its files need no token, its API calls do.
 
 Every error is JSON in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, with
 its status: 400 bad JSON or fields, 401 a missing or wrong token, 404, 405, 408 a body that
@@ -451,7 +454,8 @@ class _Guarded:
 
 
 class _BearerToken:
-    """Refuse requests without the right ``Authorization: Bearer`` token (401), except /healthz."""
+    """Refuse requests without the right ``Authorization: Bearer`` token (401), except /healthz and
+    the web page's static files."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app

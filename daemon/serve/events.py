@@ -73,7 +73,7 @@ async def long_poll(request: Request, log: EventLog, stopping: Callable[[], bool
         raise BadQuery("timeout", f"timeout must be from 0 to {MAX_TIMEOUT_S:.0f} seconds")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    limit = _int_param(request, "limit") or BATCH
+    limit = min(_int_param(request, "limit") or BATCH, 1000)
     while True:
         page = log.after(since, limit)
         left = deadline - loop.time()

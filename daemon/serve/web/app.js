@@ -204,7 +204,7 @@ async function followEvents() {
   for (;;) {
     try {
       const first = since === null;
-      const url = first ? "/v1/events?since=0&timeout=0" : "/v1/events?since=" + since + "&timeout=25";
+      const url = first ? "/v1/events?since=0&timeout=0&limit=1000" : "/v1/events?since=" + since + "&timeout=25";
       const doc = await (await api(url)).json();
       if (doc.missed) onEvent({ id: "…", type: "events_missed", data: { reason: doc.missed + " events missed" } });
       // On the first read only the last few kept events are listed, and counters are not bumped.
