@@ -46,3 +46,22 @@ def test_a_client_that_never_reads_is_dropped_and_a_late_reader_sees_the_gap(
     assert doc["missed"] == doc["events"][0]["id"] - start - 1 > 0
     assert doc["last_id"] == log.last_id
     assert json.dumps(doc["events"][0]["data"]).count("x") == 10_000
+
+
+def test_a_stream_resumed_from_an_id_long_gone_says_what_it_missed_first(ready: Api) -> None:
+    log = ready.backend.events
+    start = log.last_id
+    for i in range(log.capacity + 5):
+        log("file_renamed", {"source": f"a{i}.txt", "to": f"b{i}.txt"})
+    with (
+        ready.client(timeout=60) as c,
+        c.stream(
+            "GET", "/v1/events", headers={"Accept": "text/event-stream", "Last-Event-ID": str(start)}
+        ) as resp,
+    ):
+        data = (json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: "))
+        gap = next(data)
+        assert gap == {"type": "events_missed", "data": {"missed": 5, "after": start}}
+        first = next(data)
+        assert first["id"] == start + gap["data"]["missed"] + 1
+        assert first["data"] == {"source": "a5.txt", "to": "b5.txt"}

@@ -153,6 +153,15 @@ def test_a_search_in_the_browser_shows_the_hit_and_progress_moves_live(
     wait_for(lambda: _text(browser, "files") == "7", timeout=DEADLINE_S, what="7 files on the page")
     events = browser.find_elements(By.CSS_SELECTOR, "#events li[data-type=file_indexed]")
     assert len(events) >= 5
+    # At a phone's width the page reflows into one column: nothing wider than the screen.
+    browser.set_window_size(390, 844)
+    wait_for(
+        lambda: browser.execute_script(
+            "return document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+        ),
+        what="the page to fit a phone's width",
+    )
+    browser.set_window_size(1100, 900)
     if os.environ.get("EMBEDD_WEB_SCREENSHOT"):
         browser.find_element(By.ID, "query").clear()
         browser.find_element(By.ID, "query").send_keys("when does the harbour survey start")
