@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 MODEL := models/all-MiniLM-L6-v2.gguf
 STAMP := $(VENV)/.embedd-installed
 
-.PHONY: run setup model test check bench clean
+.PHONY: run setup model test browser check bench clean
 
 run: setup
 	mkdir -p inbox
@@ -30,8 +30,15 @@ $(MODEL): $(STAMP)
 
 model: $(MODEL)
 
-test: setup
+# The web page's tests drive Debian's headless Chromium; install it where it is missing and
+# apt-get can (CI runs as root on a fresh clone). Without it those tests skip, saying why.
+test: setup browser
 	$(BIN)/python -m pytest
+
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && apt-get install -y -q chromium chromium-driver; \
+	fi
 
 check: setup
 	$(BIN)/ruff check daemon tests bench

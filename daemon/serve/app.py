@@ -14,6 +14,9 @@ Routes (the same on the Unix socket and on TCP):
 - ``GET /v1/status``: what ``embedd status --json`` prints, with the daemon's live state.
 - ``GET /v1/models``: the one model, for clients that list models first.
 - ``GET /healthz``: 200 once the startup reconcile is done, 503 before and while stopping.
+- ``GET /v1/events``: the events feed, as Server-Sent Events or a JSON long poll (``serve/events.py``).
+- ``GET /metrics``: Prometheus' text format (``service/metrics.py``).
+- ``GET /``: the web page (``serve/web/``); it and its files need no token, its API calls do.
 
 Every error is JSON in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, with
 its status: 400 bad JSON or fields, 401 a missing or wrong token, 404, 405, 408 a body that
@@ -50,6 +53,11 @@ from daemon.embed.embedder import FloatMatrix
 from daemon.errors import EmbedError, SchedulerClosedError, TextTooLongError, UsageError
 from daemon.query.options import FUSION, Filters, Mode, SearchOptions, parse_time
 from daemon.query.search import search_snapshot
+from daemon.serve import events as feed
+from daemon.serve.web import web_routes
+from daemon.service.events import EventLog
+from daemon.service.metrics import CONTENT_TYPE as METRICS_TYPE
+from daemon.service.metrics import Metrics
 from daemon.store.snapshot import Snapshot
 
 log = structlog.get_logger("embedd")
@@ -146,6 +154,10 @@ class Api:
     def __init__(self, backend: Backend, *, max_body_bytes: int) -> None:
         self.backend = backend
         self.max_body_bytes = max_body_bytes
+        # The daemon's events feed and metrics (``DaemonBackend``); a backend without them (a
+        # test's fake) gets empty ones of its own.
+        self.event_log: EventLog = getattr(backend, "events", None) or EventLog()
+        self.meters: Metrics = getattr(backend, "metrics", None) or Metrics()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -233,6 +245,7 @@ class Api:
     # -- routes ---------------------------------------------------------------------------
 
     async def embeddings(self, request: Request) -> Response:
+        started = time.perf_counter()
         doc = await self._json_body(request)
         raw = doc.get("input")
         if raw is None:
@@ -258,6 +271,7 @@ class Api:
             {"object": "embedding", "index": i, "embedding": _encode(vec, fmt)}
             for i, vec in enumerate(vectors)
         ]
+        self.meters.embedded(len(texts), time.perf_counter() - started)
         return json_response(
             {
                 "object": "list",
@@ -291,6 +305,7 @@ class Api:
         snap = self.backend.snapshot()
         outcome = await run_in_threadpool(search_snapshot, snap, query, vector, opts)
         notes += outcome.notes
+        self.meters.searched(opts.mode, time.perf_counter() - started)
         return json_response(
             {
                 "query": query,
@@ -310,6 +325,23 @@ class Api:
     async def models(self, request: Request) -> Response:
         model = {"id": self.backend.model, "object": "model", "created": 0, "owned_by": "embedd"}
         return json_response({"object": "list", "data": [model]})
+
+    async def events(self, request: Request) -> Response:
+        def stopping() -> bool:
+            return self.backend.phase == "stopping"
+
+        try:
+            if feed.wants_poll(request):
+                return json_response(await feed.long_poll(request, self.event_log, stopping))
+            since = feed.EventStream.since_of(request)
+        except feed.BadQuery as exc:
+            raise ApiError(400, str(exc), param=exc.param) from None
+        stream = feed.EventStream(self.event_log, since, stopping)
+        return _Raw(stream)
+
+    async def metrics(self, request: Request) -> Response:
+        body = await run_in_threadpool(self.meters.exposition)
+        return Response(body, media_type=METRICS_TYPE)
 
     async def healthz(self, request: Request) -> Response:
         phase = self.backend.phase
@@ -447,6 +479,9 @@ def build_app(backend: Backend, *, max_body_bytes: int, token: str | None = None
         Route("/v1/status", api.status, methods=["GET"]),
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/v1/events", api.events, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+        *web_routes(),
     ]
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
@@ -483,6 +518,22 @@ def build_app(backend: Backend, *, max_body_bytes: int, token: str | None = None
     return guarded
 
 
+class _Raw(Response):
+    """A Response whose body an ASGI callable sends itself (the events stream)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        super().__init__()
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+
+def _open_path(path: str) -> bool:
+    """Served without a token: health, and the web page's own files (its API calls carry the token)."""
+    return path in ("/healthz", "/") or path.startswith("/web/")
+
+
 class _Guarded:
     """Logs an unexpected exception once, as our event, instead of uvicorn's traceback on stderr."""
 
@@ -498,14 +549,15 @@ class _Guarded:
 
 
 class _BearerToken:
-    """Refuse requests without the right ``Authorization: Bearer`` token (401), except /healthz."""
+    """Refuse requests without the right ``Authorization: Bearer`` token (401), except /healthz and
+    the web page's static files."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
         self._token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") == "/healthz":
+        if scope["type"] != "http" or _open_path(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         given = b""

@@ -10,6 +10,8 @@ from typing import Any
 from daemon.embed.embedder import FloatMatrix
 from daemon.embed.scheduler import Priority, Scheduler
 from daemon.serve.app import Phase
+from daemon.service.events import EventLog
+from daemon.service.metrics import Metrics
 from daemon.store.snapshot import Published, Snapshot
 
 
@@ -24,6 +26,8 @@ class DaemonBackend:
         query_prefix: str,
         status: Callable[[], dict[str, Any]],
         stop: threading.Event,
+        events: EventLog | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._published = published
@@ -31,6 +35,8 @@ class DaemonBackend:
         self._status = status
         self._stop = stop
         self._ready = threading.Event()
+        self.events = events or EventLog()
+        self.metrics = metrics or Metrics()
 
     def mark_ready(self) -> None:
         """The startup reconcile is done: /healthz turns 200."""

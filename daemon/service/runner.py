@@ -20,6 +20,7 @@ from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
 from daemon.embed.scheduler import QueuedEmbedder, Scheduler
 from daemon.errors import ConfigError
 from daemon.service import priority
+from daemon.service.notices import Notices
 from daemon.service.progress import Stepped
 from daemon.service.service import Service, fingerprint_for
 from daemon.service.serving import Serving
@@ -197,6 +198,10 @@ def run_service(
                 mirror = Mirror(config.sinks, daemon=config.daemon.name, store=store, store_lock=lock)
                 mirror.start()
                 serving = Serving(config, scheduler, published, stop)
+                serving.watch_sinks(mirror.status)
+                notices = Notices()
+                notices.listen(serving.events)
+                notices.listen(serving.metrics.hear)
                 try:
                     serving.start()
                     service = Service(
@@ -207,6 +212,7 @@ def run_service(
                         store_lock=lock,
                         published=published,
                         on_ready=serving.ready,
+                        notices=notices,
                     )
                     serving.watch_activity(service.activity)
                     service.run(

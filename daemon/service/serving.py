@@ -20,6 +20,9 @@ from daemon.embed.scheduler import Scheduler
 from daemon.errors import ServeError
 from daemon.serve.backend import DaemonBackend
 from daemon.serve.server import ApiServer, read_token
+from daemon.service.events import EventLog
+from daemon.service.metrics import Metrics
+from daemon.sinks.sync import SinkStatus
 from daemon.store.snapshot import Published
 
 log = structlog.get_logger("embedd")
@@ -37,12 +40,24 @@ class Serving:
         self._stop = stop
         self._started = time.monotonic()
         self._activity: Callable[[], dict[str, object]] = dict
+        # The events feed and the metrics: notices listeners (``runner``) that the API reads.
+        self.events = EventLog()
+        self.metrics = Metrics()
+        self.metrics.watch(
+            activity=self._current_activity,
+            scheduler=scheduler.stats,
+            # LlamaEmbedder's thread count (it follows the load with threads = 0).
+            threads=lambda: int(getattr(scheduler.embedder, "threads", 0)),
+            published=published,
+        )
         self.backend = DaemonBackend(
             scheduler,
             published,
             query_prefix=config.model.query_prefix,
             status=self.status,
             stop=stop,
+            events=self.events,
+            metrics=self.metrics,
         )
         self._server: ApiServer | None = None
 
@@ -61,6 +76,13 @@ class Serving:
     def watch_activity(self, activity: Callable[[], dict[str, object]]) -> None:
         """Where the worker's queue and bulk progress are read from (``Service.activity``)."""
         self._activity = activity
+
+    def _current_activity(self) -> dict[str, object]:
+        return self._activity()
+
+    def watch_sinks(self, sinks: Callable[[], list[SinkStatus]]) -> None:
+        """Where each sink's queue is read from for the metrics (``Mirror.status``)."""
+        self.metrics.watch(sinks=sinks)
 
     def ready(self) -> None:
         """The startup reconcile is done."""
