@@ -207,6 +207,8 @@ def run_service(
                         on_ready=serving.ready,
                     )
                     serving.watch_activity(service.activity)
+                    serving.backend.watch_forget(service.forgets.submit)
+                    serving.backend.watch_files(service.files)
                     service.run(
                         stop,
                         wake,
