@@ -11,14 +11,15 @@ from typing import TextIO
 
 from daemon.commands.output import print_json
 from daemon.config import Config
-from daemon.errors import DaemonRequestError, DaemonUnavailable, StoreLockedError
+from daemon.errors import DaemonUnavailable, StoreLockedError
 from daemon.service.forget import forget_offline, source_prefix
 
 
 def forget_command(config: Config, target: str, *, as_json: bool, out: TextIO) -> None:
     """Forget ``target`` (a path under a watched folder, or a source prefix) and confirm what went.
 
-    Raises StoreLockedError when a daemon holds the store but cannot be asked (no socket).
+    Raises StoreLockedError when a daemon holds the store but cannot be asked (no socket), and
+    DaemonRequestError when the daemon refuses (503 while it starts or stops).
     """
     from daemon.serve.client import DaemonClient
 
@@ -32,10 +33,7 @@ def forget_command(config: Config, target: str, *, as_json: bool, out: TextIO) -
             removed = [str(s) for s in answer.get("removed", [])]
             via = "daemon"
         except DaemonUnavailable:
-            removed = None
-        except DaemonRequestError as exc:
-            if exc.status != 503:
-                raise
+            removed = None  # nobody answers: the store itself, under its lock
     if removed is None:
         try:
             removed = forget_offline(config, prefix)

@@ -406,3 +406,20 @@ def test_each_files_state_from_the_daemon_and_from_the_store(
         "inbox/b.md": "indexed",
         "usb/photo-notes.txt": "indexed",
     }
+
+
+def test_forget_exit_codes(tmp_path: Path, default_model: Path, cli_env: dict[str, str]) -> None:
+    cfg = write_config(tmp_path, default_model, extra='[serve]\nsocket = ""')
+    nothing = cli(["forget", "--config", str(cfg), "inbox/a.txt"], cli_env)
+    assert nothing.returncode == 1 and "no store" in nothing.stderr, nothing.stderr
+    empty = cli(["forget", "--config", str(cfg), "/"], cli_env)
+    assert empty.returncode == 2, empty.stderr
+    fill(tmp_path / "inbox", ["a.txt"])
+    daemon = Daemon(cfg, cli_env).ready()
+    try:
+        wait_for(lambda: stored_sources(tmp_path / "data" / "embeddings.json"), what="the first save")
+        locked = cli(["forget", "--config", str(cfg), "inbox/a.txt"], cli_env)
+        assert locked.returncode == 4, locked.stderr
+        assert "Unix socket" in locked.stderr
+    finally:
+        stop_cleanly(daemon)
