@@ -46,6 +46,7 @@ examples:
   embedd search --config config.toml "how long does bread dough rise" -k 3
   embedd export --config config.toml --output vectors.jsonl
   embedd verify --config config.toml          compare the store with the folders and the config
+  embedd forget --config config.toml /mnt/old drop a folder's entries on purpose (a disk gone for good)
   embedd mcp --config config.toml             an MCP server on stdio, answered by the running daemon
   embedd COMMAND --help                       options and examples of one command
 
@@ -55,7 +56,7 @@ exit codes:
   2 bad usage or configuration (init: the file exists)
   3 model missing or unusable     4 store locked by another daemon
   5 store built with another model or chunking (run: see --reembed; search refuses it)
-  130 interrupted (Ctrl-C) in init, status, search, export or verify
+  130 interrupted (Ctrl-C) in init, status, search, export, verify or forget
 """
 
 
@@ -201,10 +202,17 @@ def _add_tool_parsers(sub: Any) -> None:
         "daemon holds it, and whether the configured model and chunking match it. Reads only the "
         "store's first line and never takes its lock.",
         "  embedd status --config config.toml\n"
-        "  embedd status --config config.toml --json | jq .store.chunks",
+        "  embedd status --config config.toml --json | jq .store.chunks\n"
+        "  embedd status --config config.toml --files --failed",
     )
     _config_argument(status)
     status.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    status.add_argument(
+        "--files", action="store_true", help="list every file with its state (from the daemon when it runs)"
+    )
+    status.add_argument(
+        "--failed", action="store_true", help="with --files: only the files that failed or were skipped"
+    )
 
     search = _tool_parser(
         sub,
@@ -303,6 +311,23 @@ def _add_tool_parsers(sub: Any) -> None:
         "  claude mcp add embedd -- /opt/embedd/.venv/bin/embedd mcp --config /etc/embedd/config.toml",
     )
     _config_argument(mcp)
+
+    forget = _tool_parser(
+        sub,
+        "forget",
+        "drop a folder's or a file's entries from the store and the sinks",
+        "Remove every entry at or below TARGET: a path under a watched folder (a folder, or one "
+        "file) or a source prefix such as inbox/old. The daemon keeps the entries of a folder it "
+        "cannot reach (an unmounted disk, a dropped share); this says it is gone on purpose. A "
+        "running daemon is asked over its Unix socket; otherwise the store is changed under its lock. "
+        "Files still present in a reachable watched folder are indexed again at the next scan: to "
+        "stop indexing a folder, remove it from the configuration.",
+        "  embedd forget --config config.toml /mnt/usb/photos\n"
+        "  embedd forget --config config.toml inbox/old --json",
+    )
+    _config_argument(forget)
+    forget.add_argument("target", metavar="TARGET", help="a path under a watched folder, or a source prefix")
+    forget.add_argument("--json", action="store_true", help="print one JSON object for scripts")
 
     verify = _tool_parser(
         sub,
@@ -420,6 +445,13 @@ def _init(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from daemon.commands.status import status_command
 
+    if args.failed and not args.files:
+        raise UsageError("--failed needs --files")
+    if args.files:
+        from daemon.commands.status import files_command
+
+        files_command(_load(args), failed=args.failed, as_json=args.json, out=sys.stdout)
+        return EXIT_OK
     status_command(_load(args), as_json=args.json, out=sys.stdout)
     return EXIT_OK
 
@@ -474,6 +506,13 @@ def _mcp(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _forget(args: argparse.Namespace) -> int:
+    from daemon.commands.forget import forget_command
+
+    forget_command(_load(args), args.target, as_json=args.json, out=sys.stdout)
+    return EXIT_OK
+
+
 def _verify(args: argparse.Namespace) -> int:
     from daemon.commands.verify import verify_command
 
@@ -488,6 +527,7 @@ _TOOLS: dict[str, Callable[[argparse.Namespace], int]] = {
     "verify": _verify,
     "sink": _sink,
     "mcp": _mcp,
+    "forget": _forget,
 }
 
 

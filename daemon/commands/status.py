@@ -284,8 +284,20 @@ def render_live(live: dict[str, Any], out: TextIO) -> None:
     """Print what the running daemon said about itself."""
     bulk = ""
     if live.get("bulk_index"):
-        bulk = f", bulk index running ({live.get('bulk_files_left', '?')} files left)"
-    out.write(f"{'  state':<12}{live.get('phase')}, {live.get('queued_files', 0)} files queued{bulk}\n")
+        bulk = (
+            f", bulk index running ({live.get('bulk_files_left', '?')} of "
+            f"{live.get('bulk_files_total', '?')} files left)"
+        )
+    doing = len(live.get("in_progress", []))
+    out.write(
+        f"{'  state':<12}{live.get('phase')}, {live.get('queued_files', 0)} files queued "
+        f"({live.get('pending_files', 0)} pending, {doing} in progress){bulk}\n"
+    )
+    for folder in live.get("unavailable_folders", []):
+        out.write(
+            f"{'  UNAVAILABLE':<12}{folder.get('path')} since {folder.get('since')}: {folder.get('reason')} "
+            "(its entries are kept)\n"
+        )
     listeners = ", ".join(f"{x['kind']} {x['address']}" for x in live.get("listeners", []))
     if listeners:
         out.write(f"{'  api':<12}{listeners}\n")
@@ -336,3 +348,74 @@ def status_command(config: Config, *, as_json: bool, out: TextIO) -> None:
         error = f", last error: {lag.error}" if lag.error else ""
         full = ", full sync pending" if lag.full_sync else ""
         out.write(f"sink {name}: {lag.pending} files waiting{age}{full}{error}\n")
+
+
+STORE_ONLY_NOTE = (
+    "no daemon answers: only the files the store holds are listed, all as indexed "
+    "(pending, failed, skipped and unavailable files are known to a running daemon)"
+)
+
+
+def file_states(config: Config, *, failed: bool) -> dict[str, Any]:
+    """Every file's state: from the running daemon (``GET /v1/files``), else from the store.
+
+    ``failed``: only the files not indexed for a reason (failed or skipped).
+    """
+    from urllib.parse import urlencode
+
+    from daemon.errors import DaemonRequestError, DaemonUnavailable
+    from daemon.serve.client import DaemonClient
+
+    client = DaemonClient.for_config(config)
+    if client is not None:
+        try:
+            rows: list[dict[str, Any]] = []
+            for state in ("failed", "skipped") if failed else (None,):
+                offset: int | None = 0
+                while offset is not None:
+                    query = {"limit": 1000, "offset": offset, **({"state": state} if state else {})}
+                    doc = client.files(urlencode(query))
+                    rows += doc["files"]
+                    offset = doc["next_offset"]
+            rows.sort(key=lambda r: r["source"])
+            return {"files": rows, "total": len(rows), "from": "daemon", "note": None}
+        except (DaemonUnavailable, DaemonRequestError):
+            pass
+    from daemon.service.files import stored_rows
+    from daemon.store.store import Store
+
+    try:
+        with Store.open_readonly(config.store.path) as store:
+            found = (
+                []
+                if failed
+                else stored_rows(
+                    sorted(store.sources()), lambda s: [c.timestamp for c in store.entries_for(s)]
+                )
+            )
+    except StoreError:
+        if not config.store.path.exists():
+            found = []
+        else:
+            raise
+    return {
+        "files": [r.to_json() for r in found],
+        "total": len(found),
+        "from": "store",
+        "note": STORE_ONLY_NOTE,
+    }
+
+
+def files_command(config: Config, *, failed: bool, as_json: bool, out: TextIO) -> None:
+    """``embedd status --files [--failed]``: one line per file with its state (or one JSON object)."""
+    doc = file_states(config, failed=failed)
+    if as_json:
+        print_json(doc, out)
+        return
+    for row in doc["files"]:
+        when = row["indexed_at"] or "-"
+        why = f"  {row['reason']} (since {row['since']})" if row["reason"] else ""
+        out.write(f"{row['state']:<12}{row['chunks']:>7}  {when:<25} {row['source']}{why}\n")
+    out.write(f"{doc['total']} files\n")
+    if doc["note"]:
+        out.write(f"note: {doc['note']}\n")

@@ -43,6 +43,16 @@ class IndexResult:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A file read, chunked and embedded, not yet applied to the store (``Pipeline.apply``)."""
+
+    source: str
+    state: FileState
+    entries: list[NewEntry]
+    result: IndexResult
+
+
+@dataclass(frozen=True)
 class ChunkingParams:
     """Chunk size and overlap in characters; whether embedded texts get the context prefix."""
 
@@ -85,6 +95,21 @@ class Pipeline:
 
         Raises ExtractError when the file cannot be read, and IndexingInterrupted when
         ``should_stop`` turns true between two embedding batches; the store is then left as it was.
+        """
+        return self.apply(self.prepare(path, source, state, on_embedded, should_stop))
+
+    def prepare(
+        self,
+        path: Path,
+        source: str,
+        state: FileState,
+        on_embedded: EmbedProgress | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Prepared:
+        """Extract, chunk and embed what is new, changing nothing: the slow part, which needs no lock.
+
+        Only reads the store (hash lookups), so its one writer may call it without the store's
+        lock. Raises ExtractError and IndexingInterrupted as ``index_file`` does.
         """
         start = self._clock()
         extracted = extract(path, self.limits)
@@ -131,8 +156,7 @@ class Pipeline:
             for c in chunks
             if c.hash in known
         ]
-        self.store.replace_source(source, entries, state)
-        return IndexResult(
+        result = IndexResult(
             source=source,
             chunks=len(entries),
             embedded=len(fresh),
@@ -142,6 +166,12 @@ class Pipeline:
             seconds=self._clock() - start,
             warnings=extracted.warnings,
         )
+        return Prepared(source, state, entries, result)
+
+    def apply(self, prepared: Prepared) -> IndexResult:
+        """Make a prepared file's entries the store's (the quick part, under the store's lock)."""
+        self.store.replace_source(prepared.source, prepared.entries, prepared.state)
+        return prepared.result
 
     def _embed(
         self,
@@ -154,6 +184,8 @@ class Pipeline:
         out: dict[str, tuple[np.ndarray, int]] = {}
         tokens = 0
         quarantined = 0
+        if on_embedded is not None and chunks:
+            on_embedded(0, len(chunks))  # embedding starts now: a rate is measured from here
         for i in range(0, len(chunks), self.batch_size):
             if should_stop is not None and should_stop():
                 raise IndexingInterrupted(f"{source}: stopped after {i} of {len(chunks)} new chunks")

@@ -13,6 +13,12 @@ Routes (the same on the Unix socket and on TCP):
   ranked exactly like ``embedd search`` does. Any query text is answered 200.
 - ``GET /v1/status``: what ``embedd status --json`` prints, with the daemon's live state.
 - ``GET /v1/models``: the one model, for clients that list models first.
+- ``GET /v1/files``: each file's state, ``?state=indexed|pending|failed|skipped|unavailable``,
+  ``prefix``, ``limit`` (default 100, at most 1000), ``offset``; answers ``{"files": [{"source",
+  "state", "chunks", "indexed_at", "reason", "since"}], "total", "next_offset"}``.
+- ``POST /v1/forget``: ``{"prefix"}``; drops the sources at or below it from the store and the
+  sinks (``embedd forget``) and answers ``{"prefix", "removed": [...]}``. Only on the Unix
+  socket, whose file mode says who may change the index; TCP answers 403.
 - ``GET /healthz``: 200 once the startup reconcile is done, 503 before and while stopping.
 - ``GET /v1/events``: the events feed, as Server-Sent Events or a JSON long poll (``serve/events.py``).
 - ``GET /metrics``: Prometheus' text format (``service/metrics.py``).
@@ -68,6 +74,9 @@ Phase = Literal["starting", "ready", "stopping"]
 BODY_TIMEOUT_S = 30.0
 # OpenAI's own limit of inputs per embeddings request.
 MAX_INPUTS = 2048
+MAX_K = 1000
+FILE_STATES = ("indexed", "pending", "failed", "skipped", "unavailable")
+MAX_FILES_PAGE = 1000
 SEARCH_FIELDS = frozenset(
     {"query", "k", "mode", "source_prefix", "formats", "modified_after", "modified_before", "group_by",
      "min_score", "fusion", "rrf_k", "alpha"}
@@ -98,6 +107,14 @@ class Backend(Protocol):
 
     def status(self) -> dict[str, Any]:
         """The ``/v1/status`` document."""
+        ...
+
+    def forget(self, prefix: str) -> Future[list[str]]:
+        """Queue forgetting the sources at or below ``prefix``; the future gives those removed."""
+        ...
+
+    def files(self, state: str | None, prefix: str | None, limit: int, offset: int) -> dict[str, Any]:
+        """The ``/v1/files`` document: one page of files in their state."""
         ...
 
 
@@ -322,6 +339,47 @@ class Api:
     async def status(self, request: Request) -> Response:
         return json_response(await run_in_threadpool(self.backend.status))
 
+    async def files(self, request: Request) -> Response:
+        query = request.query_params
+        state = query.get("state")
+        if state is not None and state not in FILE_STATES:
+            raise ApiError(400, f"state must be one of {', '.join(FILE_STATES)}", param="state")
+        numbers = {}
+        for name, default, low, high in (("limit", 100, 1, MAX_FILES_PAGE), ("offset", 0, 0, None)):
+            raw = query.get(name, str(default))
+            if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
+                bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+                raise ApiError(400, f"{name} must be an integer {bounds}", param=name)
+            numbers[name] = int(raw)
+        doc = await run_in_threadpool(
+            self.backend.files, state, query.get("prefix"), numbers["limit"], numbers["offset"]
+        )
+        return json_response(doc)
+
+    async def forget(self, request: Request) -> Response:
+        server = request.scope.get("server")
+        if not (isinstance(server, tuple) and server[1] is None):
+            raise ApiError(
+                403,
+                "forget is only answered on the Unix socket",
+                type_="permission_error",
+                code="socket_only",
+            )
+        doc = await self._json_body(request)
+        prefix = doc.get("prefix")
+        if not isinstance(prefix, str) or not prefix.strip("/ "):
+            raise ApiError(400, "missing required field: prefix (a non-empty string)", param="prefix")
+        self._ready()
+        try:
+            future = self.backend.forget(prefix)
+        except SchedulerClosedError:
+            raise unavailable("stopping") from None
+        try:
+            removed = await asyncio.wrap_future(future)
+        except SchedulerClosedError:
+            raise unavailable("stopping") from None
+        return json_response({"prefix": prefix, "removed": removed})
+
     async def models(self, request: Request) -> Response:
         model = {"id": self.backend.model, "object": "model", "created": 0, "owned_by": "embedd"}
         return json_response({"object": "list", "data": [model]})
@@ -478,6 +536,8 @@ def build_app(backend: Backend, *, max_body_bytes: int, token: str | None = None
         Route("/v1/search", api.search, methods=["POST"]),
         Route("/v1/status", api.status, methods=["GET"]),
         Route("/v1/models", api.models, methods=["GET"]),
+        Route("/v1/forget", api.forget, methods=["POST"]),
+        Route("/v1/files", api.files, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/v1/events", api.events, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),

@@ -9,6 +9,7 @@ from typing import Any
 
 from daemon.embed.embedder import FloatMatrix
 from daemon.embed.scheduler import Priority, Scheduler
+from daemon.errors import SchedulerClosedError
 from daemon.serve.app import Phase
 from daemon.service.events import EventLog
 from daemon.service.metrics import Metrics
@@ -28,6 +29,7 @@ class DaemonBackend:
         stop: threading.Event,
         events: EventLog | None = None,
         metrics: Metrics | None = None,
+        forget: Callable[[str], Future[list[str]]] | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._published = published
@@ -37,6 +39,8 @@ class DaemonBackend:
         self._ready = threading.Event()
         self.events = events or EventLog()
         self.metrics = metrics or Metrics()
+        self._forget = forget
+        self._files: Callable[[str | None, str | None, int, int], dict[str, Any]] | None = None
 
     def mark_ready(self) -> None:
         """The startup reconcile is done: /healthz turns 200."""
@@ -71,3 +75,21 @@ class DaemonBackend:
 
     def status(self) -> dict[str, Any]:
         return self._status()
+
+    def watch_files(self, files: Callable[[str | None, str | None, int, int], dict[str, Any]]) -> None:
+        """Where ``/v1/files`` is answered from (``Service.files``)."""
+        self._files = files
+
+    def files(self, state: str | None, prefix: str | None, limit: int, offset: int) -> dict[str, Any]:
+        if self._files is None:
+            return {"files": [], "total": 0, "next_offset": None}
+        return self._files(state, prefix, limit, offset)
+
+    def watch_forget(self, forget: Callable[[str], Future[list[str]]]) -> None:
+        """Where forget requests go (the worker's ``ForgetJobs.submit``)."""
+        self._forget = forget
+
+    def forget(self, prefix: str) -> Future[list[str]]:
+        if self._forget is None:
+            raise SchedulerClosedError("the worker is not running")
+        return self._forget(prefix)

@@ -140,6 +140,14 @@ class DaemonClient:
         """``GET /v1/status``."""
         return self.request("GET", "/v1/status")
 
+    def files(self, query: str) -> dict[str, Any]:
+        """``GET /v1/files?<query>``."""
+        return self.request("GET", "/v1/files" + (f"?{query}" if query else ""))
+
+    def forget(self, prefix: str) -> dict[str, Any]:
+        """``POST /v1/forget`` (answered on the Unix socket only)."""
+        return self.request("POST", "/v1/forget", {"prefix": prefix})
+
 
 def live_status(config: Config) -> dict[str, Any] | None:
     """The running daemon's own account of itself (the ``daemon`` part of /v1/status), if one answers."""

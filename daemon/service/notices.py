@@ -12,6 +12,11 @@ Kinds and their fields (all sources are store source names):
 - ``file_removed``: source, reason
 - ``file_renamed``: source, to
 - ``file_skipped``: source, reason (not indexed; what was stored for it stays)
+- ``file_failed``: source, reason, error (an unexpected exception while handling it, logged
+  with its traceback; what was stored for it stays, it is tried again when it changes)
+- ``folder_unavailable``: watch, path, reason, since (ISO 8601 UTC): a watched folder or one
+  below it cannot be reached (missing, unreadable, an empty mount point); its entries stay
+- ``folder_back``: watch, path (reachable again; the normal reconcile follows)
 - ``store_saved``: entries, written, reused, bytes_written, durable_s
 - ``store_save_failed``: reason, retry_in_s
 - ``bulk_queued``: files (more files queued by a scan), total, left

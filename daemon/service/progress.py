@@ -13,6 +13,9 @@ from daemon import log as logsetup
 
 Clock = Callable[[], float]
 
+# Below this, an elapsed time says nothing about a rate.
+MIN_ELAPSED_S = 0.01
+
 
 class Progress:
     """Reports ``done`` out of ``total`` units of a task, at most every ``interval_s``."""
@@ -42,9 +45,10 @@ class Progress:
         self._closed = False
 
     def rate(self) -> float:
-        """Units per second since the start."""
+        """Units per second since the start; 0 until a measurable time has passed (never a rate
+        made up from a few microseconds)."""
         elapsed = self._clock() - self._start
-        return self.done / elapsed if elapsed > 0 else 0.0
+        return self.done / elapsed if elapsed >= MIN_ELAPSED_S else 0.0
 
     def advance(self, n: int = 1) -> None:
         """Count ``n`` more units done and report if the interval has passed."""

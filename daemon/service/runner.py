@@ -215,6 +215,8 @@ def run_service(
                         notices=notices,
                     )
                     serving.watch_activity(service.activity)
+                    serving.backend.watch_forget(service.forgets.submit)
+                    serving.backend.watch_files(service.files)
                     service.run(
                         stop,
                         wake,

@@ -14,6 +14,7 @@ import os
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
@@ -23,22 +24,37 @@ import structlog
 from daemon.config import Config, WatchConfig
 from daemon.embed.embedder import Embedder
 from daemon.errors import ExtractError, IndexingInterrupted
-from daemon.ingest.extract import ExtractLimits, extraction_version, file_kind, format_of
+from daemon.ingest.extract import format_of
 from daemon.ingest.pipeline import ChunkingParams, Pipeline
 from daemon.log import display_path
 from daemon.loops import StopFlag
+from daemon.service.boundary import report_unexpected
+from daemon.service.files import FileBook, build_rows, page
+from daemon.service.filestate import (
+    FailedAs,
+    extract_limits,
+    failed_as,
+    file_state,
+    fingerprint_for,
+    not_regular,
+)
+from daemon.service.folders import FolderGuard, below_any, collector, watch_of
+from daemon.service.forget import ForgetJobs, matching, unwatched
 from daemon.service.notices import Notices
 from daemon.service.progress import Progress
+from daemon.service.reload import apply_config
 from daemon.service.saver import Saver
 from daemon.service.sdnotify import Notifier
 from daemon.service.throughput import BulkProgress, Throughput
 from daemon.sinks.mirror import Mirror
 from daemon.store.snapshot import Published
-from daemon.store.store import FileState, Fingerprint, Store
+from daemon.store.store import Store
 from daemon.watch import scan
 from daemon.watch.debounce import Debouncer
 from daemon.watch.events import EventKind, FileEvent
 from daemon.watch.watcher import Watcher
+
+__all__ = ["Service", "StopFlag", "extract_limits", "failed_as", "file_state", "fingerprint_for"]
 
 log = structlog.get_logger("embedd")
 
@@ -46,47 +62,6 @@ log = structlog.get_logger("embedd")
 BIG_FILE_CHUNKS = 256
 
 
-def fingerprint_for(config: Config, embedder: Embedder) -> Fingerprint:
-    """The store fingerprint a configuration and model produce: vectors from two never mix."""
-    return Fingerprint(
-        model_sha256=embedder.fingerprint,
-        pooling=embedder.pooling,
-        normalize=config.model.normalize,
-        chunk_size=config.chunking.size,
-        chunk_overlap=config.chunking.overlap,
-        context_prefix=config.chunking.context_prefix,
-    )
-
-
-def file_state(st: os.stat_result, path: Path) -> FileState:
-    """The cheap signature that tells a file changed without reading it, and the version of the
-    extraction that reads it now: a file read differently than when it was indexed is stale."""
-    return FileState(st.st_size, st.st_mtime_ns, st.st_ino, extraction_version(path))
-
-
-def extract_limits(config: Config) -> ExtractLimits:
-    """The limits on reading one file that ``config`` sets."""
-    return ExtractLimits(
-        max_bytes=config.daemon.max_file_bytes,
-        timeout_s=config.daemon.extract_timeout_s,
-        memory_bytes=config.daemon.extract_memory_bytes,
-        max_html_bytes=config.daemon.max_html_bytes,
-        chunk_chars=config.chunking.size,
-    )
-
-
-# A file that failed, as it was when it failed: its FileState plus its ctime, because a
-# chmod or chown (which moves only the ctime) can be exactly what makes it readable.
-FailedAs = tuple[FileState, int]
-
-
-def failed_as(st: os.stat_result, path: Path) -> FailedAs:
-    """The signature under which a failed file is not tried again until it changes."""
-    return file_state(st, path), st.st_ctime_ns
-
-
-def _not_regular(st: os.stat_result) -> str:
-    return f"is {file_kind(st.st_mode) or 'not a regular file'}; only regular files are indexed"
 
 
 class Service:
@@ -133,6 +108,15 @@ class Service:
         self._throughput = Throughput(clock)
         self._bulk = BulkProgress(self.notices)
         self._stop: StopFlag = threading.Event()
+        self._depth = 0  # nested _changing() blocks: the outermost publishes
+        self._batch: deque[FileEvent] = deque()  # file events taken from the debouncer, not started
+        self._current: Path | None = None  # the file being handled
+        # Folders that cannot be reached: their entries stay until they are back.
+        self.guard = FolderGuard(self.notices, self._sources_under, self.watcher.rewatch)
+        self.outages = self.guard.outages
+        # `embedd forget` asked of the running daemon, done on this worker thread.
+        self.book = FileBook()  # why a file is not indexed, when one was
+        self.forgets = ForgetJobs(lambda: self._wake.set())  # noqa: PLW0108 - run() replaces _wake
 
     # -- events -------------------------------------------------------------------------
 
@@ -170,7 +154,7 @@ class Service:
             for source in self._sources_under(folder):
                 old = scan.path_of(self.config.watches, source)
                 if old is not None and self._locate(old) is None:
-                    self._remove(source, reason=f"ignored since {display_path(path)} changed")
+                    self.remove(source, reason=f"ignored since {display_path(path)} changed")
             self.reconcile(folder)
 
     def _changed(self, path: Path) -> None:
@@ -181,14 +165,15 @@ class Service:
         try:
             st = path.lstat()
         except FileNotFoundError:
-            self._remove(source, reason="file vanished")
+            if self.guard.root_ok(watch, at_scan=False):
+                self.remove(source, reason="file vanished")
             return
         except OSError as exc:
             self._skip(source, path, None, f"cannot stat: {exc.strerror or exc}")
             return
         state = file_state(st, path)
         if not stat.S_ISREG(st.st_mode):
-            self._skip(source, path, failed_as(st, path), _not_regular(st))
+            self._skip(source, path, failed_as(st, path), not_regular(st))
             return
         if self.store.file_state(source) == state or self._failed.get(source) == failed_as(st, path):
             return
@@ -206,12 +191,13 @@ class Service:
             nonlocal bar
             if bar is None and total >= BIG_FILE_CHUNKS:
                 bar = Progress(f"embedding {source}", total, unit="chunks")
-            if bar is not None:
+            if bar is not None and done:
                 bar.advance(done)
             self.notifier.keepalive()
 
         try:
-            result = self.pipeline.index_file(path, source, state, on_embedded, self._stop.is_set)
+            # The slow part (extraction, embedding) holds no lock: sink reads and saves go on.
+            prepared = self.pipeline.prepare(path, source, state, on_embedded, self._stop.is_set)
         except ExtractError as exc:
             self._skip(source, path, failed_as(st, path), exc.reason)
             return
@@ -226,7 +212,11 @@ class Service:
         finally:
             if bar is not None:
                 bar.close()
+        with self._changing():
+            result = self.pipeline.apply(prepared)
+            self._finished(path)  # with the store change, so status never counts it twice
         self._failed.pop(source, None)
+        self.book.indexed(source)
         self._changed_sources(source)
         for warning in result.warnings:
             log.warning("file_warning", path=display_path(path), reason=warning)
@@ -258,6 +248,7 @@ class Service:
             return
         if state is not None:
             self._failed[source] = state
+        self.book.problem(source, "skipped", reason)
         log.warning(
             "file_skipped",
             path=display_path(path),
@@ -267,21 +258,34 @@ class Service:
         )
         self.notices.notify("file_skipped", source=source, reason=reason)
 
-    def _remove(self, source: str, *, reason: str) -> None:
+    def remove(self, source: str, *, reason: str) -> None:
+        """Drop ``source``'s entries (logged, noticed, marked for the sinks); nothing when unknown."""
         self._failed.pop(source, None)
+        self.book.removed(source)
         if self.store.file_state(source) is None:
             return
-        self.pipeline.remove(source)
+        with self._changing():
+            self.pipeline.remove(source)
         self._changed_sources(source)
         log.info("file_removed", source=source, reason=reason)
         self.notices.notify("file_removed", source=source, reason=reason)
 
     def _deleted(self, path: Path) -> None:
+        watch = watch_of(self.config.watches, path)
+        if watch is None or not self.guard.root_ok(watch, at_scan=False):
+            return  # unreachable, not emptied: everything stored for it stays
+        if path == watch.path:
+            # watchdog reports the root's own deletion (or unmount); it is here again: rescan it.
+            self.reconcile(path)
+            return
         located = self._locate(path)
         if located is not None:
-            self._remove(located[1], reason="deleted")
+            self.remove(located[1], reason="deleted")
+        if path.is_dir() and not path.is_symlink():
+            self.reconcile(path)  # a folder reported gone is still there (a nested unmount): look
+            return
         for source in self._sources_under(path):
-            self._remove(source, reason="folder deleted")
+            self.remove(source, reason="folder deleted")
 
     def _moved(self, src: Path, dest: Path) -> None:
         old = self._locate(src)
@@ -301,19 +305,19 @@ class Service:
     def _rename_or_reindex(self, old_source: str, dest: Path) -> None:
         new = self._locate(dest)
         if new is None:
-            self._remove(old_source, reason=f"moved to {display_path(dest)}, which is not indexed")
+            self.remove(old_source, reason=f"moved to {display_path(dest)}, which is not indexed")
             return
         try:
             st = dest.lstat()
         except OSError:
-            self._remove(old_source, reason="moved, then vanished")
+            self.remove(old_source, reason="moved, then vanished")
             return
         if not stat.S_ISREG(st.st_mode):
-            self._remove(old_source, reason="moved to something that is not a regular file")
+            self.remove(old_source, reason="moved to something that is not a regular file")
             return
         why_not = scan.unindexable(new[0], new[1], dest)
         if why_not is not None:
-            self._remove(old_source, reason=f"moved to {display_path(dest)}, which is not indexed")
+            self.remove(old_source, reason=f"moved to {display_path(dest)}, which is not indexed")
             self._changed(dest)  # says why, once
             return
         state = file_state(st, dest)
@@ -324,16 +328,16 @@ class Service:
             # The stored chunks are not what reading the file under its new name gives (notes.txt
             # renamed notes.md is split by its headings now): index it afresh. Unchanged chunks
             # still find their vectors by hash.
-            self._remove(old_source, reason=f"moved to {display_path(dest)}, which is read as another format")
+            self.remove(old_source, reason=f"moved to {display_path(dest)}, which is read as another format")
             self._changed(dest)
             return
-        self.pipeline.rename(old_source, new[1], state)
+        with self._changing():
+            self.pipeline.rename(old_source, new[1], state)
         self._failed.pop(old_source, None)
+        self.book.removed(old_source)
         self._changed_sources(old_source, new[1])
         log.info("file_renamed", source=old_source, to=new[1])
         self.notices.notify("file_renamed", source=old_source, to=new[1])
-
-    # -- scanning ------------------------------------------------------------------------
 
     def reconcile(self, top: Path | None = None) -> int:
         """Bring the store in line with the disk below ``top`` (every watch when None).
@@ -343,24 +347,25 @@ class Service:
         files indexed by an older version of their format's extraction, are queued through the
         debouncer. Returns how many files were queued.
         """
-        queued = 0
+        scanned: list[Path] = []
         upgraded = 0
+        if top is None:  # sources no watch names any more (dropped before a restart) leave
+            for source in unwatched(self.config.watches, self.store.sources()):
+                self.remove(source, reason="folder no longer watched")
         for watch in self.config.watches:
             if top is not None and top != watch.path and watch.path not in top.parents:
                 continue
+            if not self.guard.root_ok(watch, at_scan=True):
+                continue  # unreachable: nothing below it is taken as deleted
             start = top if top is not None else watch.path
             # The root may be a symlink the user chose; a folder below it never is followed.
             present = start.is_dir() and (start == watch.path or not start.is_symlink())
-            if not present and top is None:
-                log.warning(
-                    "watch_folder_missing",
-                    path=str(watch.path),
-                    hint="it is watched again as soon as it exists",
-                )
+            unreadable: dict[Path, str] = {}
+            note = collector(unreadable)
             seen: set[str] = set()
             new: dict[tuple[int, int, int], tuple[Path, str]] = {}
             changed: list[Path] = []
-            for found in scan.walk(self.config.watches, watch, start) if present else ():
+            for found in scan.walk(self.config.watches, watch, start, note) if present else ():
                 path, source, st = found.path, found.source, found.stat
                 seen.add(source)
                 state = file_state(st, path)
@@ -368,7 +373,7 @@ class Service:
                 if stored == state:
                     continue
                 if not stat.S_ISREG(st.st_mode):
-                    self._skip(source, path, failed_as(st, path), _not_regular(st))
+                    self._skip(source, path, failed_as(st, path), not_regular(st))
                     continue
                 if self._failed.get(source) == failed_as(st, path):
                     continue
@@ -379,7 +384,7 @@ class Service:
                 else:
                     changed.append(path)
             for source in self._sources_under(start):
-                if source in seen:
+                if source in seen or below_any(scan.path_of(self.config.watches, source), unreadable):
                     continue
                 old = self.store.file_state(source)
                 key = (old.inode, old.size, old.mtime_ns) if old is not None else None
@@ -387,10 +392,11 @@ class Service:
                     path, _ = new.pop(key)
                     self._rename_or_reindex(source, path)
                 else:
-                    self._remove(source, reason="gone from disk")
+                    self.remove(source, reason="gone from disk")
+            self.outages.after_walk(watch, start, unreadable, lambda p: len(self._sources_under(p)))
             for path in [*changed, *(p for p, _ in new.values())]:
                 self.debouncer.push(FileEvent(EventKind.CHANGED, path, from_scan=True))
-                queued += 1
+                scanned.append(path)
         if upgraded:
             log.info(
                 "extraction_upgraded",
@@ -398,16 +404,23 @@ class Service:
                 detail="files unchanged since they were indexed, but read or split differently now (a "
                 "Markdown file by its headings); indexed again, unchanged chunks keep their vectors",
             )
-        if queued:
-            self._bulk.start(queued)
+        if scanned:
+            self._bulk.start(scanned)
             self._wake.set()
-        return queued
+        return len(scanned)
 
-    def _advance_bulk(self, n: int) -> None:
-        if self._bulk.advance(n, queue_empty=self.debouncer.pending() == 0):
+    def forget(self, prefix: str) -> list[str]:
+        """Drop every source at or below ``prefix`` from the store and the sinks (``embedd forget``)."""
+        gone = matching(self.store.sources(), prefix)
+        for source in gone:
+            self.remove(source, reason="forgotten on request")
+        return gone
+
+    def _finished(self, *paths: Path) -> None:
+        """These paths are handled: no longer in progress, done in the bulk (under the store lock)."""
+        self._current = None
+        if self._bulk.done(*paths):
             self._throughput.report(self.debouncer.pending(), force=True)
-
-    # -- saving and reporting ---------------------------------------------------------
 
     def _changed_sources(self, *sources: str) -> None:
         """The store changed for these sources: it must be saved, and sinks must follow."""
@@ -426,70 +439,88 @@ class Service:
         )
 
     def _report_throughput(self, *, force: bool = False) -> None:
-        self._throughput.report(self.debouncer.pending(), force=force)
+        self._throughput.report(self.debouncer.pending_files(), force=force)
 
     # -- the loop --------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _changing(self) -> Iterator[None]:
-        """Hold the store's lock for a change; publish the result for searches once it is whole."""
+        """Hold the store's lock for a change; publish the result for searches once it is whole
+        (once, when the outermost of nested changes ends)."""
         with self._store_lock:
-            yield
-            if self._published is not None:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            if self._depth == 0 and self._published is not None:
                 self._published.publish(self.store)
 
+    def _handle_guarded(self, event: FileEvent) -> None:
+        """Apply one event; an unexpected exception costs that file only, never the worker."""
+        try:
+            if event.kind in (EventKind.DELETED, EventKind.RESCAN):
+                with self._changing():  # no extraction: one publish for all the removals
+                    self.handle(event)
+            else:
+                self.handle(event)  # takes the lock only to apply what it read
+        except Exception as exc:
+            path = event.dest or event.path
+            source = located[1] if (located := self._locate(path)) is not None else str(path)
+            error = report_unexpected(event, source, exc)
+            with contextlib.suppress(OSError):
+                self._failed[source] = failed_as(path.lstat(), path)
+            self.book.problem(source, "failed", error)
+            self.notices.notify("file_failed", source=source, reason="unexpected error", error=error)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """For the API's threads: the store lock, waited for 5 s at most (then read anyway)."""
+        locked = self._store_lock.acquire(timeout=5.0)
+        try:
+            yield
+        finally:
+            if locked:
+                self._store_lock.release()
+
     def activity(self) -> dict[str, object]:
-        """What the worker has to do, for the status API (read from another thread)."""
-        return {
-            "queued_files": self.debouncer.pending(),
-            "bulk_index": self._bulk.active,
-            "bulk_files_left": self._bulk.left,
-        }
+        """What the worker has to do, for the status API; under the store lock, which the worker
+        holds to take due events, start and apply a file: each file counts once."""
+        with self._reading():
+            current, pending = self._current, self.debouncer.pending_files() + len(self._batch)
+            held = self._published.current() if self._published is not None else None
+            return {
+                "queued_files": pending + (current is not None),
+                "pending_files": pending,
+                "in_progress": [] if current is None else [str(current)],
+                "bulk_index": self._bulk.active,
+                "bulk_files_total": self._bulk.total,
+                "bulk_files_left": self._bulk.left,
+                "unavailable_folders": self.outages.to_json(),
+                **({} if held is None else {"in_memory": {"files": held.files, "chunks": held.count}}),
+            }
+
+    def files(self, state: str | None, prefix: str | None, limit: int, offset: int) -> dict[str, object]:
+        """``GET /v1/files``: each file's state, one page (read under the store lock)."""
+        with self._reading():
+            waiting = [
+                *self.debouncer.pending_paths(),
+                *(e.dest or e.path for e in self._batch),
+                self._current,
+            ]
+            rows = build_rows(
+                self.store.sources(),
+                [loc[1] for p in waiting if p is not None and (loc := self._locate(p)) is not None],
+                problems=self.book.problems(),
+                outage_of=lambda s: self.outages.of_source(self.config.watches, s),
+                chunks_of=lambda s: [c.timestamp for c in self.store.entries_for(s)],
+                indexed_at=self.book.indexed_at,
+            )
+        return page(rows, state=state, prefix=prefix, limit=limit, offset=offset)
 
     def apply_config(self, new: Config) -> None:
-        """Apply a reloaded configuration: watched folders, patterns and daemon settings.
-
-        The model, chunking and store stay as they are (changing them needs a restart, and the
-        model is not reloaded when it did not change); a folder no longer watched leaves the
-        store, a new one is scanned.
-        """
-        old = self.config
-        pinned = [
-            key
-            for key, a, b in (
-                ("model", old.model, new.model),
-                ("chunking", old.chunking, new.chunking),
-                ("store", old.store, new.store),
-                ("sink", old.sinks, new.sinks),
-            )
-            if a != b
-        ]
-        if pinned:
-            log.warning(
-                "config_reload_partial",
-                unchanged=pinned,
-                hint="these take effect at the next start (with --reembed if the fingerprint changes)",
-            )
-        effective = replace(new, model=old.model, chunking=old.chunking, store=old.store, sinks=old.sinks)
-        before = {w.path: w for w in old.watches}
-        after = {w.path: w for w in effective.watches}
-        self.config = effective
-        for path in before.keys() - after.keys():
-            self.watcher.remove_root(path)
-            for source in scan.sources_under(old.watches, self.store.sources(), path):
-                self._remove(source, reason="folder no longer watched")
-        for path, watch in after.items():
-            if before.get(path) != watch:
-                self.watcher.add_root(path, watch.recursive)
-        self.debouncer.set_quiet(effective.daemon.debounce_ms / 1000.0)
-        self.pipeline.limits = extract_limits(effective)
-        queued = self.reconcile()
-        log.info(
-            "config_reloaded",
-            added=sorted(str(p) for p in after.keys() - before.keys()),
-            removed=sorted(str(p) for p in before.keys() - after.keys()),
-            queued=queued,
-        )
+        """Apply a reloaded configuration (``daemon.service.reload.apply_config``)."""
+        apply_config(self, new)
 
     def run(
         self,
@@ -529,14 +560,25 @@ class Service:
                     if new is not None:
                         with self._changing():
                             self.apply_config(new)
-                for event in self.debouncer.due():
+                with self._store_lock:
+                    batch = self.debouncer.due()
+                    self._batch = deque(e for e in batch if e.kind is not EventKind.RESCAN)
+                for event in batch:
                     if stop.is_set():
                         break
-                    with self._changing():
-                        self.handle(event)
+                    with self._store_lock:
+                        if event.kind is not EventKind.RESCAN:  # a folder is no file in progress
+                            self._batch.popleft()
+                            self._current = event.dest or event.path
+                    self._handle_guarded(event)
+                    with self._store_lock:
+                        self._finished(*(p for p in (event.path, event.dest) if p is not None))
                     self.notifier.keepalive()
-                    if event.kind is EventKind.CHANGED:
-                        self._advance_bulk(1)
+                if self._bulk.active and self.debouncer.pending_files() == 0:
+                    self._bulk.close()  # paths the debouncer folded into others (a rename)
+                if self.forgets.pending():
+                    with self._changing():
+                        self.forgets.run(self.forget)
                 with self._changing():
                     self.maybe_save()
                 self._report_throughput()
@@ -557,6 +599,7 @@ class Service:
                 self._wake.wait(timeout)
                 self._wake.clear()
         finally:
+            self.forgets.close()
             self.notifier.stopping()
             self.watcher.stop()
             self._bulk.close()

@@ -151,9 +151,10 @@ class Serving:
             "pid": os.getpid(),
             "phase": self.backend.phase,
             "uptime_s": round(time.monotonic() - self._started, 1),
-            **self._activity(),
             "in_memory": {"files": snap.files, "chunks": snap.count},
             "embedder": self._scheduler.stats().to_json(),
             "listeners": [x.to_json() for x in self.listeners()],
+            # Last: the worker's account (its in_memory is read at the same instant as its counts).
+            **self._activity(),
         }
         return doc

@@ -3,8 +3,9 @@ of a bulk index (many files queued at once by a scan)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -67,11 +68,15 @@ class Throughput:
 
 
 class BulkProgress:
-    """A progress bar (or ``progress`` events) while a scan's worth of files is being indexed."""
+    """A progress bar (or ``progress`` events) while a scan's worth of files is being indexed.
+
+    The bulk is a set of paths: a rescan that queues a file already in it adds nothing (the
+    debouncer holds one event per path), and the bulk ends when its last path is done.
+    """
 
     def __init__(self, notices: Notices | None = None) -> None:
         self._bar: Progress | None = None
-        self._left = 0
+        self._paths: set[Path] = set()
         self._notices = notices or Notices()
 
     @property
@@ -81,31 +86,38 @@ class BulkProgress:
 
     @property
     def left(self) -> int:
-        """Files of the bulk index not indexed yet."""
-        return self._left if self._bar is not None else 0
+        """Files of the bulk index not done yet."""
+        return len(self._paths) if self._bar is not None else 0
 
-    def start(self, files: int) -> None:
-        """``files`` more were queued by a scan; small batches get no progress of their own."""
-        if files < BULK_PROGRESS_MIN_FILES:
+    @property
+    def total(self) -> int:
+        """Files of the bulk index, done or not."""
+        return self._bar.total if self._bar is not None else 0
+
+    def start(self, paths: Iterable[Path]) -> None:
+        """A scan queued ``paths``; those not in the bulk yet join it (a few alone make none)."""
+        fresh = set(paths) - self._paths
+        if not fresh or (self._bar is None and len(fresh) < BULK_PROGRESS_MIN_FILES):
             return
         if self._bar is None:
             self._bar = Progress("indexing", 0, unit="files")
-            self._left = 0
-        self._left += files
-        self._bar.total += files
-        log.info("bulk_index_queued", files=files)
-        self._notices.notify("bulk_queued", files=files, total=self._bar.total, left=self._left)
+        self._paths |= fresh
+        self._bar.total += len(fresh)
+        log.info("bulk_index_queued", files=len(fresh), total=self._bar.total, left=len(self._paths))
+        self._notices.notify("bulk_queued", files=len(fresh), total=self._bar.total, left=len(self._paths))
 
-    def advance(self, n: int, *, queue_empty: bool) -> bool:
-        """``n`` files were handled; returns True when that finished the bulk index."""
+    def done(self, *paths: Path) -> bool:
+        """These paths were handled (indexed, skipped, failed or gone); True when that ended the bulk."""
         if self._bar is None:
             return False
-        self._bar.advance(n)
-        self._left -= n
-        self._notices.notify(
-            "bulk_progress", done=self._bar.total - max(self._left, 0), total=self._bar.total, left=self._left
-        )
-        if self._left <= 0 or queue_empty:
+        finished = [p for p in paths if p in self._paths]
+        if not finished:
+            return False
+        self._paths.difference_update(finished)
+        self._bar.advance(len(finished))
+        left = len(self._paths)
+        self._notices.notify("bulk_progress", done=self._bar.total - left, total=self._bar.total, left=left)
+        if not left:
             self.close()
             return True
         return False
@@ -116,3 +128,4 @@ class BulkProgress:
             self._notices.notify("bulk_done", total=self._bar.total)
             self._bar.close()
             self._bar = None
+            self._paths.clear()

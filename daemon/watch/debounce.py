@@ -226,6 +226,16 @@ class Debouncer:
         with self._lock:
             return len(self._files) + len(self._rescans)
 
+    def pending_paths(self) -> list[Path]:
+        """The file paths with a pending event, oldest first."""
+        with self._lock:
+            return [e.path for e in sorted(self._files.values(), key=lambda e: e.seq)]
+
+    def pending_files(self) -> int:
+        """Number of file paths with a pending event (folder rescans not counted)."""
+        with self._lock:
+            return len(self._files)
+
     # -- coalescing (all under self._lock) --
 
     def _push_changed(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,14 +138,26 @@ def unindexable(watch: WatchConfig, source: str, path: Path) -> str | None:
     return None
 
 
-def walk(watches: Sequence[WatchConfig], watch: WatchConfig, top: Path) -> Iterator[FoundFile]:
+# Told about a folder a walk could not list (EACCES, EIO): the files below it are unknown, not gone.
+Unreadable = Callable[[Path, OSError], None]
+
+
+def _log_unreadable(folder: Path, exc: OSError) -> None:
+    log.warning("folder_unreadable", path=display_path(folder), reason=exc.strerror or str(exc))
+
+
+def walk(
+    watches: Sequence[WatchConfig], watch: WatchConfig, top: Path, on_unreadable: Unreadable | None = None
+) -> Iterator[FoundFile]:
     """Files below ``top`` that ``watch`` selects, with lstat results; symlinks never followed.
 
+    A folder that cannot be listed is passed to ``on_unreadable`` (logged when None) and skipped.
     A walk of the whole folder reads its ignore files afresh, so a periodic rescan also
     catches an ignore file changed while no event reported it.
     """
     if top == watch.path:
         ignore.forget(watch.path)
+    unreadable = on_unreadable or _log_unreadable
     stack = [top]
     while stack:
         folder = stack.pop()
@@ -155,7 +167,7 @@ def walk(watches: Sequence[WatchConfig], watch: WatchConfig, top: Path) -> Itera
         except FileNotFoundError:
             continue
         except OSError as exc:
-            log.warning("folder_unreadable", path=display_path(folder), reason=exc.strerror or str(exc))
+            unreadable(folder, exc)
             continue
         for entry in entries:
             path = Path(entry.path)

@@ -304,6 +304,23 @@ class Watcher:
                 self._try_schedule(new)
         self._flush()
 
+    def rewatch(self, root: Path) -> None:
+        """Drop ``root``'s watch and watch it afresh (or once it exists), then ``RESCAN(root)``.
+
+        For a root that went away or came back: an inotify watch follows the folder's inode, so
+        a root moved away would be watched at its new place, and one re-mounted would still be
+        watched on the bare mount point below the new file system.
+        """
+        with self._lock:
+            known = self._roots.get(root)
+            if known is None or self._stopping.is_set():
+                return
+            self._unschedule(known)
+            known.rescan_on_schedule = True
+            if self._started:
+                self._try_schedule(known)
+        self._flush()
+
     def remove_root(self, root: Path) -> None:
         """Stop watching ``root``; unknown roots are ignored."""
         with self._lock:

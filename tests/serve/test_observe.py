@@ -203,7 +203,7 @@ def test_metrics_move_by_exactly_what_the_daemon_did(daemon: Daemon) -> None:
     assert sum(removed.values()) == 1
     assert after["embedd_tokens_embedded_total{}"] == sum(e["tokens"] for e in daemon.events("file_indexed"))
     assert after["embedd_store_save_seconds_count{}"] == after["embedd_store_saves_total{}"]
-    assert after["embedd_search_seconds_count{mode=vector}"] == 2
+    assert after["embedd_search_seconds_count{mode=hybrid}"] == 2  # the default mode
     assert after["embedd_embeddings_request_seconds_count{}"] == 1
     assert after["embedd_embeddings_inputs_total{}"] == 3
     assert after["embedd_store_files{}"] == 2

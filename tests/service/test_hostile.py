@@ -422,7 +422,8 @@ def test_unreadable_files_as_an_unprivileged_user(nobody_root: Path, cli_env: di
     daemon = Daemon(cfg, cli_env, prefix=NOBODY_PREFIX).ready()
     try:
         assert "permission denied" in wait_skipped(daemon, inbox / "secret.txt")
-        daemon.wait_event("folder_unreadable", path=str(private))
+        # Unreadable is not deleted: reported once as an unavailable folder, at error level.
+        daemon.wait_event("folder_unavailable", path=str(private), level="error")
         daemon.wait_event("file_indexed", source="inbox/readable.txt")
         (inbox / "later.txt").write_text(TEXT.format(topic="a file dropped later"))
         daemon.wait_event("file_indexed", source="inbox/later.txt")
@@ -507,7 +508,10 @@ def test_watched_folder_deleted_and_recreated(
     try:
         store_where(store_path, lambda s: sources(s) == {"inbox/a.txt", "inbox/b.md"}, "the first files")
         shutil.rmtree(inbox)
-        store_where(store_path, lambda s: not sources(s) and not s["files"], "the old entries to leave")
+        # A missing watched folder is unavailable, not emptied (issue 18): its entries stay ...
+        daemon.wait_event("folder_unavailable", path=str(inbox))
+        assert sources(assert_sound(store_path)) == {"inbox/a.txt", "inbox/b.md"}
+        # ... until it is back: then the files it no longer holds leave.
         inbox.mkdir()
         (inbox / "c.txt").write_text(TEXT.format(topic="a file in the recreated folder"))
         (inbox / "sub").mkdir()

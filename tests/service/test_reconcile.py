@@ -177,13 +177,112 @@ def test_a_failed_file_is_skipped_until_it_changes(h: Harness) -> None:
     assert h.store.sources() == {"inbox/bad.txt"}
 
 
-def test_a_missing_watch_folder_is_reported_and_its_files_leave(h: Harness) -> None:
+def test_a_missing_watch_folder_is_unavailable_and_keeps_its_files(h: Harness) -> None:
     (h.inbox / "a.md").write_text(BODY.format(topic="a"))
     h.service.reconcile()
     h.drain()
-    (h.inbox / "a.md").unlink()
-    h.inbox.rmdir()
+    moved = h.root / "elsewhere"
+    h.inbox.rename(moved)
     with capture_logs() as logs:
         h.service.reconcile()
-    assert any(e["event"] == "watch_folder_missing" for e in logs)
+        h.service.reconcile()
+    outages = [e for e in logs if e["event"] == "folder_unavailable"]
+    assert len(outages) == 1, "logged once per outage, not at every rescan"
+    assert outages[0]["log_level"] == "error" and "missing" in outages[0]["reason"]
+    assert h.store.sources() == {"inbox/a.md"}
+    [shown] = h.service.activity()["unavailable_folders"]  # type: ignore[misc]
+    assert shown["path"] == str(h.inbox) and shown["since"].endswith("Z")
+    # Back: unchanged files cost nothing.
+    moved.rename(h.inbox)
+    h.embedder.calls.clear()
+    with capture_logs() as logs:
+        assert h.service.reconcile() == 0
+    assert [e["event"] for e in logs if e["event"].startswith("folder_")] == ["folder_back"]
+    assert h.service.activity()["unavailable_folders"] == []
+    assert h.embedder.calls == []
+
+
+def test_an_empty_root_while_the_store_holds_its_files_is_unavailable(h: Harness) -> None:
+    """An unmounted disk leaves an empty mount point behind: not "every file deleted"."""
+    for name in ("a.md", "b.md"):
+        (h.inbox / name).write_text(BODY.format(topic=name))
+    h.service.reconcile()
+    h.drain()
+    hidden = h.root / "hidden"
+    hidden.mkdir()
+    for name in ("a.md", "b.md"):
+        (h.inbox / name).rename(hidden / name)
+    with capture_logs() as logs:
+        h.service.reconcile()
+    assert h.store.sources() == {"inbox/a.md", "inbox/b.md"}
+    [outage] = [e for e in logs if e["event"] == "folder_unavailable"]
+    assert "empty while the store holds 2 files" in outage["reason"] and outage["kept_files"] == 2
+    # One file really deleted from a present folder still leaves at once.
+    (hidden / "a.md").rename(h.inbox / "a.md")
+    (hidden / "b.md").unlink()
+    h.service.reconcile()
+    assert h.store.sources() == {"inbox/a.md"}
+    assert h.service.activity()["unavailable_folders"] == []
+
+
+def test_live_deletes_of_every_file_still_remove_them(h: Harness) -> None:
+    from daemon.watch.events import EventKind, FileEvent
+
+    for name in ("a.md", "b.md"):
+        (h.inbox / name).write_text(BODY.format(topic=name))
+    h.service.reconcile()
+    h.drain()
+    for name in ("a.md", "b.md"):
+        (h.inbox / name).unlink()
+        h.service.handle(FileEvent(EventKind.DELETED, h.inbox / name))
     assert h.store.sources() == set()
+    assert h.service.reconcile() == 0
+    assert h.service.activity()["unavailable_folders"] == []
+
+
+def test_the_roots_own_deletion_event_keeps_its_files(h: Harness) -> None:
+    from daemon.watch.events import EventKind, FileEvent
+
+    (h.inbox / "a.md").write_text(BODY.format(topic="a"))
+    h.service.reconcile()
+    h.drain()
+    h.inbox.rename(h.root / "away")
+    h.service.handle(FileEvent(EventKind.DELETED, h.inbox / "a.md"))
+    h.service.handle(FileEvent(EventKind.DELETED, h.inbox))
+    h.service.handle(FileEvent(EventKind.CHANGED, h.inbox / "a.md"))
+    assert h.store.sources() == {"inbox/a.md"}
+    assert len(h.service.activity()["unavailable_folders"]) == 1  # type: ignore[arg-type]
+
+
+def test_a_folder_no_longer_configured_leaves_at_restart(h: Harness) -> None:
+    (h.inbox / "a.md").write_text(BODY.format(topic="a"))
+    h.service.reconcile()
+    h.drain()
+    h.store.save()
+    h.store.close()
+    h.config = parse_config(
+        {
+            "model": {"path": "model.gguf"},
+            "store": {"path": "data/store.json"},
+            "watch": [{"path": "other"}],
+        },
+        h.root,
+    )
+    (h.root / "other").mkdir()
+    fingerprint = fingerprint_for(h.config, h.embedder)
+    h.store = Store.open(h.config.store.path, model="fake-model", dimensions=8, fingerprint=fingerprint)
+    h.service = Service(h.config, h.embedder, h.store, clock=h.clock)
+    with capture_logs() as logs:
+        h.service.reconcile()
+    assert h.store.sources() == set()
+    assert any(e["event"] == "file_removed" and e["reason"] == "folder no longer watched" for e in logs)
+
+
+def test_forget_removes_a_folder_and_nothing_beside_it(h: Harness) -> None:
+    for name in ("old/a.md", "old/b.md", "older.md", "keep.md"):
+        (h.inbox / name).parent.mkdir(exist_ok=True)
+        (h.inbox / name).write_text(BODY.format(topic=name))
+    h.service.reconcile()
+    h.drain()
+    assert h.service.forget("inbox/old") == ["inbox/old/a.md", "inbox/old/b.md"]
+    assert h.store.sources() == {"inbox/older.md", "inbox/keep.md"}
