@@ -4,10 +4,12 @@ reason in the log, node_modules and what the .gitignore ignores left out."""
 
 from __future__ import annotations
 
+import json
 import json.decoder
+import json.scanner
 from pathlib import Path
 
-from support import Daemon, read_store, wait_for, write_config
+from support import Daemon, cli, read_store, wait_for, write_config
 
 
 def test_a_code_folder(tmp_path: Path, default_model: Path, cli_env: dict[str, str]) -> None:
@@ -44,5 +46,31 @@ def test_a_code_folder(tmp_path: Path, default_model: Path, cli_env: dict[str, s
         sources = wait_for(indexed, what="decoder.py and README.md indexed, and nothing else")
         sections = {m.get("section") for m in sources["src/decoder.py"]}
         assert "class JSONDecoder > def raw_decode" in sections, sections
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_function_is_found_by_its_name_however_it_is_written(
+    tmp_path: Path, default_model: Path, cli_env: dict[str, str]
+) -> None:
+    cfg = tmp_path / "config.toml"
+    write_config(tmp_path, default_model, watch="src")
+    cfg.write_text(cfg.read_text().replace('path = "src"\n', 'path = "src"\npreset = "code"\n'))
+    src = tmp_path / "src"
+    (src / "decoder.py").write_bytes(Path(json.decoder.__file__).read_bytes())
+    (src / "scanner.py").write_bytes(Path(json.scanner.__file__).read_bytes())
+    daemon = Daemon(cfg, cli_env).ready()
+    try:
+        daemon.wait_event("file_indexed", source="src/decoder.py")
+        daemon.wait_event("file_indexed", source="src/scanner.py")
+        for query in ("raw_decode", "rawDecode", "raw decode"):
+            for mode in ("keyword", "hybrid"):
+                args = ["search", "--config", str(cfg), "--json", "--mode", mode, "-k", "3", query]
+                done = cli(args, cli_env)
+                assert done.returncode == 0, done.stderr
+                first = json.loads(done.stdout)["results"][0]
+                # The chunk that defines it comes first, not one that only calls it.
+                assert first["section"].endswith("def raw_decode"), (query, mode, first["section"])
+                assert "def raw_decode(" in first["content"], (query, mode)
     finally:
         assert daemon.stop() == 0
