@@ -36,12 +36,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import json
-import re
 import time
-from collections.abc import Mapping
 from concurrent.futures import Future
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol
 
 import anyio
 import numpy as np
@@ -56,10 +53,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from daemon.embed.embedder import FloatMatrix
-from daemon.errors import EmbedError, SchedulerClosedError, TextTooLongError, UsageError
-from daemon.query.options import FUSION, Filters, Mode, SearchOptions, parse_time
+from daemon.errors import EmbedError, SchedulerClosedError, TextTooLongError
 from daemon.query.search import search_snapshot
 from daemon.serve import events as feed
+from daemon.serve.answers import ApiError, error_response, json_response, unavailable
+from daemon.serve.requests import SEARCH_FIELDS, clean, input_texts, lenient_json, search_options
 from daemon.serve.web import web_routes
 from daemon.service.events import EventLog
 from daemon.service.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -72,15 +70,8 @@ Phase = Literal["starting", "ready", "stopping"]
 
 # A request body must arrive within this; a client trickling it is cut off with 408.
 BODY_TIMEOUT_S = 30.0
-# OpenAI's own limit of inputs per embeddings request.
-MAX_INPUTS = 2048
-MAX_K = 1000
 FILE_STATES = ("indexed", "pending", "failed", "skipped", "unavailable")
 MAX_FILES_PAGE = 1000
-SEARCH_FIELDS = frozenset(
-    {"query", "k", "mode", "source_prefix", "formats", "modified_after", "modified_before", "group_by",
-     "min_score", "fusion", "rrf_k", "alpha"}
-)  # fmt: skip
 
 
 class Backend(Protocol):
@@ -118,53 +109,6 @@ class Backend(Protocol):
         ...
 
 
-class ApiError(Exception):
-    """An error answered as OpenAI-style JSON with ``status``."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type_: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type_
-        self.param = param
-        self.code = code
-        self.headers = dict(headers or {})
-
-
-def json_response(doc: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    """JSON by orjson: numpy float32 arrays are written exactly, in their shortest form."""
-    return Response(
-        orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
-
-
-def error_response(err: ApiError) -> Response:
-    body = {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
-    return json_response(body, err.status, err.headers)
-
-
-def unavailable(phase: str) -> ApiError:
-    return ApiError(
-        503,
-        f"the daemon is {phase}; retry in a moment",
-        type_="server_error",
-        code=phase,
-        headers={"Retry-After": "1"},
-    )
-
-
 class Api:
     """The route handlers over one ``Backend``."""
 
@@ -195,7 +139,7 @@ class Api:
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            doc = _lenient_json(body) if lenient else None
+            doc = lenient_json(body) if lenient else None
             if doc is None:
                 raise ApiError(400, f"the body is not valid JSON: {exc}") from None
         if not isinstance(doc, dict):
@@ -267,7 +211,7 @@ class Api:
         raw = doc.get("input")
         if raw is None:
             raise ApiError(400, "missing required field: input", param="input")
-        texts = _input_texts(raw)
+        texts = input_texts(raw)
         fmt = doc.get("encoding_format", "float")
         if fmt not in ("float", "base64"):
             raise ApiError(400, "encoding_format must be 'float' or 'base64'", param="encoding_format")
@@ -307,10 +251,10 @@ class Api:
         query = doc.get("query")
         if not isinstance(query, str):
             raise ApiError(400, "missing required field: query (a string)", param="query")
-        query = _clean(query)
+        query = clean(query)
         if not query.strip():
             raise ApiError(400, "query is empty", param="query")
-        opts = _search_options(doc)
+        opts = search_options(doc)
         self._ready()
         vector = None
         notes: list[str] = []
@@ -404,91 +348,6 @@ class Api:
     async def healthz(self, request: Request) -> Response:
         phase = self.backend.phase
         return json_response({"status": phase}, 200 if phase == "ready" else 503)
-
-
-def _lenient_json(body: bytes | bytearray) -> object:
-    """JSON orjson refuses only for a lone surrogate escape (``"\\ud800"``), which the standard
-    library reads (and ``_clean`` then replaces); None when it is not JSON at all."""
-    try:
-        return json.loads(bytes(body))
-    except ValueError:
-        return None
-
-
-def _clean(text: str) -> str:
-    """Query text the model and SQLite can take: lone surrogates as U+FFFD, NUL as a space."""
-    return _SURROGATES.sub("\ufffd", text).replace("\x00", " ")
-
-
-_SURROGATES = re.compile("[\ud800-\udfff]")
-
-
-def _field(doc: dict[str, Any], name: str, types: type | tuple[type, ...], what: str) -> Any:
-    value = doc.get(name)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
-        raise ApiError(400, f"{name} must be {what}", param=name)
-    return value
-
-
-def _search_options(doc: dict[str, Any]) -> SearchOptions:
-    """The search request's options; 400 naming the field for any bad one."""
-    k = doc.get("k", 5)
-    try:
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise UsageError(f"k must be an integer, not {k!r}")
-        prefix = _field(doc, "source_prefix", str, "a string")
-        formats = doc.get("formats")
-        if isinstance(formats, str):
-            formats = [formats]
-        if formats is not None and (
-            not isinstance(formats, list) or not all(isinstance(f, str) for f in formats)
-        ):
-            raise ApiError(400, "formats must be a format name or a list of them", param="formats")
-        times = {}
-        for name in ("modified_after", "modified_before"):
-            value = _field(doc, name, str, "an ISO 8601 date or date-time string")
-            times[name] = None if value is None else parse_time(value, name)
-        min_score = _field(doc, "min_score", (int, float), "a number")
-        mode = _field(doc, "mode", str, "a string") or ("vector" if min_score is not None else "hybrid")
-        rrf_k = _field(doc, "rrf_k", (int, float), "a number")
-        alpha = _field(doc, "alpha", (int, float), "a number")
-        return SearchOptions(
-            k=k,
-            mode=cast(Mode, mode),
-            fusion=_field(doc, "fusion", str, "a string") or FUSION,
-            rrf_k=60.0 if rrf_k is None else float(rrf_k),
-            alpha=0.5 if alpha is None else float(alpha),
-            filters=Filters(
-                prefix or None, tuple(formats or ()), times["modified_after"], times["modified_before"]
-            ),
-            group_by=_field(doc, "group_by", str, "a string") or "chunk",
-            min_score=None if min_score is None else float(min_score),
-        )
-    except UsageError as exc:
-        message = str(exc)
-        param = next((f for f in SEARCH_FIELDS if message.startswith(f)), None)
-        raise ApiError(400, message, param=param or ("k" if message.startswith("k ") else None)) from None
-
-
-def _input_texts(raw: object) -> list[str]:
-    if isinstance(raw, str):
-        return [raw]
-    if not isinstance(raw, list) or not raw:
-        raise ApiError(400, "input must be a string or a non-empty list of strings", param="input")
-    if len(raw) > MAX_INPUTS:
-        raise ApiError(400, f"input holds {len(raw)} items; at most {MAX_INPUTS} per request", param="input")
-    if not all(isinstance(item, str) for item in raw):
-        raise ApiError(
-            400,
-            "input must be strings: token-id arrays are not supported (embedd tokenizes itself; with "
-            "LangChain's OpenAIEmbeddings set check_embedding_ctx_length=False)",
-            param="input",
-            code="token_input_unsupported",
-        )
-    for i, text in enumerate(raw):
-        if not text.strip():
-            raise ApiError(400, f"input[{i}] is empty", param="input")
-    return list(raw)
 
 
 def _encode(vec: FloatMatrix, fmt: str) -> object:

@@ -38,7 +38,7 @@ import structlog
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from daemon.serve.app import ApiError, error_response
+from daemon.serve.answers import ApiError, error_response
 from daemon.webnames import is_ip_literal, split_authority
 
 log = structlog.get_logger("embedd")

@@ -62,8 +62,6 @@ log = structlog.get_logger("embedd")
 BIG_FILE_CHUNKS = 256
 
 
-
-
 class Service:
     """The running daemon: owns the pipeline, the debouncer and the watcher for one store."""
 
