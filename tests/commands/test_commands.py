@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -348,7 +349,9 @@ def test_search_prints_source_page_chunk_score_and_a_snippet(
     )
     assert proc.returncode == 0, proc.stderr
     first, text = proc.stdout.splitlines()[:2]
-    assert first.startswith(" 1. 0.") and "inbox/guide.pdf  page 1  chunk 0" in first
+    # The score is hybrid's fused one (issue 17): from 0 to 1, exactly 1 for the best hit on both sides.
+    assert re.match(r" 1\. (0\.\d{4}|1\.0000)  ", first), first
+    assert "inbox/guide.pdf  page 1  chunk 0" in first
     assert text.strip().startswith("Glaciers are slow rivers of ice")
 
 
