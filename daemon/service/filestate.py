@@ -8,7 +8,7 @@ from pathlib import Path
 
 from daemon.config import Config
 from daemon.embed.embedder import Embedder
-from daemon.ingest.extract import ExtractLimits, extraction_version, file_kind
+from daemon.ingest.extract import ExtractLimits, file_kind, format_of
 from daemon.store.store import FileState, Fingerprint
 
 
@@ -26,8 +26,10 @@ def fingerprint_for(config: Config, embedder: Embedder) -> Fingerprint:
 
 def file_state(st: os.stat_result, path: Path) -> FileState:
     """The cheap signature that tells a file changed without reading it, and the version of the
-    extraction that reads it now: a file read differently than when it was indexed is stale."""
-    return FileState(st.st_size, st.st_mtime_ns, st.st_ino, extraction_version(path))
+    extraction that reads it now: a file read differently than when it was indexed is stale.
+    A source file also records its language."""
+    fmt = format_of(path)
+    return FileState(st.st_size, st.st_mtime_ns, st.st_ino, fmt.version, fmt.language)
 
 
 def extract_limits(config: Config) -> ExtractLimits:

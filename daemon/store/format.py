@@ -120,12 +120,15 @@ class FileState:
     mtime_ns: int
     inode: int
     extraction: int = 1
+    language: str | None = None  # a source file's language (its tree-sitter grammar), else None
 
-    def to_json(self) -> dict[str, int]:
-        """The per-file object under ``files``."""
-        doc = {"size": self.size, "mtime_ns": self.mtime_ns, "inode": self.inode}
+    def to_json(self) -> dict[str, int | str]:
+        """The per-file object under ``files``; ``language`` only for source code."""
+        doc: dict[str, int | str] = {"size": self.size, "mtime_ns": self.mtime_ns, "inode": self.inode}
         if self.extraction != 1:
             doc["extraction"] = self.extraction
+        if self.language is not None:
+            doc["language"] = self.language
         return doc
 
     @classmethod
@@ -135,9 +138,10 @@ class FileState:
             return None
         size, mtime, inode = raw.get("size"), raw.get("mtime_ns"), raw.get("inode")
         extraction = raw.get("extraction", 1)
+        language = raw.get("language")
         if not (_is_int(size) and _is_int(mtime) and _is_int(inode) and _is_int(extraction)):
             return None
-        return cls(size, mtime, inode, extraction)
+        return cls(size, mtime, inode, extraction, language if isinstance(language, str) else None)
 
 
 @dataclass

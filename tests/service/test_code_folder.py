@@ -46,6 +46,9 @@ def test_a_code_folder(tmp_path: Path, default_model: Path, cli_env: dict[str, s
         sources = wait_for(indexed, what="decoder.py and README.md indexed, and nothing else")
         sections = {m.get("section") for m in sources["src/decoder.py"]}
         assert "class JSONDecoder > def raw_decode" in sections, sections
+        files = read_store(store_path)["files"]  # type: ignore[index]
+        assert files["src/decoder.py"]["language"] == "python"
+        assert "language" not in files["src/README.md"]  # written only for source code
     finally:
         assert daemon.stop() == 0
 

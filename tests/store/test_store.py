@@ -680,3 +680,14 @@ def test_no_file_descriptor_outlives_its_store(filled: Store, path: Path) -> Non
         with pytest.raises(FingerprintMismatchError):
             Store.open(path, model="other", dimensions=DIMS, fingerprint=FP)
     assert len(list(Path("/proc/self/fd").iterdir())) == before
+
+
+def test_a_source_files_language_is_recorded_and_old_records_keep_their_bytes() -> None:
+    from daemon.store.format import FileState as State
+
+    code = State(10, 20, 30, extraction=2, language="python")
+    assert code.to_json() == {"size": 10, "mtime_ns": 20, "inode": 30, "extraction": 2, "language": "python"}
+    assert State.from_json(code.to_json()) == code
+    plain = State(10, 20, 30)
+    assert plain.to_json() == {"size": 10, "mtime_ns": 20, "inode": 30}
+    assert State.from_json({"size": 10, "mtime_ns": 20, "inode": 30, "language": 7}) == plain
