@@ -39,7 +39,7 @@ from machine import machine_line
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data"
-MODEL = Path("/work/main/models/all-MiniLM-L6-v2.gguf")
+MODEL = ROOT / "models" / "all-MiniLM-L6-v2.gguf"  # what `make setup` builds
 MODES = ("vector", "keyword", "hybrid")
 DEPTH = 200  # documents per list in the fusion study
 CHUNK_K = 1000  # chunks asked for, enough for DEPTH distinct documents (the API's maximum)
