@@ -130,8 +130,10 @@ def test_a_search_in_the_browser_shows_the_hit_and_progress_moves_live(
     assert first.get_attribute("data-source").endswith("harbour.txt")
     assert "bring boots and a torch" in first.find_element(By.CLASS_NAME, "hit-text").text
     assert "score" in first.text
-    # Today's /v1/search takes no mode: the page found out and shows no mode field.
-    assert not browser.find_element(By.ID, "mode-field").is_displayed()
+    # /v1/search takes a mode: the page found out and offers the three.
+    assert browser.find_element(By.ID, "mode-field").is_displayed()
+    options = browser.find_elements(By.CSS_SELECTOR, "#mode option")
+    assert {o.get_attribute("value") for o in options} == {"hybrid", "vector", "keyword"}
     # Markup in a document is shown as text: no element was made from it.
     browser.find_element(By.ID, "query").clear()
     browser.find_element(By.ID, "query").send_keys("sourdough bread")
@@ -179,11 +181,16 @@ def test_a_failed_file_is_listed_with_its_reason(browser: Any, daemon: tuple[Dae
         if c.get("/v1/files", params={"state": "failed"}).status_code == 404:
             pytest.skip("GET /v1/files (per-file state, issue 19 part 2) is not in this daemon yet")
         (d.config.parent / "inbox" / "broken.pdf").write_bytes(b"%PDF-1.7\nthis is not a PDF at all\n")
-        failed = wait_for(
-            lambda: c.get("/v1/files", params={"state": "failed"}).json()["files"],
-            timeout=DEADLINE_S,
-            what="the broken PDF to fail",
-        )
+
+        def not_indexed() -> list[dict[str, Any]]:
+            # A file that cannot be read is "failed" or "skipped" by its reason; the page lists both.
+            return [
+                f
+                for state in ("failed", "skipped")
+                for f in c.get("/v1/files", params={"state": state}).json()["files"]
+            ]
+
+        failed = wait_for(not_indexed, timeout=DEADLINE_S, what="the broken PDF to fail")
     reason = next(f["reason"] for f in failed if f["source"].endswith("broken.pdf"))
     open_page(browser, base)
     item = wait_for(

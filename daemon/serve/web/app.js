@@ -148,17 +148,22 @@ function showSinks(sinks) {
 }
 
 async function refreshFailed() {
-  // GET /v1/files arrives with per-file state; until then (404) nothing is shown.
+  // Files that are not indexed, with the reason: failed (unreadable, corrupt, an error) and
+  // skipped (by a rule: binary, generated, too large). Without GET /v1/files nothing is shown.
   try {
-    const resp = await api("/v1/files?state=failed&limit=100");
-    if (!resp.ok) { $("failed-box").hidden = true; return; }
-    const doc = await resp.json();
+    const files = [];
+    for (const state of ["failed", "skipped"]) {
+      const resp = await api("/v1/files?state=" + state + "&limit=100");
+      if (!resp.ok) { $("failed-box").hidden = true; return; }
+      files.push(...((await resp.json()).files || []));
+    }
     const list = $("failed");
     list.replaceChildren();
-    for (const f of doc.files || []) {
+    for (const f of files) {
       const li = el("li");
       li.dataset.source = f.source;
-      li.append(el("strong", f.source), el("span", ": " + (f.reason || "failed")));
+      li.dataset.state = f.state;
+      li.append(el("strong", f.source), el("span", " (" + f.state + "): " + (f.reason || "")));
       list.append(li);
     }
     $("failed-box").hidden = list.childElementCount === 0;
