@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
+import functools
 import glob
 import logging
 import os
@@ -125,9 +127,7 @@ def bind_unix(path: Path, *, mode: int = SOCKET_MODE, backlog: int = BACKLOG) ->
         staged = private / "s"
         _bind_in(sock, staged)
         staged.chmod(mode)
-        # link, not rename: it fails when something took the path meanwhile (as bind would),
-        # instead of replacing another server's socket.
-        _link_into_place(staged, path)
+        _move_into_place(staged, path)
         sock.listen(backlog)
         sock.setblocking(False)
     except OSError as exc:
@@ -139,13 +139,37 @@ def bind_unix(path: Path, *, mode: int = SOCKET_MODE, backlog: int = BACKLOG) ->
     return sock
 
 
-def _link_into_place(staged: Path, path: Path) -> None:
+def _move_into_place(staged: Path, path: Path) -> None:
+    """Rename ``staged`` to ``path``, failing (EEXIST) when something took the path meanwhile.
+
+    A rename, not link-then-unlink: a bound socket whose own name was unlinked stays an orphan
+    the kernel counts, and the file system could no longer be remounted read-only. renameat2's
+    RENAME_NOREPLACE refuses to replace another server's socket, as bind would; where the
+    kernel or file system lacks it, a plain rename (after the stale check) is the fallback.
+    """
+    libc = _libc()
+    if libc is not None:
+        at_fdcwd = -100
+        rc = libc.renameat2(at_fdcwd, os.fsencode(staged), at_fdcwd, os.fsencode(path), _RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(path))
+    staged.rename(path)
+
+
+_RENAME_NOREPLACE = 1
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
     try:
-        os.link(staged, path)
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
-            raise
-        staged.rename(path)  # a file system without hard links
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.renameat2  # glibc 2.28 and later  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def _bind_in(sock: socket.socket, staged: Path) -> None:
