@@ -12,7 +12,9 @@ whatever a negation says, as in git, which never looks inside it. Patterns are m
 pathspec's ``GitIgnoreSpec``, relative to the folder holding their file.
 
 When the watched folder sits inside a git work tree, the rules are those of the work tree:
-ignore files of the folders between the work tree's top and the watched folder count too.
+ignore files of the folders between the work tree's top and the watched folder count too,
+unless they ignore the watched folder itself (the user chose it): then only the ignore files
+inside it count.
 """
 
 from __future__ import annotations
@@ -87,6 +89,28 @@ class IgnoreRules:
     def __post_init__(self) -> None:
         self.top = _work_tree_top(self.root)
         self._exclude = _read_spec(self.top / EXCLUDE_FILE)
+        if self.top != self.root and self._root_ignored():
+            # The user chose to watch a folder its work tree ignores (embedd's own inbox/, a
+            # notes folder inside a dotfiles repository): the work tree's rules are not about
+            # this folder, so only the ignore files inside it count.
+            log.info(
+                "ignore_rules_above_not_applied",
+                root=display_path(self.root),
+                work_tree=display_path(self.top),
+                reason="the work tree's ignore rules ignore the watched folder itself",
+            )
+            self.top = self.root
+            self._exclude = None
+            self._specs.clear()
+
+    def _root_ignored(self) -> bool:
+        """Whether the rules from the work tree's top ignore the root or a folder on the way to it."""
+        folder = self.top
+        for part in self.root.relative_to(self.top).parts:
+            folder = folder / part
+            if self._verdict(folder, True):
+                return True
+        return False
 
     def _folder_specs(self, folder: Path) -> tuple[GitIgnoreSpec, ...]:
         specs = self._specs.get(folder)

@@ -180,3 +180,27 @@ def test_gitignore_changed_while_the_daemon_runs(
             daemon.wait_event("file_removed", source="inbox/kept.txt")
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_watched_folder_its_work_tree_ignores_keeps_only_its_own_rules(tmp_path: Path) -> None:
+    # embedd's own checkout ignores inbox/, the folder `make run` watches; a notes folder inside
+    # a dotfiles repository is the same case. The user chose the folder: it is indexed.
+    _write(
+        tmp_path,
+        {
+            ".gitignore": "inbox/\n*.log\n",
+            "inbox/a.txt": "x",
+            "inbox/x.log": "x",
+            "inbox/.gitignore": "secret.txt\n",
+            "inbox/secret.txt": "x",
+            "docs/b.txt": "x",
+            "docs/y.log": "x",
+        },
+    )
+    (tmp_path / ".git").mkdir()
+    inbox = _watch(tmp_path / "inbox")
+    assert _walked(inbox) == {"a.txt", "x.log"}
+    assert _located(inbox, "a.txt") and not _located(inbox, "secret.txt")
+    # A folder the work tree does not ignore keeps the work tree's rules.
+    docs = _watch(tmp_path / "docs")
+    assert _walked(docs) == {"b.txt"}
