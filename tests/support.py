@@ -136,6 +136,11 @@ log_format = "json"
     return cfg
 
 
+# The unprivileged user the permission tests run the daemon as (root reads everything).
+NOBODY = 65534
+NOBODY_PREFIX = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
 class Daemon:
     """The real ``embedd`` CLI running in a subprocess, with its JSON log captured to a file."""
 

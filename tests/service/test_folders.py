@@ -3,22 +3,17 @@ folders moved away, made unreadable and unmounted under it. Every wait polls wit
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Daemon, cli, read_store, wait_for, write_config
+from support import NOBODY_PREFIX, Daemon, cli, read_store, wait_for, write_config
 
 TEXT = "A note about {topic}, long enough that there is something worth embedding here.\n"
-NOBODY = 65534
-NOBODY_PREFIX = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 
 
 def stored_sources(store_path: Path) -> set[str]:
@@ -271,34 +266,6 @@ def test_a_disk_unmounted_under_the_daemon_keeps_its_entries(
 
 
 # -- unreadable folders, as an unprivileged user ------------------------------------------------
-
-
-@pytest.fixture
-def nobody_root(default_model: Path) -> Iterator[Path]:
-    """A work dir uid 65534 can use: the model linked in, data/ owned by that user."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to drop to an unprivileged user (and root reads every folder anyway)")
-    probe = _sh(*NOBODY_PREFIX, "true")
-    if probe.returncode != 0:
-        pytest.skip(f"cannot run as uid {NOBODY}: {probe.stderr.strip()}")
-    base = Path(tempfile.mkdtemp(prefix="embedd-folders-"))
-    try:
-        base.chmod(0o755)
-        model = base / default_model.name
-        try:
-            os.link(default_model, model)
-        except OSError:
-            shutil.copyfile(default_model, model)
-        model.chmod(0o644)
-        (base / "data").mkdir()
-        os.chown(base / "data", NOBODY, NOBODY)
-        yield base
-    finally:
-        for folder in base.rglob("*"):
-            with contextlib.suppress(OSError):
-                if folder.is_dir():
-                    folder.chmod(0o755)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_unreadable_folders_keep_their_entries(nobody_root: Path, cli_env: dict[str, str]) -> None:

@@ -15,7 +15,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,6 +27,8 @@ from fakes import FakeEmbedder
 from structlog.testing import capture_logs
 from support import (
     DEADLINE_S,
+    NOBODY,
+    NOBODY_PREFIX,
     Daemon,
     make_pdf,
     pdf_stream,
@@ -47,7 +48,6 @@ from daemon.watch.events import EventKind, FileEvent
 from daemon.watch.scan import IN_SYMLINKED_FOLDER, NOT_UTF8
 
 MIB = 1024 * 1024
-NOBODY = 65534
 TEXT = "A perfectly ordinary note about {topic}, written so that there is something to embed.\n"
 
 
@@ -378,30 +378,6 @@ def _probe(prefix: list[str], script: str) -> str | None:
     except OSError as exc:
         return str(exc)
     return None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["failed"])[-1]
-
-
-@pytest.fixture
-def nobody_root(default_model: Path) -> Iterator[Path]:
-    """A work dir the unprivileged user can use: the model linked in, data/ owned by that user."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to drop to an unprivileged user (and root reads every file anyway)")
-    base = Path(tempfile.mkdtemp(prefix="embedd-nobody-"))
-    try:
-        base.chmod(0o755)
-        model = base / default_model.name
-        try:
-            os.link(default_model, model)
-        except OSError:
-            shutil.copyfile(default_model, model)
-        model.chmod(0o644)
-        (base / "data").mkdir()
-        os.chown(base / "data", NOBODY, NOBODY)
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-NOBODY_PREFIX = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 
 
 def test_unreadable_files_as_an_unprivileged_user(nobody_root: Path, cli_env: dict[str, str]) -> None:
