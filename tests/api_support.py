@@ -14,10 +14,11 @@ from typing import Any
 
 import httpx
 
-from daemon.embed.embedder import LlamaEmbedder
-from daemon.embed.scheduler import Scheduler
+from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
+from daemon.embed.scheduler import Priority, Scheduler
 from daemon.serve.backend import DaemonBackend
-from daemon.store.store import Store
+from daemon.store.format import content_hash
+from daemon.store.store import FileState, Fingerprint, NewEntry, Store
 
 TOKEN = "s3cret-token-for-tests"
 DOCS = {
@@ -50,3 +51,28 @@ class Api:
     def tcp_client(self, token: str | None = TOKEN, **kw: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=f"http://{self.tcp[0]}:{self.tcp[1]}", headers=headers, **kw)
+
+
+def indexed_store(
+    root: Path, model: Path, docs: dict[str, list[str]], mtime_of: dict[str, int] | None = None
+) -> tuple[LlamaEmbedder, Scheduler, Store]:
+    """The real model on a started scheduler, and a store at ``root`` holding ``docs`` (source ->
+    chunk texts) embedded by it; ``mtime_of`` gives each file's recorded mtime (default 1)."""
+    embedder = LlamaEmbedder(model, EmbedderSettings(threads=2))
+    scheduler = Scheduler(embedder)
+    scheduler.start()
+    store = Store.open(
+        root / "embeddings.json",
+        model=embedder.name,
+        dimensions=embedder.dimension,
+        fingerprint=Fingerprint(embedder.fingerprint, embedder.pooling, True, 500, 50),
+    )
+    for n, (source, texts) in enumerate(docs.items()):
+        vectors = scheduler.embed(texts, Priority.INDEX)
+        entries = [
+            NewEntry(t, None, i, content_hash(t), v, 1_764_100_000_000)
+            for i, (t, v) in enumerate(zip(texts, vectors, strict=True))
+        ]
+        mtime = (mtime_of or {}).get(source, 1)
+        store.replace_source(source, entries, FileState(10 + n, mtime, 100 + n))
+    return embedder, scheduler, store

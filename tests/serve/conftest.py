@@ -13,16 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from api_support import DOCS, TOKEN, Api
+from api_support import DOCS, TOKEN, Api, indexed_store
 
 from daemon.config import ServeConfig
-from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
-from daemon.embed.scheduler import Priority, Scheduler
 from daemon.serve.backend import DaemonBackend
 from daemon.serve.server import ApiServer, HeaderDeadlineH11Protocol
-from daemon.store.format import content_hash
 from daemon.store.snapshot import Published
-from daemon.store.store import FileState, Fingerprint, NewEntry, Store
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +27,7 @@ def api(default_model: Path) -> Iterator[Api]:
     root = Path(tempfile.mkdtemp(prefix="embedd-api-"))
     old_timeout = HeaderDeadlineH11Protocol.header_timeout
     HeaderDeadlineH11Protocol.header_timeout = 1.0  # the slowloris test waits for it
-    embedder = LlamaEmbedder(default_model, EmbedderSettings(threads=2))
-    scheduler = Scheduler(embedder)
-    scheduler.start()
-    store = Store.open(
-        root / "embeddings.json",
-        model=embedder.name,
-        dimensions=embedder.dimension,
-        fingerprint=Fingerprint(embedder.fingerprint, embedder.pooling, True, 500, 50),
-    )
-    for n, (source, texts) in enumerate(DOCS.items()):
-        vectors = scheduler.embed(texts, Priority.INDEX)
-        entries = [
-            NewEntry(t, None, i, content_hash(t), v, 1_764_100_000_000)
-            for i, (t, v) in enumerate(zip(texts, vectors, strict=True))
-        ]
-        store.replace_source(source, entries, FileState(10 + n, 1, 100 + n))
+    embedder, scheduler, store = indexed_store(root, default_model, DOCS)
     published = Published(store)
     phase_stop = threading.Event()
     backend = DaemonBackend(

@@ -12,16 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
+from api_support import indexed_store
 
 from daemon.config import ServeConfig
-from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
-from daemon.embed.scheduler import Priority, Scheduler
 from daemon.query.hit import Hit
 from daemon.serve.backend import DaemonBackend
 from daemon.serve.server import ApiServer
-from daemon.store.format import content_hash
 from daemon.store.snapshot import Published
-from daemon.store.store import FileState, Fingerprint, NewEntry, Store
+from daemon.store.store import Store
 
 DAY_NS = 86_400 * 1_000_000_000
 JAN_2026 = 1_767_225_600 * 1_000_000_000  # 2026-01-01T00:00:00Z
@@ -82,22 +80,7 @@ HOSTILE = [
 @pytest.fixture(scope="module")
 def server(default_model: Path) -> Iterator[tuple[Path, Store]]:
     root = Path(tempfile.mkdtemp(prefix="embedd-modes-"))
-    embedder = LlamaEmbedder(default_model, EmbedderSettings(threads=2))
-    scheduler = Scheduler(embedder)
-    scheduler.start()
-    store = Store.open(
-        root / "embeddings.json",
-        model=embedder.name,
-        dimensions=embedder.dimension,
-        fingerprint=Fingerprint(embedder.fingerprint, embedder.pooling, True, 500, 50),
-    )
-    for n, (source, texts) in enumerate(DOCS.items()):
-        vectors = scheduler.embed(texts, Priority.INDEX)
-        entries = [
-            NewEntry(t, None, i, content_hash(t), v, 1_764_100_000_000)
-            for i, (t, v) in enumerate(zip(texts, vectors, strict=True))
-        ]
-        store.replace_source(source, entries, FileState(10 + n, MTIME[source], 100 + n))
+    embedder, scheduler, store = indexed_store(root, default_model, DOCS, MTIME)
     published = Published(store)
     backend = DaemonBackend(scheduler, published, query_prefix="", status=lambda: {}, stop=threading.Event())
     backend.mark_ready()
