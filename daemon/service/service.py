@@ -218,26 +218,21 @@ class Service:
         self._changed_sources(source)
         for warning in result.warnings:
             log.warning("file_warning", path=display_path(path), reason=warning)
+        fact = {
+            "source": source,
+            "chunks": result.chunks,
+            "embedded": result.embedded,
+            "reused": result.reused,
+            "tokens": result.tokens,
+        }
         log.info(
             "file_indexed",
             path=str(path),
-            source=source,
-            chunks=result.chunks,
-            embedded=result.embedded,
-            reused=result.reused,
+            **fact,
             quarantined=result.quarantined,
-            tokens=result.tokens,
             seconds=round(result.seconds, 3),
         )
-        self.notices.notify(
-            "file_indexed",
-            source=source,
-            chunks=result.chunks,
-            embedded=result.embedded,
-            reused=result.reused,
-            tokens=result.tokens,
-            seconds=result.seconds,
-        )
+        self.notices.notify("file_indexed", **fact, seconds=result.seconds)
         self._throughput.add(chunks=result.chunks, embedded=result.embedded, tokens=result.tokens)
 
     def _skip(self, source: str, path: Path, state: FailedAs | None, reason: str) -> None:
