@@ -80,6 +80,7 @@ class SaveStats:
     bytes_reused: int
     durable_seconds: float  # until the new file was renamed in place and fsynced
     seconds: float  # including the sidecar cache
+    journalled: bool = False  # appended to the journal rather than rewriting the JSON file
 
 
 class Row(Protocol):

@@ -156,6 +156,8 @@ class Header:
     files: dict[str, FileState] = field(default_factory=dict)
     version: str = FORMAT_VERSION
     count: int = 0  # as declared by the document; the entries themselves are the truth
+    # The last journal record (``daemon.store.journal``) this document holds; 0 when none.
+    journal_seq: int = 0
 
 
 @dataclass
@@ -208,6 +210,9 @@ def encode_header(header: Header, count: int) -> bytes:
     }
     if header.fingerprint is not None:
         doc["fingerprint"] = header.fingerprint.to_json()
+    if header.journal_seq:
+        # Written only once a journal was used, so a store that never had one keeps its bytes.
+        doc["journal_seq"] = header.journal_seq
     doc["files"] = {name: header.files[name].to_json() for name in sorted(header.files)}
     doc["embeddings"] = []
     raw = orjson.dumps(doc)
@@ -286,6 +291,7 @@ def header_from_doc(doc: dict[str, Any]) -> Header:
     model = doc.get("model")
     version = doc.get("version")
     count = doc.get("count")
+    journal_seq = doc.get("journal_seq")
     return Header(
         model=model if isinstance(model, str) else "",
         dimensions=dims if isinstance(dims, int) else 0,
@@ -295,6 +301,7 @@ def header_from_doc(doc: dict[str, Any]) -> Header:
         files=files,
         version=version if isinstance(version, str) else FORMAT_VERSION,
         count=count if _is_int(count) and count > 0 else 0,
+        journal_seq=journal_seq if _is_int(journal_seq) and journal_seq > 0 else 0,
     )
 
 

@@ -16,41 +16,51 @@ records rather than editing them.
 from __future__ import annotations
 
 import contextlib
-import errno
 import gc
 import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import numpy as np
-import numpy.typing as npt
 import structlog
 
 from daemon.errors import FingerprintMismatchError, StoreCorruptError, StoreError
-from daemon.store.cache import JsonSignature, cache_path, remove_cache, write_cache
+from daemon.store.cache import cache_path, remove_cache, write_cache
 from daemon.store.entries import Entry, NewEntry, SaveStats, StoredChunk
+from daemon.store.fold import FoldPlan, write_fold
 from daemon.store.format import (
     NEWLINE,
     Columns,
-    Extra,
     FileState,
     Fingerprint,
     FloatMatrix,
     Header,
-    SpanArray,
     encode_header,
-    entry_id,
+    parse_header_line,
     utc_now_iso,
 )
-from daemon.store.io import AtomicWriter, StoreLock, move_aside, remove_stale_temps
+from daemon.store.io import StoreLock, move_aside, remove_stale_temps
+from daemon.store.journal import (
+    REMOVE,
+    RENAME,
+    REPLACE,
+    Change,
+    Journal,
+    Scan,
+    encode,
+    journal_path,
+    log_dropped,
+    read_changes,
+)
 from daemon.store.keyword import KeywordIndex, Progress, kw_path
 from daemon.store.load import Loaded, check_compatible, load
+from daemon.store.rows import RowRecord, RowTable
 from daemon.store.snapshot import Snapshot
-from daemon.store.splice import write_spliced
 
 __all__ = [
     "Entry",
@@ -66,23 +76,16 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
+# Below this size of JSON a save rewrites the whole file, as before the journal: that is
+# then about as fast as a journal append (measured in bench/store_scale.py, docs/benchmarks.md),
+# and the JSON file is never behind. EMBEDD_JOURNAL_ABOVE_BYTES overrides it (0: always journal).
+JOURNAL_ABOVE_BYTES = 64 << 20
 
-@dataclass(slots=True, eq=False)
-class _Row:
-    """One entry; ``row`` is its row in the matrix and in the spans array."""
 
-    id: str
-    content: str
-    source: str
-    page: int | None
-    chunk: int
-    hash: str
-    timestamp: int
-    extra: Extra | None
-    row: int
-    section: str | None = None
-    title: str | None = None
-    alive: bool = True
+def journal_above_bytes() -> int:
+    """The size of JSON from which changes go to the journal (``JOURNAL_ABOVE_BYTES`` or the environment)."""
+    raw = os.environ.get("EMBEDD_JOURNAL_ABOVE_BYTES", "")
+    return int(raw) if raw.isdigit() else JOURNAL_ABOVE_BYTES
 
 
 def lock_path(store: Path) -> Path:
@@ -99,60 +102,37 @@ class Store:
         self._readonly = readonly
         self._lock: StoreLock | None = None
         self._src_fd: int | None = None
-        self._dirty = False
         self._closed = False
         self.loaded_via = via
         """How the store was read: cache, parse, generic, new, corrupt or rebuild."""
-        dims = header.dimensions
-        self._rows: list[_Row] = []
-        self._dead = 0
-        self._by_source: dict[str, list[_Row]] = {}
-        self._by_hash: dict[str, list[_Row]] = {}
-        self._vecs: FloatMatrix = np.empty((0, dims), dtype=np.float32)
-        # Row i: offset and length of entry i's bytes in the file at _src_fd; offset -1 when
-        # the entry is not there as it is now, so the next save serialises it.
-        self._spans: SpanArray = np.empty((0, 2), dtype=np.int64)
-        # Row i is live; kept beside the matrix so a snapshot copies n bytes, not n rows.
-        self._alive: npt.NDArray[np.bool_] = np.empty(0, dtype=np.bool_)
+        self._t = RowTable(header.dimensions)
+        self._by_source: dict[str, list[RowRecord]] = {}
         # Bumped by every change a reader could see; a snapshot of the same version is reused.
         self._version = 0
         self._snapshot: Snapshot | None = None
-        # True once a snapshot holds a view of _vecs: compaction must then not move rows in place.
-        self._vecs_shared = False
         # The keyword index (``daemon.store.keyword``) told of every change; None when off.
         self._keyword: KeywordIndex | None = None
+        # Changes applied, and how many of them are durable (in the journal or the JSON).
+        self._changes = 0
+        self._durable = 0
+        # The next save must rewrite the JSON: it was never written in our layout, or a change
+        # was made while the store was too small to journal.
+        self._full_next = False
+        # The journal (``daemon.store.journal``): the last record's number, the records not yet
+        # written, the writer's file (opened at the first append when there was none).
+        self._seq = header.journal_seq
+        self._pending: list[tuple[int, bytes]] = []
+        self._journal: Journal | None = None
+        self._journal_above = journal_above_bytes()
+        self._json_size = 0
+        self._updated = self._last_at = header.updated
+        self._folding = False  # a fold plan is out (being written on another thread)
         if cols is not None:
-            self._adopt(cols)
-
-    def _adopt(self, cols: Columns) -> None:
-        self._vecs = cols.matrix
-        self._alive = np.ones(len(cols.matrix), dtype=np.bool_)
-        self._spans = np.full((len(cols.matrix), 2), -1, dtype=np.int64)
-        if cols.spans is not None:
-            self._spans[: len(cols)] = cols.spans
-        self._rows = [
-            _Row(eid, content, source, page, chunk, hash_, ts, extra, row, section, title)
-            for row, (eid, content, source, page, chunk, hash_, ts, extra, section, title) in enumerate(
-                zip(
-                    cols.ids,
-                    cols.contents,
-                    cols.sources,
-                    cols.pages,
-                    cols.chunks,
-                    cols.hashes,
-                    cols.timestamps,
-                    cols.extras,
-                    cols.sections,
-                    cols.titles,
-                    strict=True,
-                )
-            )
-        ]
-        for r in self._rows:
-            self._by_source.setdefault(r.source, []).append(r)
-            self._by_hash.setdefault(r.hash, []).append(r)
-        for rows in self._by_source.values():
-            rows.sort(key=lambda r: r.chunk)
+            self._t.adopt(cols)
+            for r in self._t.rows:
+                self._by_source.setdefault(r.source, []).append(r)
+            for rows in self._by_source.values():
+                rows.sort(key=lambda r: r.chunk)
 
     # ----- opening and closing -----
 
@@ -189,6 +169,11 @@ class Store:
         try:
             with _gc_paused():
                 store = cls._open_locked(path, model, dimensions, fingerprint, rebuild)
+                try:
+                    store._open_journal()
+                except BaseException:
+                    store.close()
+                    raise
             if keyword:
                 store._open_keyword(keyword_progress)
         except BaseException:
@@ -239,7 +224,7 @@ class Store:
     def _open_locked(
         cls, path: Path, model: str, dimensions: int, fingerprint: Fingerprint, rebuild: bool
     ) -> Store:
-        remove_stale_temps(path, cache_path(path))
+        remove_stale_temps(path, cache_path(path), journal_path(path))
         fresh = Header(model, dimensions, utc_now_iso(), utc_now_iso(), fingerprint)
         try:
             try:
@@ -271,10 +256,42 @@ class Store:
                 os.close(loaded.fd)
             raise
 
+    def _open_journal(self) -> None:
+        """Replay the journal over the JSON just read, and keep it open for appends."""
+        path = journal_path(self._path)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below, after the replay
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot read the journal {path}: {exc.strerror or exc}") from exc
+        try:
+            if self.loaded_via in ("new", "corrupt", "rebuild"):
+                # It belongs to a JSON that is gone or was moved aside: keep it beside that one.
+                f.close()
+                moved = move_aside(path, "orphan")
+                log.warning(
+                    "store_journal_orphaned", path=str(path), moved_to=str(moved), reason=self.loaded_via
+                )
+                return
+            with f:
+                scan, starts, follows = self._replay(f, path)
+            if not follows:
+                moved = move_aside(path, "mismatch")
+                log.warning("store_journal_moved_aside", path=str(path), moved_to=str(moved))
+                return
+            self._journal = Journal.open(path, starts, scan.end, foreign=scan.foreign)
+            if starts and starts[0][0] <= self._header.journal_seq:
+                # A crash came between a fold's rename and the journal's cut: finish the cut.
+                self._journal.cut_through(self._header.journal_seq)
+        except OSError as exc:
+            raise StoreError(f"cannot open the journal {path}: {exc.strerror or exc}") from exc
+
     @classmethod
     def _fresh(cls, path: Path, header: Header, via: str) -> Store:
         store = cls(path, header, None, readonly=False, via=via)
-        store._dirty = True
+        store._full_next = True
+        store._changes = 1
         return store
 
     @classmethod
@@ -296,7 +313,10 @@ class Store:
         store = cls(path, header, loaded.cols, readonly=False, via=loaded.via)
         store._src_fd = loaded.fd
         # A foreign layout is rewritten in ours at the first save, so later starts are fast.
-        store._dirty = adopted or loaded.fd is None
+        if adopted or loaded.fd is None:
+            store._full_next = True
+            store._changes = 1
+        store._json_size = os.fstat(loaded.fd).st_size if loaded.fd is not None else path.stat().st_size
         if loaded.via == "parse" and loaded.sig is not None:
             write_cache(path, loaded.sig, loaded.cols)
         log.info(
@@ -311,14 +331,32 @@ class Store:
         Raises StoreError when there is no store, StoreCorruptError when it is not valid.
         """
         path = Path(path)
-        with _gc_paused():
+        with contextlib.ExitStack() as stack, _gc_paused():
+            try:
+                # The journal first: a fold renames the new JSON in place before it cuts the
+                # journal, so the JSON read next is at least as new as the journal we hold.
+                journal: BinaryIO | None = stack.enter_context(open(journal_path(path), "rb"))
+            except FileNotFoundError:
+                journal = None
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot read the journal {journal_path(path)}: {exc.strerror or exc}"
+                ) from exc
             try:
                 loaded = load(path, 0, keep_fd=False)
             except FileNotFoundError:
                 raise StoreError(f"no store at {path}: the daemon has not written one yet") from None
             except OSError as exc:
                 raise StoreError(f"cannot read the store {path}: {exc.strerror or exc}") from exc
-            return cls(path, loaded.header, loaded.cols, readonly=True, via=loaded.via)
+            store = cls(path, loaded.header, loaded.cols, readonly=True, via=loaded.via)
+            if journal is not None and store.dimensions > 0:
+                try:
+                    store._replay(journal, journal_path(path))
+                except OSError as exc:
+                    raise StoreError(
+                        f"cannot read the journal {journal_path(path)}: {exc.strerror or exc}"
+                    ) from exc
+            return store
 
     def close(self) -> None:
         """Release the lock and the file handle; does not save. Idempotent."""
@@ -327,6 +365,9 @@ class Store:
         if self._src_fd is not None:
             os.close(self._src_fd)
             self._src_fd = None
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -350,7 +391,7 @@ class Store:
     @property
     def count(self) -> int:
         """Number of entries."""
-        return len(self._rows) - self._dead
+        return self._t.count
 
     @property
     def dimensions(self) -> int:
@@ -374,8 +415,8 @@ class Store:
 
     @property
     def updated(self) -> str:
-        """ISO 8601 time of the last save."""
-        return self._header.updated
+        """ISO 8601 time of the last durable change (in the journal or the JSON file)."""
+        return self._updated
 
     @property
     def declared_count(self) -> int:
@@ -384,8 +425,8 @@ class Store:
 
     @property
     def dirty(self) -> bool:
-        """True while the file lags behind the state in memory."""
-        return self._dirty
+        """True while a change is only in memory (not yet in the journal or the JSON file)."""
+        return self._changes != self._durable
 
     def sources(self) -> set[str]:
         """Every source the store knows: indexed files, also those that gave no chunk."""
@@ -407,11 +448,11 @@ class Store:
 
     def vector_for_hash(self, hash_: str) -> tuple[FloatMatrix, int] | None:
         """A stored vector for a chunk with this content hash (any source) and its timestamp."""
-        rows = self._by_hash.get(hash_)
+        rows = self._t.by_hash.get(hash_)
         if not rows:
             return None
         r = rows[0]
-        return self._vecs[r.row].copy(), r.timestamp
+        return self._t.vecs[r.row].copy(), r.timestamp
 
     def matrix(self) -> FloatMatrix:
         """The (count, dimensions) float32 vectors, row i being ``entry(i)``; read-only view.
@@ -419,19 +460,19 @@ class Store:
         The view is valid until the store next changes.
         """
         self._compact()
-        view = self._vecs[: len(self._rows)]
+        view = self._t.vecs[: len(self._t.rows)]
         view.flags.writeable = False
         return view
 
     def entry(self, row: int) -> Entry:
         """The entry at row ``row`` of ``matrix()``."""
         self._compact()
-        return self._entry(self._rows[row])
+        return self._entry(self._t.rows[row])
 
     def iter_entries(self) -> Iterator[Entry]:
         """Every entry in file order (the order of ``matrix()`` rows); do not change the store meanwhile."""
         self._compact()
-        for r in self._rows:
+        for r in self._t.rows:
             yield self._entry(r)
 
     @property
@@ -448,10 +489,11 @@ class Store:
         snap = self._snapshot
         if snap is not None and snap.version == self._version:
             return snap
-        n = len(self._rows)
-        matrix = self._vecs[:n]
+        t = self._t
+        n = len(t.rows)
+        matrix = t.vecs[:n]
         matrix.flags.writeable = False
-        self._vecs_shared = True
+        t.vecs_shared = True
         snap = Snapshot(
             path=self._path,
             version=self._version,
@@ -460,16 +502,20 @@ class Store:
             fingerprint=self._header.fingerprint,
             files=len(self.sources()),
             matrix=matrix,
-            alive=self._alive[:n].copy() if self._dead else None,
-            rows=tuple(self._rows),
+            alive=t.alive[:n].copy() if t.dead else None,
+            rows=tuple(t.rows),
             mtimes=self._mtimes(),
             keyword=self._keyword,
         )
         self._snapshot = snap
         return snap
 
-    def _entry(self, r: _Row) -> Entry:
-        vector = self._vecs[r.row]
+    def _compact(self) -> None:
+        if self._t.compact():
+            self._version += 1  # a new snapshot lets the old matrix go
+
+    def _entry(self, r: RowRecord) -> Entry:
+        vector = self._t.vecs[r.row]
         vector.flags.writeable = False
         return Entry(
             r.id, r.content, r.source, r.page, r.chunk, r.hash, vector, r.timestamp, r.extra,
@@ -489,22 +535,29 @@ class Store:
         vectors = [self._checked_vector(source, e) for e in entries]
         if len({e.chunk for e in entries}) != len(entries):
             raise ValueError(f"{source}: two new entries have the same chunk position")
+        if self._replace(source, entries, vectors, state):
+            self._record(Change(0, REPLACE, source, "", state, None, entries), vectors)
+
+    def _replace(
+        self, source: str, entries: Sequence[NewEntry], vectors: Sequence[FloatMatrix], state: FileState
+    ) -> bool:
+        t = self._t
         old_rows = self._by_source.get(source, [])
         old_by_chunk = {r.chunk: r for r in old_rows}
         kept: set[int] = set()
-        rows: list[_Row] = []
-        self._reserve(len(entries))
+        rows: list[RowRecord] = []
+        t.reserve(len(entries))
         for e, vec in zip(entries, vectors, strict=True):
             old = old_by_chunk.get(e.chunk)
-            if old is not None and self._same(old, source, e, vec):
+            if old is not None and t.same(old, source, e, vec):
                 kept.add(id(old))
                 rows.append(old)
             else:
-                rows.append(self._append(source, e, vec))
+                rows.append(t.append(source, e, vec))
         changed = len(kept) != len(entries)
         for r in old_rows:
             if id(r) not in kept:
-                self._kill(r)
+                t.kill(r)
                 changed = True
         rows.sort(key=lambda r: r.chunk)
         if rows:
@@ -514,24 +567,28 @@ class Store:
         if self._header.files.get(source) != state:
             self._header.files[source] = state
             changed = True
-        self._dirty |= changed
         if changed:
             self._version += 1
             if self._keyword is not None:
                 self._keyword.replace(source, rows, state.mtime_ns)
+        return changed
 
     def remove_source(self, source: str) -> None:
         """Forget ``source``: its entries and its stat signature."""
         self._check_writable()
+        if self._remove(source):
+            self._record(Change(0, REMOVE, source, ""))
+
+    def _remove(self, source: str) -> bool:
         rows = self._by_source.pop(source, [])
         for r in rows:
-            self._kill(r)
+            self._t.kill(r)
         had_file = self._header.files.pop(source, None) is not None
-        self._dirty |= bool(rows) or had_file
         if rows or had_file:
             self._version += 1
             if self._keyword is not None:
                 self._keyword.remove(source)
+        return bool(rows) or had_file
 
     def rename_source(self, old: str, new: str, state: FileState) -> bool:
         """Move ``old``'s entries to ``new`` (new ids, same vectors and timestamps).
@@ -542,30 +599,26 @@ class Store:
         self._check_writable()
         if old not in self._by_source and old not in self._header.files:
             return False
+        if self._rename(old, new, state):
+            self._record(Change(0, RENAME, old, "", state, new))
+        return True
+
+    def _rename(self, old: str, new: str, state: FileState) -> bool:
         if old == new:
-            self._dirty |= self._header.files.get(new) != state
+            changed = self._header.files.get(new) != state
             self._header.files[new] = state
-            return True
-        self.remove_source(new)
+            return changed
+        self._remove(new)
         # New records rather than edits: a snapshot holding the old ones must not see a half-renamed file.
-        rows = [self._renamed(r, new) for r in self._by_source.pop(old, [])]
+        rows = [self._t.renamed(r, new) for r in self._by_source.pop(old, [])]
         if rows:
             self._by_source[new] = rows
         self._header.files.pop(old, None)
         self._header.files[new] = state
-        self._dirty = True
         self._version += 1
         if self._keyword is not None:
             self._keyword.rename(old, new, rows, state.mtime_ns)
         return True
-
-    def _renamed(self, r: _Row, source: str) -> _Row:
-        moved = replace(r, source=source, id=entry_id(source, r.chunk))
-        self._rows[r.row] = moved
-        same = self._by_hash[r.hash]
-        same[same.index(r)] = moved  # _Row compares by identity (eq=False)
-        self._spans[r.row, 0] = -1
-        return moved
 
     def _check_writable(self) -> None:
         if self._readonly:
@@ -589,197 +642,235 @@ class Store:
             raise ValueError(f"{source} chunk {e.chunk}: text is not valid Unicode ({exc.reason})") from exc
         return vec
 
-    def _same(self, r: _Row, source: str, e: NewEntry, vec: FloatMatrix) -> bool:
-        return (
-            r.hash == e.hash
-            and r.page == e.page
-            and r.section == e.section
-            and r.title == e.title
-            and r.timestamp == e.timestamp
-            and r.extra is None
-            and r.content == e.content
-            and r.id == entry_id(source, e.chunk)
-            and self._vecs[r.row].tobytes() == vec.tobytes()  # bit for bit: -0.0 is not 0.0
-        )
+    # ----- the journal -----
 
-    def _reserve(self, extra: int) -> None:
-        need = len(self._rows) + extra
-        if need > len(self._vecs):
-            capacity = max(need, len(self._vecs) * 5 // 4 + 64)
-            grown = np.empty((capacity, self.dimensions), dtype=np.float32)
-            grown[: len(self._rows)] = self._vecs[: len(self._rows)]
-            self._vecs = grown
-            spans = np.empty((capacity, 2), dtype=np.int64)
-            spans[: len(self._rows)] = self._spans[: len(self._rows)]
-            self._spans = spans
-            alive = np.empty(capacity, dtype=np.bool_)
-            alive[: len(self._rows)] = self._alive[: len(self._rows)]
-            self._alive = alive
-            self._vecs_shared = False
+    def _record(self, change: Change, vectors: Sequence[FloatMatrix] = ()) -> None:
+        """A change was applied: journal it when the store journals, else the next save rewrites."""
+        self._changes += 1
+        if self._full_next or self._json_size < self._journal_above:
+            self._full_next = True  # this change is only in memory: the next save must be a fold
+            return
+        self._seq += 1
+        self._last_at = utc_now_iso()
+        self._pending.append((self._seq, encode(replace(change, seq=self._seq, at=self._last_at), vectors)))
 
-    def _append(self, source: str, e: NewEntry, vec: FloatMatrix) -> _Row:
-        row = len(self._rows)
-        self._vecs[row] = vec
-        self._spans[row] = (-1, 0)
-        self._alive[row] = True
-        r = _Row(
-            entry_id(source, e.chunk),
-            e.content,
-            source,
-            e.page,
-            e.chunk,
-            e.hash,
-            e.timestamp,
-            None,
-            row,
-            e.section,
-            e.title,
-        )
-        self._rows.append(r)
-        self._by_hash.setdefault(r.hash, []).append(r)
-        return r
+    def _replay(self, f: BinaryIO, path: Path) -> tuple[Scan, list[tuple[int, int]], bool]:
+        """Apply the journal's records the JSON does not hold yet, in order.
 
-    def _kill(self, r: _Row) -> None:
-        r.alive = False
-        self._alive[r.row] = False
-        self._dead += 1
-        same = self._by_hash[r.hash]
-        same.remove(r)
-        if not same:
-            del self._by_hash[r.hash]
-
-    def _compact(self) -> None:
-        """Drop dead rows, moving vectors down so matrix rows match file order.
-
-        In place, unless a snapshot holds a view of the matrix: then the live rows are copied
-        into a new one and the snapshot keeps the old, untouched.
+        Returns how the scan ended, the (seq, offset) of every whole record, and whether the
+        records follow the JSON (False: they belong to another version of it, and none was applied).
         """
-        if not self._dead:
-            return
-        target = self._vecs
-        if self._vecs_shared:
-            target = np.empty_like(self._vecs)
-        live: list[_Row] = []
-        run_src = run_dst = run_len = 0
-        for r in self._rows:
-            if not r.alive:
+        scan = Scan()
+        starts: list[tuple[int, int]] = []
+        folded = self._header.journal_seq
+        applied = 0
+        follows = True
+        for change, pos in read_changes(f, self.dimensions, scan):
+            starts.append((change.seq, pos))
+            if change.seq <= self._seq or not follows:
+                continue  # already in the JSON (a crash between a fold's rename and the journal's cut)
+            if change.seq != self._seq + 1:
+                log.error(
+                    "store_journal_mismatch",
+                    path=str(path),
+                    json_seq=folded,
+                    record_seq=change.seq,
+                    detail="the journal does not follow this version of the store (restored from a backup?); "
+                    "the store is used as it is and files that differ are indexed again",
+                )
+                follows = False
                 continue
-            if run_len and r.row == run_src + run_len:
-                run_len += 1
-            else:
-                self._move(run_src, run_dst, run_len, target)
-                run_src, run_dst, run_len = r.row, len(live), 1
-            r.row = len(live)
-            live.append(r)
-        self._move(run_src, run_dst, run_len, target)
-        self._rows = live
-        self._dead = 0
-        self._alive[: len(live)] = True
-        if target is not self._vecs:
-            self._vecs = target
-            self._vecs_shared = False
-            # A new snapshot lets the old matrix go as soon as the last reader drops it.
-            self._version += 1
+            self._apply(change)
+            self._seq = change.seq
+            self._updated = change.at
+            applied += 1
+        log_dropped(path, scan)
+        if applied:
+            log.info(
+                "store_journal_replayed", path=str(path), records=applied, json_seq=folded, seq=self._seq
+            )
+        return scan, starts, follows
 
-    def _move(self, src: int, dst: int, n: int, vecs: FloatMatrix) -> None:
-        """Move rows [src, src+n) of the matrix (into ``vecs``) and of the spans down to dst."""
-        if not n or (src == dst and vecs is self._vecs):
-            return
-        # On 1-D views numpy copies overlapping ranges like memmove, without a temporary.
-        for source, array in ((self._vecs, vecs), (self._spans, self._spans)):
-            width = array.shape[1]
-            flat = array.reshape(-1)
-            flat[dst * width : (dst + n) * width] = source.reshape(-1)[src * width : (src + n) * width]
+    def _apply(self, change: Change) -> None:
+        if change.kind == REPLACE and change.state is not None:
+            vectors = [np.asarray(e.vector, dtype=np.float32) for e in change.entries]
+            self._replace(change.source, change.entries, vectors, change.state)
+        elif change.kind == REMOVE:
+            self._remove(change.source)
+        elif (
+            change.kind == RENAME
+            and change.state is not None
+            and change.new is not None
+            and (change.source in self._by_source or change.source in self._header.files)
+        ):
+            self._rename(change.source, change.new, change.state)
+
+    @property
+    def journal_bytes(self) -> int:
+        """Bytes of durable changes in the journal that the JSON file does not hold yet."""
+        return self._journal.size if self._journal is not None else 0
+
+    @property
+    def json_bytes(self) -> int:
+        """Size of the JSON file as last written or read."""
+        return self._json_size
+
+    @property
+    def unfolded(self) -> bool:
+        """True while the JSON file lags behind the durable state (changes only in the journal)."""
+        return self._seq > self._header.journal_seq or self._full_next or self.dirty
 
     # ----- saving -----
 
     def save(self) -> SaveStats:
-        """Write the store durably if it changed; a no-op otherwise.
+        """Make every change durable; a no-op when there is none.
 
-        Raises StoreError when the file cannot be written (disk full, I/O error, read-only
-        folder); the previous file is then intact and the store stays dirty for a retry.
+        A store of at least ``journal_above`` bytes appends the changes to its journal (one
+        write and one fsync, whatever the store's size); a smaller one, or one whose file must
+        be rewritten anyway, is folded: the JSON is rewritten as a whole. Raises StoreError when
+        the disk refuses (full, I/O error, read-only folder); what was durable stays so, and
+        the changes stay in memory for a retry.
         """
         self._check_writable()
-        if not self._dirty:
+        if not self.dirty:
             return SaveStats(False, self.count, 0, 0, 0, 0, 0.0, 0.0)
+        if self._full_next:
+            return self.fold()
         start = time.perf_counter()
+        try:
+            written = self._append_pending()
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write the journal {journal_path(self._path)}: {exc.strerror or exc}; what was "
+                "durable is intact and the changes stay in memory for the next save"
+            ) from exc
+        took = time.perf_counter() - start
+        stats = SaveStats(True, self.count, 0, 0, written, 0, took, took, journalled=True)
+        log.debug("store_journalled", path=str(self._path), bytes=written, seconds=round(took, 4))
+        return stats
+
+    def _append_pending(self) -> int:
+        if self._journal is None:
+            self._journal = Journal.open(journal_path(self._path), [], 0, foreign=False)
+        written = self._journal.append(self._pending)
+        self._pending.clear()
+        self._durable = self._changes
+        self._updated = self._last_at
+        return written
+
+    def fold(self) -> SaveStats:
+        """Rewrite the JSON store (and its cache) from the state in memory, then cut the journal.
+
+        Synchronous: ``begin_fold``, ``write_fold`` and ``finish_fold`` in one. Raises StoreError
+        like ``save``.
+        """
+        plan = self.begin_fold()
+        try:
+            write_fold(plan, cache=True)
+        except StoreError:
+            self.fold_failed(plan)
+            raise
+        return self.finish_fold(plan)
+
+    def begin_fold(self) -> FoldPlan:
+        """Capture the state for a fold (under the store's lock); write it with ``write_fold``.
+
+        Then call ``finish_fold`` or, when the write failed, ``fold_failed``; one fold at a time.
+        """
+        self._check_writable()
+        if self._folding:
+            raise StoreError(f"a fold of {self._path} is already in progress")
         with _gc_paused():
-            self._compact()
-            n = len(self._rows)
-            header = replace(self._header, updated=utc_now_iso())
-            head = encode_header(header, n) + NEWLINE
+            if self._t.compact():
+                self._version += 1  # a new snapshot lets the old matrix go
+            t = self._t
+            n = len(t.rows)
+            t.vecs_shared = True  # the plan holds a view: later compactions copy
+            header = replace(self._header, updated=utc_now_iso(), journal_seq=self._seq)
+            plan = FoldPlan(
+                path=self._path,
+                head=encode_header(header, n) + NEWLINE,
+                rows=tuple(t.rows),
+                matrix=t.vecs[:n],
+                spans=t.spans[:n].copy() if self._src_fd is not None else None,
+                src_fd=os.dup(self._src_fd) if self._src_fd is not None else None,
+                seq=self._seq,
+                changes=self._changes,
+                compactions=t.compactions,
+            )
+        self._folding = True
+        return plan
+
+    def fold_failed(self, plan: FoldPlan) -> None:
+        """A fold's write failed: release it (under the store's lock); the store stays as it was."""
+        self._folding = False
+        plan.close()
+        if plan.eio:
+            self._drop_source()
+
+    def finish_fold(self, plan: FoldPlan) -> SaveStats:
+        """Adopt a written fold (under the store's lock): splice from the new file, cut the journal."""
+        assert plan.stats is not None and plan.stat is not None and plan.new_spans is not None
+        self._folding = False
+        plan.close_src()
+        self._header.updated = self._updated = _updated_of(plan.head)
+        self._header.journal_seq = plan.seq
+        self._json_size = plan.stat.st_size
+        self._durable = max(self._durable, plan.changes)
+        if self._changes == plan.changes:
+            self._full_next = False
+        self._pending = [(seq, rec) for seq, rec in self._pending if seq > plan.seq]
+        self._switch_source(plan)
+        if self._journal is not None and self._journal.records:
             try:
-                with AtomicWriter(self._path) as w:
-                    spans, reused = self._write_entries(w, head)
-                    st = w.commit()
+                self._journal.cut_through(plan.seq)
             except OSError as exc:
-                if exc.errno == errno.EIO:
-                    # The copy may have failed reading the old file (a bad block): the retry must
-                    # not depend on it, so it serialises every entry from memory instead.
-                    self._drop_source()
-                raise StoreError(
-                    f"cannot save the store {self._path}: {exc.strerror or exc}; the previous version is "
-                    "intact and the changes stay in memory for the next save"
-                ) from exc
-            durable = time.perf_counter() - start
-            self._header = header
-            self._dirty = False
-            self._switch_source(st, spans)
-            if self._src_fd is not None:
-                write_cache(self._path, JsonSignature.of(self._src_fd, st, head), self._columns(spans))
-        stats = SaveStats(
-            True, n, n - reused, reused, w.bytes_written, w.bytes_copied, durable, time.perf_counter() - start
-        )
+                # Harmless: records the JSON holds are skipped at open; the next fold cuts them.
+                log.warning("store_journal_cut_failed", path=str(self._journal.path), reason=str(exc))
+        stats = replace(plan.stats, seconds=time.perf_counter() - plan.started)
         log.debug(
             "store_saved", path=str(self._path), **{k: v for k, v in stats.__dict__.items() if k != "saved"}
         )
         return stats
 
-    def _write_entries(self, w: AtomicWriter, head: bytes) -> tuple[SpanArray, int]:
-        """Write every entry to ``w``, splicing runs of unchanged ones from the current file."""
-        spans = self._spans[: len(self._rows)] if self._src_fd is not None else None
-        return write_spliced(w, head, self._rows, self._vecs, old=spans, src_fd=self._src_fd)
-
     def _drop_source(self) -> None:
-        """Stop splicing from the current file: the next save writes every entry anew."""
+        """Stop splicing from the current file: the next fold writes every entry anew."""
         if self._src_fd is not None:
             os.close(self._src_fd)
             self._src_fd = None
-        self._spans[:, 0] = -1
+        self._t.spans[:, 0] = -1
 
-    def _switch_source(self, st: os.stat_result, spans: SpanArray) -> None:
-        """Point the entries' spans at the file just written."""
+    def _switch_source(self, plan: FoldPlan) -> None:
+        """Point the entries' spans at the file just written (rows changed since the plan: -1)."""
         if self._src_fd is not None:
             os.close(self._src_fd)
             self._src_fd = None
-        fd = -1
-        with contextlib.suppress(OSError):
-            fd = os.open(self._path, os.O_RDONLY)
-        if fd >= 0 and os.fstat(fd).st_ino == st.st_ino:
-            self._src_fd = fd
-            self._spans[: len(spans)] = spans
+        t = self._t
+        t.spans[:, 0] = -1
+        fd, plan.new_fd = plan.new_fd, None
+        if fd is None or plan.new_spans is None:
+            return  # without the new file open its spans are useless: the next fold serialises all
+        self._src_fd = fd
+        n = len(plan.rows)
+        if t.compactions == plan.compactions:
+            # Rows kept their positions: a row is in the new file as it is now unless it was
+            # removed or renamed (a new record in its place) since the plan.
+            same = np.fromiter(
+                (a is b for a, b in zip(t.rows[:n], plan.rows, strict=True)), dtype=np.bool_, count=n
+            )
+            same &= t.alive[:n]
+            t.spans[:n][same] = plan.new_spans[same]
             return
-        # Without the new file open its spans are useless: the next save serialises everything.
-        if fd >= 0:
-            os.close(fd)
-        self._spans[:, 0] = -1
+        now = {id(r): r.row for r in t.rows if r.alive}
+        for i, r in enumerate(plan.rows):
+            row = now.get(id(r))
+            if row is not None:
+                t.spans[row] = plan.new_spans[i]
 
-    def _columns(self, spans: SpanArray) -> Columns:
-        rows = self._rows
-        return Columns(
-            ids=[r.id for r in rows],
-            contents=[r.content for r in rows],
-            sources=[r.source for r in rows],
-            pages=[r.page for r in rows],
-            chunks=[r.chunk for r in rows],
-            hashes=[r.hash for r in rows],
-            timestamps=[r.timestamp for r in rows],
-            extras=[r.extra for r in rows],
-            sections=[r.section for r in rows],
-            titles=[r.title for r in rows],
-            matrix=self._vecs[: len(rows)],
-            spans=spans,
-        )
+
+def _updated_of(head: bytes) -> str:
+    header = parse_header_line(head)
+    return header.updated if header is not None else utc_now_iso()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,218 @@
+"""The store's row table: one record per entry, the float32 matrix beside it, and the spans.
+
+Rows are only ever appended past the end; a removed row is marked dead and stays until a
+compaction drops it. That is what lets a snapshot (``daemon.store.snapshot``) or a fold in
+progress hold the table's arrays without a lock: the table never writes a row they can see.
+A compaction moves rows in place only while nobody holds a view of the matrix; otherwise it
+copies the live rows into a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.store.entries import NewEntry
+from daemon.store.format import Columns, Extra, FloatMatrix, SpanArray, entry_id
+
+
+@dataclass(slots=True, eq=False)
+class RowRecord:
+    """One entry; ``row`` is its row in the matrix and in the spans array."""
+
+    id: str
+    content: str
+    source: str
+    page: int | None
+    chunk: int
+    hash: str
+    timestamp: int
+    extra: Extra | None
+    row: int
+    section: str | None = None
+    title: str | None = None
+    alive: bool = True
+
+
+class RowTable:
+    """The entries in file order, their vectors, where each one's bytes are in the current file,
+    and an index by content hash. Not thread-safe: the store's writer owns it."""
+
+    def __init__(self, dims: int) -> None:
+        self.dims = dims
+        self.rows: list[RowRecord] = []
+        self.dead = 0
+        self.by_hash: dict[str, list[RowRecord]] = {}
+        self.vecs: FloatMatrix = np.empty((0, dims), dtype=np.float32)
+        # Row i: offset and length of entry i's bytes in the store's current file; offset -1
+        # when the entry is not there as it is now, so the next full write serialises it.
+        self.spans: SpanArray = np.empty((0, 2), dtype=np.int64)
+        # Row i is live; kept beside the matrix so a snapshot copies n bytes, not n rows.
+        self.alive: npt.NDArray[np.bool_] = np.empty(0, dtype=np.bool_)
+        # True once a snapshot or a fold holds a view of vecs: compaction must then copy.
+        self.vecs_shared = False
+        # Bumped by every compaction, so a holder of row positions knows they moved.
+        self.compactions = 0
+
+    def adopt(self, cols: Columns) -> None:
+        """Take the entries of a loaded file (spans included, when known)."""
+        self.vecs = cols.matrix
+        self.alive = np.ones(len(cols.matrix), dtype=np.bool_)
+        self.spans = np.full((len(cols.matrix), 2), -1, dtype=np.int64)
+        if cols.spans is not None:
+            self.spans[: len(cols)] = cols.spans
+        self.rows = [
+            RowRecord(eid, content, source, page, chunk, hash_, ts, extra, row, section, title)
+            for row, (eid, content, source, page, chunk, hash_, ts, extra, section, title) in enumerate(
+                zip(
+                    cols.ids,
+                    cols.contents,
+                    cols.sources,
+                    cols.pages,
+                    cols.chunks,
+                    cols.hashes,
+                    cols.timestamps,
+                    cols.extras,
+                    cols.sections,
+                    cols.titles,
+                    strict=True,
+                )
+            )
+        ]
+        for r in self.rows:
+            self.by_hash.setdefault(r.hash, []).append(r)
+
+    @property
+    def count(self) -> int:
+        """Live rows."""
+        return len(self.rows) - self.dead
+
+    def reserve(self, extra: int) -> None:
+        """Make room for ``extra`` more rows without copying at each append."""
+        need = len(self.rows) + extra
+        if need > len(self.vecs):
+            capacity = max(need, len(self.vecs) * 5 // 4 + 64)
+            n = len(self.rows)
+            grown = np.empty((capacity, self.dims), dtype=np.float32)
+            grown[:n] = self.vecs[:n]
+            self.vecs = grown
+            spans = np.empty((capacity, 2), dtype=np.int64)
+            spans[:n] = self.spans[:n]
+            self.spans = spans
+            alive = np.empty(capacity, dtype=np.bool_)
+            alive[:n] = self.alive[:n]
+            self.alive = alive
+            self.vecs_shared = False
+
+    def append(self, source: str, e: NewEntry, vec: FloatMatrix) -> RowRecord:
+        """A new live row for ``e``; call ``reserve`` first."""
+        row = len(self.rows)
+        self.vecs[row] = vec
+        self.spans[row] = (-1, 0)
+        self.alive[row] = True
+        r = RowRecord(
+            entry_id(source, e.chunk), e.content, source, e.page, e.chunk, e.hash, e.timestamp, None, row,
+            e.section, e.title,
+        )  # fmt: skip
+        self.rows.append(r)
+        self.by_hash.setdefault(r.hash, []).append(r)
+        return r
+
+    def kill(self, r: RowRecord) -> None:
+        """Mark ``r`` dead; it stays in the arrays until the next compaction."""
+        r.alive = False
+        self.alive[r.row] = False
+        self.dead += 1
+        same = self.by_hash[r.hash]
+        same.remove(r)
+        if not same:
+            del self.by_hash[r.hash]
+
+    def renamed(self, r: RowRecord, source: str) -> RowRecord:
+        """A new record for ``r`` under ``source``, in its place (a snapshot keeps the old one)."""
+        moved = replace(r, source=source, id=entry_id(source, r.chunk))
+        self.rows[r.row] = moved
+        same = self.by_hash[r.hash]
+        same[same.index(r)] = moved  # RowRecord compares by identity (eq=False)
+        self.spans[r.row, 0] = -1
+        return moved
+
+    def same(self, r: RowRecord, source: str, e: NewEntry, vec: FloatMatrix) -> bool:
+        """True when ``r`` already is ``e`` at ``source``, bit for bit."""
+        return (
+            r.hash == e.hash
+            and r.page == e.page
+            and r.section == e.section
+            and r.title == e.title
+            and r.timestamp == e.timestamp
+            and r.extra is None
+            and r.content == e.content
+            and r.id == entry_id(source, e.chunk)
+            and self.vecs[r.row].tobytes() == vec.tobytes()  # bit for bit: -0.0 is not 0.0
+        )
+
+    def compact(self) -> bool:
+        """Drop dead rows, moving vectors down so matrix rows match file order.
+
+        In place, unless a snapshot holds a view of the matrix: then the live rows are copied
+        into a new one and the holder keeps the old, untouched. Returns True when the matrix
+        was replaced (readers should take a new snapshot to let the old one go).
+        """
+        if not self.dead:
+            return False
+        target = self.vecs
+        if self.vecs_shared:
+            target = np.empty_like(self.vecs)
+        live: list[RowRecord] = []
+        run_src = run_dst = run_len = 0
+        for r in self.rows:
+            if not r.alive:
+                continue
+            if run_len and r.row == run_src + run_len:
+                run_len += 1
+            else:
+                self._move(run_src, run_dst, run_len, target)
+                run_src, run_dst, run_len = r.row, len(live), 1
+            r.row = len(live)
+            live.append(r)
+        self._move(run_src, run_dst, run_len, target)
+        self.rows = live
+        self.dead = 0
+        self.alive[: len(live)] = True
+        self.compactions += 1
+        if target is self.vecs:
+            return False
+        self.vecs = target
+        self.vecs_shared = False
+        return True
+
+    def _move(self, src: int, dst: int, n: int, vecs: FloatMatrix) -> None:
+        """Move rows [src, src+n) of the matrix (into ``vecs``) and of the spans down to dst."""
+        if not n or (src == dst and vecs is self.vecs):
+            return
+        # On 1-D views numpy copies overlapping ranges like memmove, without a temporary.
+        for source, array in ((self.vecs, vecs), (self.spans, self.spans)):
+            width = array.shape[1]
+            flat = array.reshape(-1)
+            flat[dst * width : (dst + n) * width] = source.reshape(-1)[src * width : (src + n) * width]
+
+
+def columns_of(rows: Sequence[RowRecord], matrix: FloatMatrix, spans: SpanArray) -> Columns:
+    """Compact rows as columns, for the sidecar cache; row i has ``matrix[i]`` and ``spans[i]``."""
+    return Columns(
+        ids=[r.id for r in rows],
+        contents=[r.content for r in rows],
+        sources=[r.source for r in rows],
+        pages=[r.page for r in rows],
+        chunks=[r.chunk for r in rows],
+        hashes=[r.hash for r in rows],
+        timestamps=[r.timestamp for r in rows],
+        extras=[r.extra for r in rows],
+        sections=[r.section for r in rows],
+        titles=[r.title for r in rows],
+        matrix=matrix[: len(rows)],
+        spans=spans,
+    )
