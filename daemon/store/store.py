@@ -1,64 +1,47 @@
-"""The JSON embedding store: entries in memory, vectors in one float32 matrix, atomic saves.
+"""The JSON embedding store: entries in memory, vectors in one float32 matrix, durable changes.
 
-The file format is described in ``daemon.store.format``; reading it in ``daemon.store.load``;
-the optional sidecar cache in ``daemon.store.cache``; durable writes and the lock in
-``daemon.store.io``. This module keeps the state and decides what each save must write:
-an entry that did not change since the last save keeps its bytes in the file, and the next
-save copies them (in runs, in the kernel) instead of serialising 384 floats again.
-
-A Store is not thread-safe: one thread owns it (the daemon's worker, under the store lock).
-Searches on other threads read a ``Snapshot`` (``daemon.store.snapshot``) instead, which the
-store never changes under them: rows are appended past a snapshot's end, a compaction copies
-into a fresh matrix once a snapshot has seen the current one, and a rename replaces row
-records rather than editing them.
+The format is in ``daemon.store.format``, reading it in ``load`` (and ``opening``, for the
+writer), the row table in ``rows``, the journal, saves and folds in ``durable``, ``journal``
+and ``fold``. A Store is not thread-safe: one thread owns it (the worker, under the store
+lock). Searches on other threads read a ``Snapshot`` (``daemon.store.snapshot``), which the
+store never changes under them (rows are appended past its end, a compaction copies once a
+snapshot has seen the matrix, a rename replaces row records rather than editing them).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
 
 import numpy as np
 import structlog
 
-from daemon.errors import FingerprintMismatchError, StoreCorruptError, StoreError
-from daemon.store.cache import cache_path, remove_cache, write_cache
+from daemon.errors import StoreError
+from daemon.store.durable import Durability, open_journal_file
 from daemon.store.entries import Entry, NewEntry, SaveStats, StoredChunk
 from daemon.store.fold import FoldPlan, write_fold
 from daemon.store.format import (
-    NEWLINE,
     Columns,
     FileState,
     Fingerprint,
     FloatMatrix,
     Header,
-    encode_header,
-    parse_header_line,
-    utc_now_iso,
 )
-from daemon.store.io import StoreLock, move_aside, remove_stale_temps
+from daemon.store.io import StoreLock
 from daemon.store.journal import (
     REMOVE,
     RENAME,
     REPLACE,
     Change,
-    Journal,
-    Scan,
-    encode,
-    journal_path,
-    log_dropped,
-    read_changes,
 )
 from daemon.store.keyword import KeywordIndex, Progress, kw_path
-from daemon.store.load import Loaded, check_compatible, load
+from daemon.store.load import load
+from daemon.store.opening import open_for_writing
 from daemon.store.rows import RowRecord, RowTable
 from daemon.store.snapshot import Snapshot
 
@@ -76,17 +59,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-# Below this size of JSON a save rewrites the whole file, as before the journal: that is
-# then about as fast as a journal append (measured in bench/store_scale.py, docs/benchmarks.md),
-# and the JSON file is never behind. EMBEDD_JOURNAL_ABOVE_BYTES overrides it (0: always journal).
-JOURNAL_ABOVE_BYTES = 64 << 20
-
-
-def journal_above_bytes() -> int:
-    """The size of JSON from which changes go to the journal (``JOURNAL_ABOVE_BYTES`` or the environment)."""
-    raw = os.environ.get("EMBEDD_JOURNAL_ABOVE_BYTES", "")
-    return int(raw) if raw.isdigit() else JOURNAL_ABOVE_BYTES
-
 
 def lock_path(store: Path) -> Path:
     """The lock file of ``store``."""
@@ -101,7 +73,6 @@ class Store:
         self._header = header
         self._readonly = readonly
         self._lock: StoreLock | None = None
-        self._src_fd: int | None = None
         self._closed = False
         self.loaded_via = via
         """How the store was read: cache, parse, generic, new, corrupt or rebuild."""
@@ -112,21 +83,8 @@ class Store:
         self._snapshot: Snapshot | None = None
         # The keyword index (``daemon.store.keyword``) told of every change; None when off.
         self._keyword: KeywordIndex | None = None
-        # Changes applied, and how many of them are durable (in the journal or the JSON).
-        self._changes = 0
-        self._durable = 0
-        # The next save must rewrite the JSON: it was never written in our layout, or a change
-        # was made while the store was too small to journal.
-        self._full_next = False
-        # The journal (``daemon.store.journal``): the last record's number, the records not yet
-        # written, the writer's file (opened at the first append when there was none).
-        self._seq = header.journal_seq
-        self._pending: list[tuple[int, bytes]] = []
-        self._journal: Journal | None = None
-        self._journal_above = journal_above_bytes()
-        self._json_size = 0
-        self._updated = self._last_at = header.updated
-        self._folding = False  # a fold plan is out (being written on another thread)
+        # What is on disk and what is only in memory: the journal, folds, the JSON file.
+        self._d = Durability(path, header)
         if cols is not None:
             self._t.adopt(cols)
             for r in self._t.rows:
@@ -170,7 +128,7 @@ class Store:
             with _gc_paused():
                 store = cls._open_locked(path, model, dimensions, fingerprint, rebuild)
                 try:
-                    store._open_journal()
+                    store._d.open_journal(store.loaded_via, dimensions, store._apply)
                 except BaseException:
                     store.close()
                     raise
@@ -224,104 +182,11 @@ class Store:
     def _open_locked(
         cls, path: Path, model: str, dimensions: int, fingerprint: Fingerprint, rebuild: bool
     ) -> Store:
-        remove_stale_temps(path, cache_path(path), journal_path(path))
-        fresh = Header(model, dimensions, utc_now_iso(), utc_now_iso(), fingerprint)
-        try:
-            try:
-                loaded = load(path, dimensions, keep_fd=True)
-            except FileNotFoundError:
-                return cls._fresh(path, fresh, "new")
-            except StoreCorruptError as exc:
-                moved = move_aside(path, "corrupt")
-                remove_cache(path)
-                log.warning("store_corrupt", path=str(path), moved_to=str(moved), reason=exc.reason)
-                return cls._fresh(path, fresh, "corrupt")
-            try:
-                check_compatible(path, loaded, model, dimensions, fingerprint)
-            except FingerprintMismatchError as exc:
-                if loaded.fd is not None:
-                    os.close(loaded.fd)
-                if not rebuild:
-                    raise
-                moved = move_aside(path, "bak")
-                remove_cache(path)
-                log.warning("store_rebuild", path=str(path), moved_to=str(moved), reason=str(exc))
-                return cls._fresh(path, fresh, "rebuild")
-        except OSError as exc:
-            raise StoreError(f"cannot read the store {path}: {exc.strerror or exc}") from exc
-        try:
-            return cls._from_loaded(path, loaded, model, dimensions, fingerprint)
-        except BaseException:
-            if loaded.fd is not None:
-                os.close(loaded.fd)
-            raise
-
-    def _open_journal(self) -> None:
-        """Replay the journal over the JSON just read, and keep it open for appends."""
-        path = journal_path(self._path)
-        try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below, after the replay
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise StoreError(f"cannot read the journal {path}: {exc.strerror or exc}") from exc
-        try:
-            if self.loaded_via in ("new", "corrupt", "rebuild"):
-                # It belongs to a JSON that is gone or was moved aside: keep it beside that one.
-                f.close()
-                moved = move_aside(path, "orphan")
-                log.warning(
-                    "store_journal_orphaned", path=str(path), moved_to=str(moved), reason=self.loaded_via
-                )
-                return
-            with f:
-                scan, starts, follows = self._replay(f, path)
-            if not follows:
-                moved = move_aside(path, "mismatch")
-                log.warning("store_journal_moved_aside", path=str(path), moved_to=str(moved))
-                return
-            self._journal = Journal.open(path, starts, scan.end, foreign=scan.foreign)
-            if starts and starts[0][0] <= self._header.journal_seq:
-                # A crash came between a fold's rename and the journal's cut: finish the cut.
-                self._journal.cut_through(self._header.journal_seq)
-        except OSError as exc:
-            raise StoreError(f"cannot open the journal {path}: {exc.strerror or exc}") from exc
-
-    @classmethod
-    def _fresh(cls, path: Path, header: Header, via: str) -> Store:
-        store = cls(path, header, None, readonly=False, via=via)
-        store._full_next = True
-        store._changes = 1
-        return store
-
-    @classmethod
-    def _from_loaded(
-        cls, path: Path, loaded: Loaded, model: str, dimensions: int, fingerprint: Fingerprint
-    ) -> Store:
-        header = loaded.header
-        holds_data = len(loaded.cols) > 0 or bool(header.files)
-        if header.fingerprint is None and holds_data:
-            # The walkthrough's stores carry no fingerprint; model and width match, so we
-            # take them as ours. Vectors are still reused only where a chunk's hash matches.
-            log.warning("store_fingerprint_missing", path=str(path), detail="adopting the configured one")
-        adopted = (
-            header.fingerprint != fingerprint or header.model != model or header.dimensions != dimensions
-        )
-        header = replace(header, model=model, dimensions=dimensions, fingerprint=fingerprint)
-        if not len(loaded.cols):
-            loaded.cols.matrix = np.empty((0, dimensions), dtype=np.float32)
-        store = cls(path, header, loaded.cols, readonly=False, via=loaded.via)
-        store._src_fd = loaded.fd
-        # A foreign layout is rewritten in ours at the first save, so later starts are fast.
-        if adopted or loaded.fd is None:
-            store._full_next = True
-            store._changes = 1
-        store._json_size = os.fstat(loaded.fd).st_size if loaded.fd is not None else path.stat().st_size
-        if loaded.via == "parse" and loaded.sig is not None:
-            write_cache(path, loaded.sig, loaded.cols)
-        log.info(
-            "store_loaded", path=str(path), entries=len(loaded.cols), files=len(header.files), via=loaded.via
-        )
+        opened = open_for_writing(path, model, dimensions, fingerprint, rebuild)
+        store = cls(path, opened.header, opened.cols, readonly=False, via=opened.via)
+        store._d.src_fd, store._d.json_size = opened.fd, opened.json_size
+        if opened.rewrite:
+            store._d.rewrite_next()
         return store
 
     @classmethod
@@ -332,16 +197,11 @@ class Store:
         """
         path = Path(path)
         with contextlib.ExitStack() as stack, _gc_paused():
-            try:
-                # The journal first: a fold renames the new JSON in place before it cuts the
-                # journal, so the JSON read next is at least as new as the journal we hold.
-                journal: BinaryIO | None = stack.enter_context(open(journal_path(path), "rb"))
-            except FileNotFoundError:
-                journal = None
-            except OSError as exc:
-                raise StoreError(
-                    f"cannot read the journal {journal_path(path)}: {exc.strerror or exc}"
-                ) from exc
+            # The journal first: a fold renames the new JSON in place before it cuts the
+            # journal, so the JSON read next is at least as new as the journal we hold.
+            journal = open_journal_file(path)
+            if journal is not None:
+                stack.enter_context(journal)
             try:
                 loaded = load(path, 0, keep_fd=False)
             except FileNotFoundError:
@@ -350,24 +210,14 @@ class Store:
                 raise StoreError(f"cannot read the store {path}: {exc.strerror or exc}") from exc
             store = cls(path, loaded.header, loaded.cols, readonly=True, via=loaded.via)
             if journal is not None and store.dimensions > 0:
-                try:
-                    store._replay(journal, journal_path(path))
-                except OSError as exc:
-                    raise StoreError(
-                        f"cannot read the journal {journal_path(path)}: {exc.strerror or exc}"
-                    ) from exc
+                store._d.replay(journal, store.dimensions, store._apply)
             return store
 
     def close(self) -> None:
         """Release the lock and the file handle; does not save. Idempotent."""
         if self._keyword is not None:
             self._keyword.close()
-        if self._src_fd is not None:
-            os.close(self._src_fd)
-            self._src_fd = None
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+        self._d.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -416,7 +266,7 @@ class Store:
     @property
     def updated(self) -> str:
         """ISO 8601 time of the last durable change (in the journal or the JSON file)."""
-        return self._updated
+        return self._d.updated
 
     @property
     def declared_count(self) -> int:
@@ -426,7 +276,7 @@ class Store:
     @property
     def dirty(self) -> bool:
         """True while a change is only in memory (not yet in the journal or the JSON file)."""
-        return self._changes != self._durable
+        return self._d.dirty
 
     def sources(self) -> set[str]:
         """Every source the store knows: indexed files, also those that gave no chunk."""
@@ -642,56 +492,13 @@ class Store:
             raise ValueError(f"{source} chunk {e.chunk}: text is not valid Unicode ({exc.reason})") from exc
         return vec
 
-    # ----- the journal -----
+    # ----- the journal and saving (``daemon.store.durable``) -----
 
     def _record(self, change: Change, vectors: Sequence[FloatMatrix] = ()) -> None:
-        """A change was applied: journal it when the store journals, else the next save rewrites."""
-        self._changes += 1
-        if self._full_next or self._json_size < self._journal_above:
-            self._full_next = True  # this change is only in memory: the next save must be a fold
-            return
-        self._seq += 1
-        self._last_at = utc_now_iso()
-        self._pending.append((self._seq, encode(replace(change, seq=self._seq, at=self._last_at), vectors)))
-
-    def _replay(self, f: BinaryIO, path: Path) -> tuple[Scan, list[tuple[int, int]], bool]:
-        """Apply the journal's records the JSON does not hold yet, in order.
-
-        Returns how the scan ended, the (seq, offset) of every whole record, and whether the
-        records follow the JSON (False: they belong to another version of it, and none was applied).
-        """
-        scan = Scan()
-        starts: list[tuple[int, int]] = []
-        folded = self._header.journal_seq
-        applied = 0
-        follows = True
-        for change, pos in read_changes(f, self.dimensions, scan):
-            starts.append((change.seq, pos))
-            if change.seq <= self._seq or not follows:
-                continue  # already in the JSON (a crash between a fold's rename and the journal's cut)
-            if change.seq != self._seq + 1:
-                log.error(
-                    "store_journal_mismatch",
-                    path=str(path),
-                    json_seq=folded,
-                    record_seq=change.seq,
-                    detail="the journal does not follow this version of the store (restored from a backup?); "
-                    "the store is used as it is and files that differ are indexed again",
-                )
-                follows = False
-                continue
-            self._apply(change)
-            self._seq = change.seq
-            self._updated = change.at
-            applied += 1
-        log_dropped(path, scan)
-        if applied:
-            log.info(
-                "store_journal_replayed", path=str(path), records=applied, json_seq=folded, seq=self._seq
-            )
-        return scan, starts, follows
+        self._d.record(change, vectors)
 
     def _apply(self, change: Change) -> None:
+        """Apply a replayed record: the same calls as when it was made (keyword index included)."""
         if change.kind == REPLACE and change.state is not None:
             vectors = [np.asarray(e.vector, dtype=np.float32) for e in change.entries]
             self._replace(change.source, change.entries, vectors, change.state)
@@ -707,56 +514,34 @@ class Store:
 
     @property
     def journal_bytes(self) -> int:
-        """Bytes of durable changes in the journal that the JSON file does not hold yet."""
-        return self._journal.size if self._journal is not None else 0
+        """Bytes of durable changes in the journal (the JSON file may hold some already)."""
+        return self._d.journal_bytes
 
     @property
     def json_bytes(self) -> int:
         """Size of the JSON file as last written or read."""
-        return self._json_size
+        return self._d.json_size
 
     @property
     def unfolded(self) -> bool:
-        """True while the JSON file lags behind the durable state (changes only in the journal)."""
-        return self._seq > self._header.journal_seq or self._full_next or self.dirty
-
-    # ----- saving -----
+        """True while the JSON file lags behind the state in memory or in the journal."""
+        return self._d.unfolded
 
     def save(self) -> SaveStats:
         """Make every change durable; a no-op when there is none.
 
-        A store of at least ``journal_above`` bytes appends the changes to its journal (one
+        A store of at least ``journal_above_bytes()`` appends the changes to its journal (one
         write and one fsync, whatever the store's size); a smaller one, or one whose file must
         be rewritten anyway, is folded: the JSON is rewritten as a whole. Raises StoreError when
         the disk refuses (full, I/O error, read-only folder); what was durable stays so, and
         the changes stay in memory for a retry.
         """
         self._check_writable()
-        if not self.dirty:
+        if not self._d.dirty:
             return SaveStats(False, self.count, 0, 0, 0, 0, 0.0, 0.0)
-        if self._full_next:
+        if self._d.full_next:
             return self.fold()
-        start = time.perf_counter()
-        try:
-            written = self._append_pending()
-        except OSError as exc:
-            raise StoreError(
-                f"cannot write the journal {journal_path(self._path)}: {exc.strerror or exc}; what was "
-                "durable is intact and the changes stay in memory for the next save"
-            ) from exc
-        took = time.perf_counter() - start
-        stats = SaveStats(True, self.count, 0, 0, written, 0, took, took, journalled=True)
-        log.debug("store_journalled", path=str(self._path), bytes=written, seconds=round(took, 4))
-        return stats
-
-    def _append_pending(self) -> int:
-        if self._journal is None:
-            self._journal = Journal.open(journal_path(self._path), [], 0, foreign=False)
-        written = self._journal.append(self._pending)
-        self._pending.clear()
-        self._durable = self._changes
-        self._updated = self._last_at
-        return written
+        return self._d.append(self.count)
 
     def fold(self) -> SaveStats:
         """Rewrite the JSON store (and its cache) from the state in memory, then cut the journal.
@@ -778,99 +563,17 @@ class Store:
         Then call ``finish_fold`` or, when the write failed, ``fold_failed``; one fold at a time.
         """
         self._check_writable()
-        if self._folding:
-            raise StoreError(f"a fold of {self._path} is already in progress")
         with _gc_paused():
-            if self._t.compact():
-                self._version += 1  # a new snapshot lets the old matrix go
-            t = self._t
-            n = len(t.rows)
-            t.vecs_shared = True  # the plan holds a view: later compactions copy
-            header = replace(self._header, updated=utc_now_iso(), journal_seq=self._seq)
-            plan = FoldPlan(
-                path=self._path,
-                head=encode_header(header, n) + NEWLINE,
-                rows=tuple(t.rows),
-                matrix=t.vecs[:n],
-                spans=t.spans[:n].copy() if self._src_fd is not None else None,
-                src_fd=os.dup(self._src_fd) if self._src_fd is not None else None,
-                seq=self._seq,
-                changes=self._changes,
-                compactions=t.compactions,
-            )
-        self._folding = True
-        return plan
+            self._compact()
+            return self._d.plan(self._t)
 
     def fold_failed(self, plan: FoldPlan) -> None:
         """A fold's write failed: release it (under the store's lock); the store stays as it was."""
-        self._folding = False
-        plan.close()
-        if plan.eio:
-            self._drop_source()
+        self._d.failed(plan, self._t)
 
     def finish_fold(self, plan: FoldPlan) -> SaveStats:
         """Adopt a written fold (under the store's lock): splice from the new file, cut the journal."""
-        assert plan.stats is not None and plan.stat is not None and plan.new_spans is not None
-        self._folding = False
-        plan.close_src()
-        self._header.updated = self._updated = _updated_of(plan.head)
-        self._header.journal_seq = plan.seq
-        self._json_size = plan.stat.st_size
-        self._durable = max(self._durable, plan.changes)
-        if self._changes == plan.changes:
-            self._full_next = False
-        self._pending = [(seq, rec) for seq, rec in self._pending if seq > plan.seq]
-        self._switch_source(plan)
-        if self._journal is not None and self._journal.records:
-            try:
-                self._journal.cut_through(plan.seq)
-            except OSError as exc:
-                # Harmless: records the JSON holds are skipped at open; the next fold cuts them.
-                log.warning("store_journal_cut_failed", path=str(self._journal.path), reason=str(exc))
-        stats = replace(plan.stats, seconds=time.perf_counter() - plan.started)
-        log.debug(
-            "store_saved", path=str(self._path), **{k: v for k, v in stats.__dict__.items() if k != "saved"}
-        )
-        return stats
-
-    def _drop_source(self) -> None:
-        """Stop splicing from the current file: the next fold writes every entry anew."""
-        if self._src_fd is not None:
-            os.close(self._src_fd)
-            self._src_fd = None
-        self._t.spans[:, 0] = -1
-
-    def _switch_source(self, plan: FoldPlan) -> None:
-        """Point the entries' spans at the file just written (rows changed since the plan: -1)."""
-        if self._src_fd is not None:
-            os.close(self._src_fd)
-            self._src_fd = None
-        t = self._t
-        t.spans[:, 0] = -1
-        fd, plan.new_fd = plan.new_fd, None
-        if fd is None or plan.new_spans is None:
-            return  # without the new file open its spans are useless: the next fold serialises all
-        self._src_fd = fd
-        n = len(plan.rows)
-        if t.compactions == plan.compactions:
-            # Rows kept their positions: a row is in the new file as it is now unless it was
-            # removed or renamed (a new record in its place) since the plan.
-            same = np.fromiter(
-                (a is b for a, b in zip(t.rows[:n], plan.rows, strict=True)), dtype=np.bool_, count=n
-            )
-            same &= t.alive[:n]
-            t.spans[:n][same] = plan.new_spans[same]
-            return
-        now = {id(r): r.row for r in t.rows if r.alive}
-        for i, r in enumerate(plan.rows):
-            row = now.get(id(r))
-            if row is not None:
-                t.spans[row] = plan.new_spans[i]
-
-
-def _updated_of(head: bytes) -> str:
-    header = parse_header_line(head)
-    return header.updated if header is not None else utc_now_iso()
+        return self._d.finish(plan, self._t)
 
 
 @contextlib.contextmanager
