@@ -8,10 +8,17 @@ every peak RSS belongs to that phase alone:
 - warm open: open with the sidecar cache, then one-file edits (replace one source's chunks
   with new ones and save), timed until the new file is durable and until save() returns;
 - cold open: the same with the sidecar cache deleted, so the whole JSON is parsed;
-- read-only open: what ``embedd search``/``status`` pay.
+- read-only open: what ``embedd search``/``status`` pay;
+- with ``--before DIR`` (a checkout of main, e.g. /work/main), the open and edit phases run a
+  second time with that tree's ``daemon`` package on the same store, so the table shows
+  before and after side by side; after the edits the store is reopened (the journal replayed)
+  and folded (the full rewrite the journal defers).
 
-Prints a markdown table. The page cache is warm throughout (the file was just written);
-nothing here drops caches on a shared machine.
+Bytes written per edit count what reaches the disk: serialised and spliced JSON bytes (a
+splice is a copy, not a reflink, on ext4), the sidecar cache, or the journal record.
+
+Prints the machine (bench/machine.py) and a markdown table. The page cache is warm
+throughout (the file was just written); nothing here drops caches on a shared machine.
 
     python bench/store_scale.py            # 100,000 chunks in a temp folder
     python bench/store_scale.py --n 5000   # quick
@@ -33,11 +40,16 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# A child run for --before imports that tree's daemon package instead of ours.
+_CODE = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--code=")), "")
+sys.path.insert(0, _CODE or str(Path(__file__).resolve().parent.parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 
-from daemon.store.cache import cache_path
-from daemon.store.format import content_hash
-from daemon.store.store import FileState, Fingerprint, NewEntry, Store
+from machine import describe  # noqa: E402 - after the path is set
+
+from daemon.store.cache import cache_path  # noqa: E402
+from daemon.store.format import content_hash  # noqa: E402
+from daemon.store.store import FileState, Fingerprint, NewEntry, Store  # noqa: E402
 
 DIMS = 384
 MODEL = "all-MiniLM-L6-v2"
@@ -96,14 +108,17 @@ def phase_build(path: Path, n: int, per_file: int) -> dict[str, float]:
 
 
 def phase_open_edit(path: Path, edits: int, per_file: int) -> dict[str, float]:
-    """Open (cache or cold parse, whichever the folder allows) and time one-file edits."""
+    """Open (cache or cold parse, whichever the folder allows), time one-file edits until durable,
+    then (where the store has them) reopen with the journal and fold it."""
     rng = np.random.default_rng(11)
     t0 = time.perf_counter()
     store = _open(path)
     load = time.perf_counter() - t0
     via = store.loaded_via
     sources = sorted(store.sources())
-    durable, total, reused_mb, written_kb = [], [], [], []
+    cache = cache_path(path)
+    durable, total, disk_kb = [], [], []
+    journalled = False
     for k in range(edits):
         source = sources[(k * 7919) % len(sources)]
         t1 = time.perf_counter()
@@ -111,19 +126,30 @@ def phase_open_edit(path: Path, edits: int, per_file: int) -> dict[str, float]:
         stats = store.save()
         durable.append(time.perf_counter() - t1 - (stats.seconds - stats.durable_seconds))
         total.append(time.perf_counter() - t1)
-        reused_mb.append(stats.bytes_reused / 1e6)
-        written_kb.append(stats.bytes_written / 1e3)
+        journalled = bool(getattr(stats, "journalled", False))
+        cache_bytes = 0 if journalled or not cache.exists() else cache.stat().st_size
+        disk_kb.append((stats.bytes_written + stats.bytes_reused + cache_bytes) / 1e3)
     store.close()
-    return {
+    out: dict[str, float] = {
         "via": via,  # type: ignore[dict-item]
         "load_s": load,
         "edit_durable_s": statistics.median(durable),
         "edit_durable_max_s": max(durable),
         "edit_save_s": statistics.median(total),
-        "edit_reused_mb": statistics.median(reused_mb),
-        "edit_written_kb": statistics.median(written_kb),
+        "edit_disk_kb": statistics.median(disk_kb),
+        "journalled": journalled,
         "peak_rss_mb": _peak_rss_mb(),
     }
+    if journalled:
+        t0 = time.perf_counter()
+        store = _open(path)  # replays the edits' records
+        out["reopen_journal_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        stats = store.fold()
+        out["fold_durable_s"] = stats.durable_seconds
+        out["fold_s"] = time.perf_counter() - t0
+        store.close()
+    return out
 
 
 def phase_readonly(path: Path) -> dict[str, float]:
@@ -158,7 +184,9 @@ def main() -> None:
     parser.add_argument("--per-file", type=int, default=10, help="chunks per source file")
     parser.add_argument("--edits", type=int, default=5, help="one-file edits timed per open")
     parser.add_argument("--dir", type=Path, help="folder for the store (default: a temp folder)")
+    parser.add_argument("--before", type=Path, help="a checkout of main to measure beside this tree")
     parser.add_argument("--phase", choices=["build", "open", "readonly"], help=argparse.SUPPRESS)
+    parser.add_argument("--code", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.phase:
@@ -173,57 +201,84 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    print(describe())
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         folder = Path(tmp)
+        store = folder / "embeddings.json"
         common = ["--dir", str(folder), "--n", str(args.n), "--per-file", str(args.per_file)]
         common += ["--edits", str(args.edits)]
         build = _child(["--phase", "build", *common])
+        cache_mb = cache_path(store).stat().st_size / 1e6
+        before = None
+        if args.before is not None:
+            # Main first: its edits rewrite the JSON file, which stays the same size and format.
+            code = f"--code={args.before.resolve()}"
+            before = {
+                "open": _child(["--phase", "open", *common, code]),
+                "ro": _child(["--phase", "readonly", *common, code]),
+            }
         warm = _child(["--phase", "open", *common])
         ro = _child(["--phase", "readonly", *common])
-        cache_path(folder / "embeddings.json").unlink()
+        cache_path(store).unlink()
         cold = _child(["--phase", "open", *common])
+        change_kb = build["size_mb"] * 1e3 / args.n * args.per_file  # the edited file's entries, as JSON
+
+        def both(key: str, fmt: str, phase: str = "open") -> tuple[str, str]:
+            after = (warm if phase == "open" else ro).get(key)
+            old = None if before is None else before[phase].get(key)
+            return (
+                fmt.format(old) if old is not None else "",
+                fmt.format(after) if after is not None else "",
+            )
+
         rows = [
-            ("chunks", f"{args.n:,}", ""),
-            ("JSON file size", f"{build['size_mb']:.0f} MB", ""),
-            (
-                "sidecar cache size",
-                f"{cache_path(folder / 'embeddings.json').stat().st_size / 1e6:.0f} MB",
-                "",
-            ),
+            ("chunks", "", f"{args.n:,}", ""),
+            ("JSON file / sidecar cache", "", f"{build['size_mb']:.0f} MB / {cache_mb:.0f} MB", ""),
             (
                 "fill in memory",
+                "",
                 f"{build['fill_s']:.2f} s",
                 f"{args.n // args.per_file:,} replace_source calls",
             ),
-            ("full save (durable)", f"{build['full_save_durable_s']:.2f} s", "every entry serialised"),
             (
-                "full save incl. cache",
-                f"{build['full_save_s']:.2f} s",
-                f"peak RSS {build['peak_rss_mb']:.0f} MB",
+                "full save (durable) / incl. cache",
+                "",
+                f"{build['full_save_durable_s']:.2f} s / {build['full_save_s']:.2f} s",
+                "every entry serialised",
             ),
-            ("open, cache valid", f"{warm['load_s']:.2f} s", f"via {warm['via']}"),
+            ("open, cache valid", *both("load_s", "{:.2f} s"), f"via {warm['via']}"),
             (
                 "one-file edit -> durable",
-                f"{warm['edit_durable_s']:.2f} s",
-                f"median of {args.edits}, max {warm['edit_durable_max_s']:.2f} s; "
-                f"{warm['edit_written_kb']:.0f} kB serialised, {warm['edit_reused_mb']:.0f} MB spliced",
+                *both("edit_durable_s", "{:.3f} s"),
+                f"median of {args.edits}; max {warm['edit_durable_max_s']:.3f} s after",
             ),
-            ("one-file edit, save() incl. cache", f"{warm['edit_save_s']:.2f} s", ""),
-            ("peak RSS (open + edits)", f"{warm['peak_rss_mb']:.0f} MB", ""),
-            ("open, cache missing (cold parse)", f"{cold['load_s']:.2f} s", f"via {cold['via']}"),
-            ("one-file edit -> durable after cold open", f"{cold['edit_durable_s']:.2f} s", ""),
-            ("peak RSS (cold open + edits)", f"{cold['peak_rss_mb']:.0f} MB", ""),
+            ("one-file edit, save() returns", *both("edit_save_s", "{:.3f} s"), "incl. the cache before"),
             (
-                "read-only open",
-                f"{ro['load_s']:.2f} s",
-                f"via {ro['via']}; brute-force scan {ro['scan_s']:.3f} s",
+                "bytes written per one-file edit",
+                *both("edit_disk_kb", "{:,.0f} kB"),
+                f"the change is {change_kb:.0f} kB of JSON ({args.per_file} chunks)",
             ),
-            ("peak RSS (read-only open)", f"{ro['peak_rss_mb']:.0f} MB", ""),
+            (
+                "reopen with the edits in the journal",
+                "",
+                f"{warm.get('reopen_journal_s', 0):.2f} s",
+                "replayed",
+            ),
+            (
+                "fold (durable) / incl. cache",
+                "",
+                f"{warm.get('fold_durable_s', 0):.2f} s / {warm.get('fold_s', 0):.2f} s",
+                "the deferred rewrite",
+            ),
+            ("peak RSS (open + edits)", *both("peak_rss_mb", "{:.0f} MB"), ""),
+            ("open, cache missing (cold parse)", "", f"{cold['load_s']:.2f} s", f"via {cold['via']}"),
+            ("read-only open", *both("load_s", "{:.2f} s", "ro"), f"via {ro['via']}"),
+            ("peak RSS (read-only open)", *both("peak_rss_mb", "{:.0f} MB", "ro"), ""),
         ]
-        print("| measure | value | notes |")
-        print("| --- | --- | --- |")
-        for name, value, note in rows:
-            print(f"| {name} | {value} | {note} |")
+        print(f"| measure | before ({args.before or '-'}) | after | notes |")
+        print("| --- | ---: | ---: | --- |")
+        for name, old, new, note in rows:
+            print(f"| {name} | {old} | {new} | {note} |")
 
 
 if __name__ == "__main__":

@@ -182,9 +182,11 @@ class Journal:
     (full, read-only, I/O error); the records already durable stay as they were.
     """
 
-    def __init__(self, path: Path, fd: int, end: int, starts: list[tuple[int, int]]) -> None:
+    def __init__(self, path: Path, end: int, starts: list[tuple[int, int]]) -> None:
         self.path = path
-        self._fd: int | None = fd
+        # No descriptor is kept open between writes: a file open for writing would make
+        # `mount -o remount,ro` fail with EBUSY for as long as the daemon runs (see StoreLock).
+        self._closed = False
         self._end = end
         # (seq, start offset) of every record in the file, in order.
         self._starts = starts
@@ -210,10 +212,9 @@ class Journal:
             elif os.fstat(fd).st_size != end:
                 os.ftruncate(fd, end)
                 os.fsync(fd)
-        except BaseException:
+        finally:
             os.close(fd)
-            raise
-        return cls(path, fd, end, starts)
+        return cls(path, end, starts)
 
     @property
     def size(self) -> int:
@@ -231,8 +232,9 @@ class Journal:
         On failure the journal ends where it did (a partial write is cut, or overwritten by
         the retry, which writes the same bytes at the same place). Returns the bytes written.
         """
-        fd = self._require_fd()
+        self._check_open()
         data = b"".join(r for _, r in records)
+        fd = os.open(self.path, os.O_WRONLY)
         try:
             _pwrite_all(fd, data, self._end)
             os.fdatasync(fd)
@@ -240,6 +242,8 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self._end)
             raise
+        finally:
+            os.close(fd)
         pos = self._end
         for seq, record in records:
             self._starts.append((seq, pos))
@@ -253,38 +257,38 @@ class Journal:
         The records after it are copied into a new journal, renamed in place atomically: a
         reader holding the old file still reads a whole journal.
         """
-        fd = self._require_fd()
+        self._check_open()
         keep = [(s, pos) for s, pos in self._starts if s > seq]
         start = keep[0][1] if keep else self._end
-        tail = os.pread(fd, self._end - start, start) if keep else b""
+        tail = b""
+        if keep:
+            with open(self.path, "rb") as f:
+                f.seek(start)
+                tail = f.read(self._end - start)
         tmp = temp_path(self.path)
-        tfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             _pwrite_all(tfd, MAGIC + tail, 0)
             os.fsync(tfd)
             os.replace(tmp, self.path)
         except BaseException:
-            os.close(tfd)
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        os.close(fd)
-        self._fd = tfd
+        finally:
+            os.close(tfd)
         shift = start - len(MAGIC)
         self._starts = [(s, pos - shift) for s, pos in keep]
         self._end = len(MAGIC) + len(tail)
         fsync_dir(self.path.parent)
 
     def close(self) -> None:
-        """Close the file; idempotent."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Refuse further writes; idempotent."""
+        self._closed = True
 
-    def _require_fd(self) -> int:
-        if self._fd is None:
+    def _check_open(self) -> None:
+        if self._closed:
             raise OSError(9, "the journal is closed")
-        return self._fd
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
