@@ -25,6 +25,7 @@ import orjson
 from daemon.config import Config
 from daemon.errors import StoreCorruptError, StoreError, UsageError
 from daemon.store.format import CLOSE, Header, content_hash, entry_id, parse_header_line
+from daemon.store.journal import has_records
 
 # Where our layout puts the vector: '"embedding":[' ... '],"timestamp":' (see storeformat).
 _EMB_KEY = b'"embedding":['
@@ -67,7 +68,8 @@ def export_jsonl(store_path: Path, out: Sink) -> ExportStats:
         raise StoreError(f"cannot read the store {store_path}: {exc.strerror or exc}") from exc
     with f:
         header = parse_header_line(f.readline())
-        if header is not None:
+        # With changes in the journal the file alone is behind: the loader replays them.
+        if header is not None and not has_records(store_path):
             try:
                 return ExportStats(_write_all(_stream_lines(store_path, f, header), out), streamed=True)
             except _Departs:

@@ -23,6 +23,7 @@ from daemon.config import Config
 from daemon.errors import StoreError
 from daemon.store.cache import cache_path
 from daemon.store.format import Fingerprint, parse_header_line
+from daemon.store.journal import has_records
 
 _PROC_LOCKS = Path("/proc/locks")
 
@@ -204,7 +205,8 @@ def store_status(config: Config) -> Status:
     with open(fd, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         header = parse_header_line(f.readline())
-    if header is not None:
+    # Changes not folded into the JSON file yet are in the journal: then only a replay tells.
+    if header is not None and not has_records(path):
         layout, model, dims, files, chunks = (
             "lines",
             header.model,
@@ -218,7 +220,7 @@ def store_status(config: Config) -> Status:
 
         # A foreign layout says nothing trustworthy in its first line: parse it all.
         with Store.open_readonly(path) as store:
-            layout, model, dims = "other", store.model, store.dimensions
+            layout, model, dims = "other" if header is None else "lines", store.model, store.dimensions
             files, chunks = len(store.sources()), store.count
             created, updated, fingerprint = store.created, store.updated, store.fingerprint
     return Status(

@@ -189,7 +189,7 @@ class Saver:
         store = self._store
         if self._fold is not None or not store.unfolded or store.dirty or not self._fold_retry.ready():
             return False
-        if store.journal_bytes >= FOLD_FRACTION * store.json_bytes:
+        if store.journal_bytes and store.journal_bytes >= FOLD_FRACTION * store.json_bytes:
             return True
         return self._unfolded_since is not None and self._clock() - self._unfolded_since >= FOLD_AFTER_S
 

@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 # Below this size of JSON a save rewrites the whole file, as before the journal: that is
 # then about as fast as a journal append (measured in bench/store_scale.py, docs/benchmarks.md),
 # and the JSON file is never behind. EMBEDD_JOURNAL_ABOVE_BYTES overrides it (0: always journal).
-JOURNAL_ABOVE_BYTES = 64 << 20
+JOURNAL_ABOVE_BYTES = 8 << 20
 
 
 def journal_above_bytes() -> int:

@@ -51,6 +51,14 @@ def journal_path(store: Path) -> Path:
     return store.with_name(store.name + ".journal")
 
 
+def has_records(store: Path) -> bool:
+    """True when ``store`` has a journal with records in it (its JSON file alone may then be behind)."""
+    try:
+        return journal_path(store).stat().st_size > len(MAGIC)
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class Change:
     """One change to the store, as journalled: what ``replace_source``, ``remove_source`` or

@@ -9,6 +9,7 @@ would leave (power loss is the fsync's business, tested end to end in tests/serv
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -19,7 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from structlog.testing import capture_logs
+from support import write_config
 
+from daemon.commands import status
+from daemon.commands.export import export_jsonl
+from daemon.config import load_config
 from daemon.errors import StoreError
 from daemon.store.fold import write_fold
 from daemon.store.format import content_hash
@@ -368,3 +373,21 @@ def test_a_small_store_keeps_rewriting_its_json_file(path: Path, monkeypatch: py
     doc = json.loads(path.read_bytes())
     assert "journal_seq" not in doc and doc["count"] == 2
     assert np.allclose(doc["embeddings"][0]["embedding"], make_entries("a.txt", 2, tag="b")[0].vector)
+
+
+def test_status_and_export_see_the_journalled_changes(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, tmp_path / "no-model.gguf"))
+    with open_store(config.store.path) as store:
+        store.replace_source("inbox/a.txt", make_entries("inbox/a.txt", 3), state(1))
+        store.save()  # folded: a new store's first save writes the JSON file
+        store.replace_source("inbox/b.txt", make_entries("inbox/b.txt", 2), state(2))
+        store.remove_source("inbox/a.txt")
+        store.save()  # journalled
+        assert store.unfolded
+        found = status.store_status(config)
+        assert (found.files, found.chunks, found.layout) == (1, 2, "lines")
+        out = io.BytesIO()
+        stats = export_jsonl(config.store.path, out)
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert stats.entries == 2 and {e["metadata"]["source"] for e in lines} == {"inbox/b.txt"}
+        assert json.loads(config.store.path.read_bytes())["count"] == 3  # the file alone is behind
