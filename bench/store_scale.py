@@ -14,8 +14,10 @@ every peak RSS belongs to that phase alone:
   before and after side by side; after the edits the store is reopened (the journal replayed)
   and folded (the full rewrite the journal defers).
 
-Bytes written per edit count what reaches the disk: serialised and spliced JSON bytes (a
-splice is a copy, not a reflink, on ext4), the sidecar cache, or the journal record.
+The keyword sidecar is left out (``keyword=False``): it is measured by bench/retrieval.py, and
+its cost is the same before and after. Bytes written per edit count what reaches the disk:
+serialised and spliced JSON bytes (a splice is a copy, not a reflink, on ext4), the sidecar
+cache, or the journal record.
 
 Prints the machine (bench/machine.py) and a markdown table. The page cache is warm
 throughout (the file was just written); nothing here drops caches on a shared machine.
@@ -79,7 +81,9 @@ def _entries(rng: np.random.Generator, source: str, count: int, now: int) -> lis
 
 
 def _open(path: Path) -> Store:
-    return Store.open(path, model=MODEL, dimensions=DIMS, fingerprint=FINGERPRINT)
+    # Without the keyword sidecar (store/keyword.py, measured by bench/retrieval.py): its FTS5
+    # inserts would dominate the fill and its repair the opens, the same before and after.
+    return Store.open(path, model=MODEL, dimensions=DIMS, fingerprint=FINGERPRINT, keyword=False)
 
 
 def phase_build(path: Path, n: int, per_file: int) -> dict[str, float]:

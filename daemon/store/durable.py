@@ -153,23 +153,24 @@ class Durability:
             raise StoreError(f"cannot open the journal {path}: {exc.strerror or exc}") from exc
 
     def replay(
-        self, f: BinaryIO, dims: int, apply: Callable[[Change], None]
+        self, f: BinaryIO, dims: int, apply: Callable[[Change], None], *, reader: bool = False
     ) -> tuple[Scan, list[tuple[int, int]], bool]:
         """Apply the journal's records the JSON does not hold yet, in order.
 
         Returns how the scan ended, the (seq, offset) of every whole record, and whether the
         records follow the JSON (False: they belong to another version of it, and none was
-        applied). Raises StoreError when the journal cannot be read.
+        applied). ``reader``: a read-only open beside a running writer, whose append in progress
+        looks like a torn tail (not worth a warning). Raises StoreError when the journal cannot be read.
         """
         try:
-            return self._replay(f, dims, apply)
+            return self._replay(f, dims, apply, reader)
         except OSError as exc:
             raise StoreError(
                 f"cannot read the journal {journal_path(self.path)}: {exc.strerror or exc}"
             ) from exc
 
     def _replay(
-        self, f: BinaryIO, dims: int, apply: Callable[[Change], None]
+        self, f: BinaryIO, dims: int, apply: Callable[[Change], None], reader: bool
     ) -> tuple[Scan, list[tuple[int, int]], bool]:
         path = journal_path(self.path)
         scan = Scan()
@@ -196,7 +197,7 @@ class Durability:
             self.seq = change.seq
             self.updated = self.last_at = change.at
             applied += 1
-        log_dropped(path, scan)
+        log_dropped(path, scan, reader=reader)
         if applied:
             log.info("store_journal_replayed", path=str(path), records=applied, json_seq=folded, seq=self.seq)
         return scan, starts, follows

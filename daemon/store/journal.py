@@ -170,10 +170,10 @@ def read_changes(f: BinaryIO, dims: int, scan: Scan) -> Iterator[tuple[Change, i
         scan.end = pos
 
 
-def log_dropped(path: Path, scan: Scan) -> None:
-    """The log line for a journal whose tail was not whole."""
+def log_dropped(path: Path, scan: Scan, *, reader: bool = False) -> None:
+    """The log line for a journal whose tail was not whole (debug only for a reader: see ``replay``)."""
     if scan.dropped:
-        log.warning(
+        (log.debug if reader else log.warning)(
             "store_journal_tail_dropped",
             path=str(path),
             bytes=scan.dropped,

@@ -210,7 +210,7 @@ class Store:
                 raise StoreError(f"cannot read the store {path}: {exc.strerror or exc}") from exc
             store = cls(path, loaded.header, loaded.cols, readonly=True, via=loaded.via)
             if journal is not None and store.dimensions > 0:
-                store._d.replay(journal, store.dimensions, store._apply)
+                store._d.replay(journal, store.dimensions, store._apply, reader=True)
             return store
 
     def close(self) -> None:
