@@ -134,6 +134,7 @@ def phase_open_edit(path: Path, edits: int, per_file: int) -> dict[str, float]:
         cache_bytes = 0 if journalled or not cache.exists() else cache.stat().st_size
         disk_kb.append((stats.bytes_written + stats.bytes_reused + cache_bytes) / 1e3)
     store.close()
+    del store  # its memory must not be held while the reopen allocates the same again
     out: dict[str, float] = {
         "via": via,  # type: ignore[dict-item]
         "load_s": load,
