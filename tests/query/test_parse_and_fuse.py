@@ -20,7 +20,11 @@ from daemon.store.tokens import extra_terms
         ("E-4012", '("e 4012" OR "e4012")'),
         ("東京都", '"東京" OR "京都"'),
         ("東", '"東"'),
-        ('"exact words" here', '"exact words" AND ("here")'),
+        ('"exact words" here', '"exact words" OR "exact" OR "words" OR "here"'),
+        ('"exact words"', '"exact words"'),  # only phrases: they must appear
+        ('"exact words" "and these"', '"exact words" AND "and these"'),
+        ("disk full, the disk is full", '"disk" OR "full" OR "disk" OR "full"'),  # said twice, counts twice
+        ("a a a a a a", '"a" OR "a" OR "a" OR "a"'),  # up to MAX_REPEAT times
         ('an "unbalanced quote', '"unbalanced" OR "quote"'),
         ("the tomatoes of June", '"tomatoes" OR "june"'),
         ("the of", '"the" OR "of"'),  # only common words: kept
