@@ -111,6 +111,18 @@ class KeywordQuery:
         """True when nothing in the query can match a word (no letters or digits)."""
         return not self.terms and not self.required
 
+    def parts(self) -> tuple[list[str], list[str]]:
+        """What ``match`` scores: its single words and its multi-word phrases (FTS5 syntax), repeats kept."""
+        single: list[str] = []
+        phrases: list[str] = []
+        for alternatives in self.terms:
+            for a in alternatives:
+                if len(a) == 1:
+                    single.append(a[0])
+                else:
+                    phrases.append(_phrase(a))
+        return single, phrases
+
     def match(self) -> str:
         """The FTS5 MATCH expression ('' when empty)."""
         optional = " OR ".join(_term(t) for t in self.terms)
