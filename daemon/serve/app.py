@@ -57,7 +57,7 @@ from daemon.errors import EmbedError, SchedulerClosedError, TextTooLongError
 from daemon.query.search import search_snapshot
 from daemon.serve import events as feed
 from daemon.serve.answers import ApiError, error_response, json_response, unavailable
-from daemon.serve.requests import SEARCH_FIELDS, clean, input_texts, lenient_json, search_options
+from daemon.serve.requests import EmbeddingsRequest, ForgetRequest, SearchRequest, lenient_json
 from daemon.serve.web import web_routes
 from daemon.service.events import EventLog
 from daemon.service.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -207,29 +207,19 @@ class Api:
 
     async def embeddings(self, request: Request) -> Response:
         started = time.perf_counter()
-        doc = await self._json_body(request)
-        raw = doc.get("input")
-        if raw is None:
-            raise ApiError(400, "missing required field: input", param="input")
-        texts = input_texts(raw)
-        fmt = doc.get("encoding_format", "float")
-        if fmt not in ("float", "base64"):
-            raise ApiError(400, "encoding_format must be 'float' or 'base64'", param="encoding_format")
-        dims = doc.get("dimensions")
-        if dims is not None and dims != self.backend.dimension:
+        body = EmbeddingsRequest.parse(await self._json_body(request))
+        texts = body.texts
+        if body.dimensions is not None and body.dimensions != self.backend.dimension:
             raise ApiError(
                 400,
                 f"dimensions: this model makes {self.backend.dimension}-dimensional vectors only",
                 param="dimensions",
             )
-        model = doc.get("model")
-        if model is not None and not isinstance(model, str):
-            raise ApiError(400, "model must be a string", param="model")
         self._ready()
         vectors = await self._vectors(request, texts, "input")
         tokens = await run_in_threadpool(lambda: sum(self.backend.count_tokens(t) for t in texts))
         data = [
-            {"object": "embedding", "index": i, "embedding": _encode(vec, fmt)}
+            {"object": "embedding", "index": i, "embedding": _encode(vec, body.encoding_format)}
             for i, vec in enumerate(vectors)
         ]
         self.meters.embedded(len(texts), time.perf_counter() - started)
@@ -244,17 +234,9 @@ class Api:
 
     async def search(self, request: Request) -> Response:
         started = time.perf_counter()
-        doc = await self._json_body(request, lenient=True)
-        unknown = set(doc) - SEARCH_FIELDS
-        if unknown:
-            raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
-        query = doc.get("query")
-        if not isinstance(query, str):
-            raise ApiError(400, "missing required field: query (a string)", param="query")
-        query = clean(query)
-        if not query.strip():
-            raise ApiError(400, "query is empty", param="query")
-        opts = search_options(doc)
+        body = SearchRequest.parse(await self._json_body(request, lenient=True))
+        query = body.text()
+        opts = body.options()
         self._ready()
         vector = None
         notes: list[str] = []
@@ -309,10 +291,7 @@ class Api:
                 type_="permission_error",
                 code="socket_only",
             )
-        doc = await self._json_body(request)
-        prefix = doc.get("prefix")
-        if not isinstance(prefix, str) or not prefix.strip("/ "):
-            raise ApiError(400, "missing required field: prefix (a non-empty string)", param="prefix")
+        prefix = ForgetRequest.parse(await self._json_body(request)).prefix
         self._ready()
         try:
             future = self.backend.forget(prefix)
