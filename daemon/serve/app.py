@@ -68,7 +68,7 @@ log = structlog.get_logger("embedd")
 
 Phase = Literal["starting", "ready", "stopping"]
 
-# A request body must arrive within this; a client trickling it is cut off with 408.
+# A request body must arrive within this by default; a client trickling it is cut off with 408.
 BODY_TIMEOUT_S = 30.0
 FILE_STATES = ("indexed", "pending", "failed", "skipped", "unavailable")
 MAX_FILES_PAGE = 1000
@@ -112,9 +112,12 @@ class Backend(Protocol):
 class Api:
     """The route handlers over one ``Backend``."""
 
-    def __init__(self, backend: Backend, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, backend: Backend, *, max_body_bytes: int, body_timeout_s: float = BODY_TIMEOUT_S
+    ) -> None:
         self.backend = backend
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         # The daemon's events feed and metrics (``DaemonBackend``); a backend without them (a
         # test's fake) gets empty ones of its own.
         self.event_log: EventLog = getattr(backend, "events", None) or EventLog()
@@ -129,13 +132,13 @@ class Api:
             raise self._too_large()
         body = bytearray()
         try:
-            with anyio.fail_after(BODY_TIMEOUT_S):
+            with anyio.fail_after(self.body_timeout_s):
                 async for piece in request.stream():
                     body += piece
                     if len(body) > self.max_body_bytes:
                         raise self._too_large()
         except TimeoutError:
-            raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s") from None
+            raise ApiError(408, f"the request body did not arrive within {self.body_timeout_s:g} s") from None
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -366,9 +369,18 @@ async def _disconnected(request: Request) -> None:
             return
 
 
-def build_app(backend: Backend, *, max_body_bytes: int, token: str | None = None) -> ASGIApp:
-    """The ASGI app; with ``token``, every route but /healthz needs ``Authorization: Bearer <token>``."""
-    api = Api(backend, max_body_bytes=max_body_bytes)
+def build_app(
+    backend: Backend,
+    *,
+    max_body_bytes: int,
+    token: str | None = None,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+) -> ASGIApp:
+    """The ASGI app; with ``token``, every route but /healthz needs ``Authorization: Bearer <token>``.
+
+    A request body must arrive within ``body_timeout_s`` (408 otherwise).
+    """
+    api = Api(backend, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)
     routes = [
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
         Route("/v1/search", api.search, methods=["POST"]),
