@@ -53,7 +53,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from daemon.embed.embedder import FloatMatrix
-from daemon.errors import EmbedError, SchedulerClosedError, TextTooLongError
+from daemon.errors import BadTextError, EmbedError, SchedulerClosedError, TextTooLongError
 from daemon.query.search import search_snapshot
 from daemon.serve import events as feed
 from daemon.serve.answers import ApiError, error_response, json_response, unavailable
@@ -87,7 +87,8 @@ class Backend(Protocol):
     def query_prefix(self) -> str: ...
 
     def embed(self, texts: list[str]) -> Future[FloatMatrix]:
-        """Queue texts at query priority; raises EmbedError, TextTooLongError or SchedulerClosedError."""
+        """Queue texts at query priority; raises BadTextError (TextTooLongError past the context) or
+        SchedulerClosedError; the future raises EmbedFailedError when the model fails."""
         ...
 
     def count_tokens(self, text: str) -> int: ...
@@ -165,20 +166,9 @@ class Api:
         """Embed at query priority; a client that hangs up meanwhile cancels the job if it has not started."""
         try:
             future = await run_in_threadpool(self.backend.embed, texts)
-        except TextTooLongError as exc:
-            where = param if exc.index is None or len(texts) == 1 else f"{param}[{exc.index}]"
-            raise ApiError(
-                422,
-                f"{where} has {exc.tokens} tokens, more than the model's context of {exc.limit}; "
-                "embedd never truncates: split the text",
-                param=param,
-                code="context_length_exceeded",
-            ) from None
-        except SchedulerClosedError:
-            raise unavailable("stopping") from None
-        except EmbedError as exc:
-            raise ApiError(400, f"{param}: {exc}", param=param) from None
-        return await _wait_unless_disconnected(request, future)
+            return await _wait_unless_disconnected(request, future)
+        except (EmbedError, SchedulerClosedError) as exc:
+            raise _refusal(exc, param, len(texts)) from None
 
     async def _query_vector(self, request: Request, text: str, notes: list[str]) -> FloatMatrix:
         """The query's vector; a query longer than the model's context is embedded by its start
@@ -190,16 +180,17 @@ class Api:
             except TextTooLongError as exc:
                 text = text[: max(1, min(len(text) - 1, int(len(text) * exc.limit / exc.tokens * 0.9)))]
                 continue
-            except SchedulerClosedError:
-                raise unavailable("stopping") from None
-            except EmbedError as exc:
-                raise ApiError(400, f"query: {exc}", param="query") from None
+            except (EmbedError, SchedulerClosedError) as exc:
+                raise _refusal(exc, "query", 1) from None
             if len(text) < whole:
                 notes.append(
                     f"the query is longer than the model's context: its first {len(text)} of {whole} "
                     "characters were embedded (the keyword side reads all of it)"
                 )
-            vectors = await _wait_unless_disconnected(request, future)
+            try:
+                vectors = await _wait_unless_disconnected(request, future)
+            except (EmbedError, SchedulerClosedError) as exc:
+                raise _refusal(exc, "query", 1) from None
             vector: FloatMatrix = vectors[0]
             return vector
         raise ApiError(
@@ -351,14 +342,26 @@ async def _wait_unless_disconnected(request: Request, future: Future[FloatMatrix
         future.cancel()
         result.cancel()
         raise ClientDisconnect()
-    try:
-        return result.result()
-    except TextTooLongError as exc:
-        raise ApiError(422, str(exc), code="context_length_exceeded") from None
-    except SchedulerClosedError:
-        raise unavailable("stopping") from None
-    except EmbedError as exc:
-        raise ApiError(500, f"the model failed: {exc}", type_="server_error") from None
+    return result.result()
+
+
+def _refusal(exc: EmbedError | SchedulerClosedError, param: str, count: int) -> ApiError:
+    """The answer to an embedding that failed, by the error's type: a text the model must not be
+    given is the caller's (400, 422 past the context), a failing model the daemon's (500)."""
+    if isinstance(exc, SchedulerClosedError):
+        return unavailable("stopping")
+    if isinstance(exc, TextTooLongError):
+        where = param if exc.index is None or count == 1 else f"{param}[{exc.index}]"
+        return ApiError(
+            422,
+            f"{where} has {exc.tokens} tokens, more than the model's context of {exc.limit}; "
+            "embedd never truncates: split the text",
+            param=param,
+            code="context_length_exceeded",
+        )
+    if isinstance(exc, BadTextError):
+        return ApiError(400, f"{param}: {exc}", param=param)
+    return ApiError(500, f"the model failed: {exc}", type_="server_error")
 
 
 async def _disconnected(request: Request) -> None:
