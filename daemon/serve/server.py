@@ -32,7 +32,6 @@ import ctypes
 import errno
 import functools
 import glob
-import logging
 import os
 import socket
 import stat
@@ -49,7 +48,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from daemon.config import ServeConfig
 from daemon.errors import ServeError
-from daemon.log import display_path
+from daemon.log import display_path, route_to_events
 from daemon.serve.app import BODY_TIMEOUT_S, Backend, build_app
 from daemon.serve.guard import WebGuard, socket_policy, tcp_policy
 
@@ -309,7 +308,7 @@ class ApiServer:
 
         Raises ServeError (and leaves nothing behind) when a listener cannot be set up.
         """
-        _route_uvicorn_logs()
+        route_to_events(("uvicorn", "uvicorn.error", "uvicorn.access"), "http_server")
         serve = self.serve
         token = read_token(serve.token_file) if serve.token_file is not None and serve.tcp else None
         self.token = token
@@ -424,20 +423,3 @@ class ApiServer:
             if os.lstat(path).st_ino == self._socket_ino:
                 path.unlink()
         self._socket_ino = None
-
-
-class _ToStructlog(logging.Handler):
-    """uvicorn's own log lines (a malformed request, say) as our events, not bare stderr text."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = "warning" if record.levelno >= logging.WARNING else "debug"
-        getattr(log, level)("http_server", message=record.getMessage(), logger=record.name)
-
-
-def _route_uvicorn_logs() -> None:
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(h, _ToStructlog) for h in logger.handlers):
-            logger.handlers = [_ToStructlog()]
-        logger.propagate = False
-        logger.setLevel(logging.INFO)
