@@ -70,7 +70,7 @@ class Tick:
 
 
 class Service:
-    """The running daemon: owns the pipeline, the debouncer and the watcher for one store."""
+    """The running daemon's worker for one store: drives its parts (``daemon.service.parts``)."""
 
     def __init__(
         self,
@@ -101,9 +101,9 @@ class Service:
         self._clock = clock
         # Every fact the worker logs for people is also told here, for the parts that follow it.
         self.notices = notices or Notices()
-        built = (parts or partial(build_parts, config, embedder, store, clock=clock, notices=self.notices))(
-            self.push
-        )
+        if parts is None:
+            parts = partial(build_parts, config, embedder, store, clock=clock, notices=self.notices)
+        built = parts(self.push)
         self.pipeline, self.debouncer, self.watcher = built.pipeline, built.debouncer, built.watcher
         self._saver = built.saver
         self._wake = threading.Event()
