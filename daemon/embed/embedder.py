@@ -25,7 +25,7 @@ from daemon.embed.gguf import check_gguf
 from daemon.embed.llama import llama_cpp_module
 from daemon.embed.native import NativeBatcher
 from daemon.embed.threads import AdaptiveThreads, FixedThreads, ThreadPolicy
-from daemon.errors import EmbedError, ModelError, TextTooLongError
+from daemon.errors import BadTextError, EmbedError, EmbedFailedError, ModelError, TextTooLongError
 
 FloatMatrix = npt.NDArray[np.float32]
 
@@ -253,15 +253,18 @@ class LlamaEmbedder:
         ids: list[list[int]] = []
         for i, text in enumerate(texts):
             if not text.strip():
-                raise EmbedError(f"text {i} is empty or whitespace only; it must not be embedded")
+                raise BadTextError(f"text {i} is empty or whitespace only; it must not be embedded")
             tokens = self.tokenize(text)
             if len(tokens) > self._max_tokens:
                 raise TextTooLongError(len(tokens), self._max_tokens)
             ids.append(tokens)
         with self._lock:
-            vectors = self._native.embed(
-                ids, threads=self._policy.before_batch, timed=self._policy.after_batch
-            )
+            try:
+                vectors = self._native.embed(
+                    ids, threads=self._policy.before_batch, timed=self._policy.after_batch
+                )
+            except EmbedError as exc:  # llama.cpp refused texts that were fit to embed: its failure
+                raise EmbedFailedError(str(exc)) from exc
         if self._normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             np.divide(vectors, np.maximum(norms, 1e-12), out=vectors)
