@@ -464,6 +464,7 @@ class Store:
             rows=tuple(self._rows),
             mtimes=self._mtimes(),
             keyword=self._keyword,
+            by_source=dict(self._by_source),
         )
         self._snapshot = snap
         return snap
