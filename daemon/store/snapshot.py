@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,9 @@ import numpy.typing as npt
 from daemon.store.entries import Entry, Row
 from daemon.store.format import Fingerprint, FloatMatrix
 from daemon.store.keyword import KeywordIndex
+
+if TYPE_CHECKING:
+    from daemon.store.ann import VectorIndex
 
 BoolMask = npt.NDArray[np.bool_]
 
@@ -47,6 +50,11 @@ class Snapshot:
     """Each indexed source's recorded mtime (ns), for the modified-time filters."""
     keyword: KeywordIndex | None = None
     """The store's keyword index; it may be ahead of this snapshot (see ``live_row``)."""
+    layout: int = 0
+    """Which row numbering ``matrix`` uses: the store counts its compactions (rows move down)."""
+    ann: VectorIndex | None = None
+    """The store's approximate vector index (``daemon.store.ann``), when it has one; it may be
+    ahead of or behind this snapshot, and only proposes candidates."""
 
     @property
     def count(self) -> int:
