@@ -200,3 +200,49 @@ def test_a_graph_made_for_another_model_is_not_used_though_every_hash_matches(tm
     assert snap.ann is not None and snap.ann.progress.via == "built"
     assert recall(snap, queries(20), 10) >= 0.98
     store.close()
+
+
+SUBJECTS = ["The library", "Our team", "The city council", "A small bakery", "The hospital", "The school",
+            "The railway", "A farmer", "The museum", "The river authority"]  # fmt: skip
+ACTS = ["opened a new branch", "cut its budget", "hired twelve nurses", "repaired the old bridge",
+        "bought solar panels", "lost the contract", "planted apple trees", "published its accounts",
+        "closed for the winter", "won a design prize"]  # fmt: skip
+QUERIES = ["a bakery bought panels for solar power", "nurses were hired by the hospital",
+           "the bridge was fixed", "budget cuts at the school", "trees on the farm"]  # fmt: skip
+WHEN = ["last spring", "after the flood", "in the north district", "despite protests", "with EU money"]
+
+
+def test_real_model_vectors_through_the_graph_and_hybrid_search(tmp_path: Path, default_model: Path) -> None:
+    """The real model's vectors (all-MiniLM-L6-v2): the graph's hits are the exact ones, and
+    hybrid search through it never returns a deleted chunk."""
+    from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
+    from daemon.query.search import SearchOptions, search_snapshot
+
+    texts = [f"{s} {a} {w}." for s in SUBJECTS for a in ACTS for w in WHEN]  # 500 sentences
+    embedder = LlamaEmbedder(default_model, EmbedderSettings(threads=2))
+    try:
+        vecs = embedder.embed(texts)
+        qvecs = embedder.embed(QUERIES)
+    finally:
+        embedder.close()
+    dims = vecs.shape[1]
+    store = Store.open(
+        tmp_path / "embeddings.json", model="m", dimensions=dims, fingerprint=FP, ann_min_rows=300
+    )
+    for f in range(0, len(texts), 10):
+        rows = [
+            NewEntry(texts[f + i], None, i, content_hash(texts[f + i]), vecs[f + i], 1) for i in range(10)
+        ]
+        store.replace_source(f"docs/f{f}.txt", rows, state(f))
+    snap = ready(store)
+    assert snap.ann is not None and snap.ann.candidates(snap, qvecs[0], 10, None) is not None
+    assert recall(snap, qvecs, 10) >= 0.98
+    best = vector_top(snap, qvecs[1], 1)[0][0]
+    assert "hired twelve nurses" in snap.rows[best].content
+    gone = snap.rows[best].source
+    store.remove_source(gone)
+    snap = store.snapshot()
+    for mode in ("vector", "hybrid"):
+        hits = search_snapshot(snap, "nurses hired hospital", qvecs[1], SearchOptions(k=20, mode=mode)).hits
+        assert hits and all(h.source != gone for h in hits), mode
+    store.close()
