@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import struct
 import threading
 import time
@@ -67,12 +68,15 @@ OVERSAMPLE = 50
 FILTER_SHARE = 0.8
 # A graph this dead (labels whose row was deleted) is rebuilt.
 REBUILD_DEAD = 0.25
-# Rows added per call to the graph (and per hold of the lock that searches take).
-BATCH = 2_000
-BUILD_BATCH = 10_000
+# Rows added to a serving graph per hold of the lock searches take (~0.1 s at a million rows).
+BATCH = 256
+# Rows added per call while building a graph no search uses yet (a stop waits for one call).
+BUILD_BATCH = 5_000
 TRAIN_SAMPLE = 50_000
 # Threads faiss may use to build a graph (its OpenMP pool; searches use one each).
 BUILD_THREADS = 2
+# Compactions remembered for a graph still being built (each costs a byte per row).
+HISTORY = 16
 # A saved graph whose labels match less of the store than this is rebuilt instead.
 MIN_MATCHED = 0.5
 MAGIC = b"EMBDANN1"
@@ -143,7 +147,11 @@ class Progress:
 
 
 def _faiss() -> Any:
-    import faiss  # a dependency of its own: imported only once a store grows past MIN_ROWS
+    # faiss brings its own libgomp, which reads its wait policy once, at load: passive, as
+    # daemon/embed/llama.py sets it for llama.cpp's, so its idle threads never spin against
+    # llama.cpp's on a loaded machine (store/ does not import embed/, hence the repetition).
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    import faiss  # imported only once a store grows past MIN_ROWS
 
     return faiss
 
@@ -163,8 +171,9 @@ class VectorIndex:
         self.progress = Progress()
         self._lock = threading.Lock()
         self._graph: _Graph | None = None
-        # Compactions seen while a graph was being built: replayed on it before it serves.
-        self._moves: list[tuple[int, npt.NDArray[np.int64]]] | None = None
+        # The last compactions (layout, rows alive before it): a graph built or matched from an
+        # older snapshot is moved through them before it serves.
+        self._history: list[tuple[int, BoolMask]] = []
         self._latest: Snapshot | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -188,13 +197,12 @@ class VectorIndex:
 
     def compacted(self, layout: int, alive: BoolMask) -> None:
         """Rows of ``layout`` where ``alive`` is False are about to go; the rest move down."""
-        moved = np.cumsum(alive, dtype=np.int64) - 1
-        moved[~alive] = -1
+        alive = alive.copy()
         with self._lock:
-            if self._moves is not None:
-                self._moves.append((layout, moved))
+            self._history.append((layout, alive))
+            del self._history[:-HISTORY]
             if self._graph is not None:
-                _move(self._graph, layout, moved)
+                _move(self._graph, layout, alive)
 
     def close(self) -> None:
         """Stop the builder and write the graph if it changed since it was read or written."""
@@ -283,7 +291,6 @@ class VectorIndex:
                 log.exception("vector_index_failed", path=str(self.path), reason=str(exc))
                 with self._lock:
                     self._graph = None
-                    self._moves = None
                 self.progress.state = "failed"
                 self.progress.detail = str(exc)
                 self._stop.wait(60.0)
@@ -325,6 +332,8 @@ class VectorIndex:
                 rows = np.flatnonzero(alive).astype(np.int64) + start
                 _add(graph, snap, rows)
                 graph.upto = stop
+            # Let a search waiting for the lock in before the next batch (Lock is not fair).
+            time.sleep(0.001)
 
     def _build(self, snap: Snapshot, why: str) -> None:
         """Build a graph over the live rows of ``snap`` while the current one (if any) serves."""
@@ -338,8 +347,6 @@ class VectorIndex:
         p = self.progress
         p.state, p.done, p.total, p.started, p.detail = "building", 0, len(rows), time.monotonic(), why
         log.info("vector_index_building", path=str(self.path), rows=len(rows), reason=why)
-        with self._lock:
-            self._moves = []
         faiss.omp_set_num_threads(BUILD_THREADS)
         index = faiss.IndexHNSWSQ(self.dims, faiss.ScalarQuantizer.QT_8bit, M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = EF_CONSTRUCTION
@@ -348,8 +355,6 @@ class VectorIndex:
         last_log = time.monotonic()
         for start in range(0, len(rows), BUILD_BATCH):
             if self._stop.is_set():
-                with self._lock:
-                    self._moves = None
                 p.state = "idle" if self._graph is None else "ready"
                 return
             index.add(np.ascontiguousarray(snap.matrix[rows[start : start + BUILD_BATCH]]))
@@ -371,9 +376,8 @@ class VectorIndex:
         """Make ``graph`` (made for ``snap``'s layout) the one that serves, after replaying the
         compactions that happened since."""
         with self._lock:
-            for layout, moved in self._moves or ():
-                _move(graph, layout, moved)
-            self._moves = None
+            for layout, alive in self._history:
+                _move(graph, layout, alive)  # (only those at or after the graph's layout apply)
             graph.dead = int(np.count_nonzero(graph.label_rows < 0))
             self._graph = graph
         self.progress.state = "ready"
@@ -409,15 +413,11 @@ class VectorIndex:
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, struct.error) as exc:
             log.warning("vector_index_unusable", path=str(self.path), reason=str(exc), action="rebuilding")
             return False
-        with self._lock:
-            self._moves = []
         graph = self._matched(index, keys, snap)
         matched = int(np.count_nonzero(graph.label_rows[: len(keys)] >= 0))
         if matched < MIN_MATCHED * min(len(keys), snap.count):
             log.warning("vector_index_unusable", path=str(self.path), reason=f"only {matched} of its "
                         f"{len(keys)} rows are still in the store", action="rebuilding")  # fmt: skip
-            with self._lock:
-                self._moves = None
             return False
         graph.saved_labels = len(keys) if matched == len(graph.keys) else -1
         self.progress.via = "loaded"
@@ -452,10 +452,13 @@ def _add(graph: _Graph, snap: Snapshot, rows: npt.NDArray[np.int64]) -> None:
     graph.label_rows = np.concatenate([graph.label_rows, rows])
 
 
-def _move(graph: _Graph, layout: int, moved: npt.NDArray[np.int64]) -> None:
-    """Move the label map of ``graph`` through one compaction of ``layout``."""
+def _move(graph: _Graph, layout: int, alive: BoolMask) -> None:
+    """Move the label map of ``graph`` through one compaction of ``layout`` (rows where ``alive``
+    is False go, the others move down)."""
     if graph.layout != layout:
         return
+    moved = np.cumsum(alive, dtype=np.int64) - 1
+    moved[~alive] = -1
     old = graph.label_rows
     new = np.full(len(old), -1, dtype=np.int64)
     inside = (old >= 0) & (old < len(moved))

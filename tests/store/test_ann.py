@@ -147,6 +147,31 @@ def test_a_deleted_chunk_is_never_returned_and_a_new_one_is_found_at_once(tmp_pa
     store.close()
 
 
+def test_changes_and_compactions_while_the_graph_is_built_are_not_lost(tmp_path: Path) -> None:
+    """The build runs on its own thread from one snapshot; whatever the writer does meanwhile
+    (deletes, compactions that move rows, new files), the graph that serves agrees with the store."""
+    store = filled(tmp_path / "embeddings.json")
+    store.snapshot()  # starts the build
+    removed = [source(k) for k in range(0, FILES, 3)]
+    for k, name in enumerate(removed):
+        store.remove_source(name)
+        store.replace_source(
+            f"inbox/late{k}.txt", entries(f"inbox/late{k}.txt", 5, tag="late"), state(600 + k)
+        )
+        if k % 10 == 0:
+            store.save()  # a compaction, perhaps in the middle of the build
+            store.snapshot()
+    store.save()
+    snap = ready(store)
+    assert snap.ann is not None and snap.ann.candidates(snap, queries(1)[0], 10, None) is not None
+    assert not any(snap.rows[r].source in removed for q in queries(20) for r, _ in vector_top(snap, q, 30))
+    for k in (0, len(removed) - 1):
+        late = store.source_entries(f"inbox/late{k}.txt")[2]
+        assert snap.rows[vector_top(snap, late.vector, 1)[0][0]].id == late.id
+    assert recall(snap, queries(30), 10) >= 0.98
+    store.close()
+
+
 def test_filters_keep_the_exact_hits_whether_wide_or_narrow(tmp_path: Path) -> None:
     store = filled(tmp_path / "embeddings.json")
     snap = ready(store)
