@@ -25,6 +25,7 @@ import argparse
 import json
 import re
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -63,16 +64,34 @@ def peak_rss_mb() -> float:
 
 
 class Clustered:
-    """Unit vectors around random centres (one per 500 vectors), the noise as large as the centre."""
+    """Unit vectors around random centres (one per 500 vectors).
 
-    def __init__(self, n: int, seed: int = 1) -> None:
+    ``intrinsic`` None: the noise is isotropic and as large as the centre, so within a cluster
+    the vectors are near-ties in all 384 dimensions (the hardest case for a graph; text
+    embeddings are not like that). ``intrinsic`` r: each cluster spreads along r directions of
+    its own plus a little isotropic noise, closer to how embeddings of related texts vary.
+    """
+
+    def __init__(self, n: int, seed: int = 1, intrinsic: int | None = None) -> None:
         self.rng = np.random.default_rng(seed)
+        self.intrinsic = intrinsic
         centres = self.rng.standard_normal((max(n // 500, 10), DIMS)).astype(np.float32)
         self.centres = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+        if intrinsic:
+            bases = self.rng.standard_normal((len(centres), intrinsic, DIMS)).astype(np.float32)
+            self.bases = bases / np.sqrt(DIMS)
 
     def take(self, m: int) -> np.ndarray:
-        x = self.centres[self.rng.integers(0, len(self.centres), m)]
-        x = x + self.rng.standard_normal((m, DIMS)).astype(np.float32) / np.sqrt(DIMS)
+        picks = self.rng.integers(0, len(self.centres), m)
+        x = self.centres[picks]
+        if self.intrinsic:
+            for start in range(0, m, 5_000):
+                part = picks[start : start + 5_000]
+                z = self.rng.standard_normal((len(part), self.intrinsic)).astype(np.float32) / np.sqrt(2.0)
+                x[start : start + 5_000] += np.einsum("mr,mrd->md", z, self.bases[part])
+            x += self.rng.standard_normal((m, DIMS)).astype(np.float32) * (0.2 / np.sqrt(DIMS))
+        else:
+            x = x + self.rng.standard_normal((m, DIMS)).astype(np.float32) / np.sqrt(DIMS)
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -158,9 +177,33 @@ def cmd_exact(args: argparse.Namespace) -> None:
 # ----- scale -----
 
 
+# Chunk texts: 12 words drawn from a Zipf-distributed vocabulary of 50,000 made-up words, so a
+# query's words match as few or as many chunks as words of real text do (a tiny vocabulary
+# would make every word match half the store, which no keyword engine answers quickly).
+def _word(i: int) -> str:
+    letters = "bcdfghjklmnpqrstvwxz"  # letters only: the keyword tokenizer splits digits off
+    out = "q"
+    while True:
+        i, r = divmod(i, len(letters))
+        out += letters[r]
+        if not i:
+            return out + "o"
+
+
+VOCAB = np.array([_word(i) for i in range(50_000)])
+ZIPF = 1.0 / np.arange(1, len(VOCAB) + 1)
+ZIPF /= ZIPF.sum()
+
+
 def texts_for(source: str, count: int, rng: np.random.Generator) -> list[str]:
-    words = rng.choice(WORDS, size=(count, 12))
+    words = VOCAB[rng.choice(len(VOCAB), size=(count, 12), p=ZIPF)]
     return [f"{source} #{i} " + " ".join(w) for i, w in enumerate(words)]
+
+
+def query_texts(m: int) -> list[str]:
+    """Three words each of ranks 100 to 20,000 (content words, not the commonest)."""
+    rng = np.random.default_rng(11)
+    return [" ".join(VOCAB[rng.integers(100, 20_000, 3)]) for _ in range(m)]
 
 
 def fill(store: Store, n: int, gen: Clustered, *, prefix: Callable[[int], str]) -> None:
@@ -186,7 +229,7 @@ def cmd_scale(args: argparse.Namespace) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(20))
     n = args.n
     tmp = Path(tempfile.mkdtemp(prefix="vector_scale."))
-    gen = Clustered(n)
+    gen = Clustered(n, intrinsic=args.intrinsic)
     t0 = time.perf_counter()
     store = Store.open(tmp / "embeddings.json", model="m", dimensions=DIMS, fingerprint=FINGERPRINT,
                        keyword=args.hybrid)  # fmt: skip
@@ -260,7 +303,7 @@ def cmd_scale(args: argparse.Namespace) -> None:
     ]  # fmt: skip
     if args.hybrid:
         opts = SearchOptions(k=10)
-        texts = [" ".join(np.random.default_rng(i).choice(WORDS, 3)) for i in range(50)]
+        texts = query_texts(50)
         times = []
         for q, text in zip(queries[:50], texts, strict=True):
             t = time.perf_counter()
@@ -272,15 +315,17 @@ def cmd_scale(args: argparse.Namespace) -> None:
     store.close()  # writes <store>.ann
     closed = time.perf_counter() - t
     rows.append(["close (writes the graph file)", f"{closed:.1f} s", f"peak RSS {peak_rss_mb():,.0f} MB"])
-    print_table(f"Vector search at {n:,} chunks (384-d, clustered synthetic)", ["measure", "value", ""], rows)
-    reopen(tmp, n, gen, prefix_of)
+    kind = f"each cluster along {args.intrinsic} directions" if args.intrinsic else "isotropic clusters"
+    print_table(f"Vector search at {n:,} chunks (384-d, synthetic: {kind})", ["measure", "value", ""], rows)
+    reopen(tmp, n, Clustered(n, intrinsic=args.intrinsic), prefix_of)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
-def reopen(tmp: Path, n: int, gen: Clustered, prefix: Callable[[int], str]) -> None:
+def reopen(tmp: Path, n: int, same: Clustered, prefix: Callable[[int], str]) -> None:
     """Open the graph file again for a store holding the same rows (as a restart does)."""
     ann_path(tmp / "embeddings.json").replace(ann_path(tmp / "other.json"))
     store = Store.open(tmp / "other.json", model="m", dimensions=DIMS, fingerprint=FINGERPRINT, keyword=False)
-    fill(store, n, Clustered(n), prefix=prefix)  # the same seed: the same hashes and vectors
+    fill(store, n, same, prefix=prefix)  # the same seed: the same hashes and vectors
     t = time.perf_counter()
     snap = store.snapshot()
     assert snap.ann is not None and snap.ann.wait_ready(snap, 3600)
@@ -359,6 +404,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--hybrid", action="store_true")
+    p.add_argument(
+        "--intrinsic", type=int, default=None, help="spread each cluster along this many directions"
+    )
     p = sub.add_parser("real")
     p.add_argument("--n", type=int, default=20_000)
     p.add_argument("--queries", type=int, default=200)
