@@ -27,21 +27,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import struct
 import threading
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 import structlog
 
+from daemon.store.annfile import Keys, faiss_module, read_graph, write_graph
 from daemon.store.entries import Row
 from daemon.store.format import Fingerprint, FloatMatrix
 from daemon.store.io import temp_path
@@ -79,10 +77,8 @@ BUILD_THREADS = 2
 HISTORY = 16
 # A saved graph whose labels match less of the store than this is rebuilt instead.
 MIN_MATCHED = 0.5
-MAGIC = b"EMBDANN1"
 
 LabelRows = npt.NDArray[np.int64]
-Keys = npt.NDArray[np.uint64]
 
 
 def ann_path(store: Path) -> Path:
@@ -144,16 +140,6 @@ class Progress:
     started: float = 0.0
     detail: str | None = None
     via: str | None = None  # how the serving graph came: "built" or "loaded" (from the file)
-
-
-def _faiss() -> Any:
-    # faiss brings its own libgomp, which reads its wait policy once, at load: passive, as
-    # daemon/embed/llama.py sets it for llama.cpp's, so its idle threads never spin against
-    # llama.cpp's on a loaded machine (store/ does not import embed/, hence the repetition).
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-    import faiss  # imported only once a store grows past MIN_ROWS
-
-    return faiss
 
 
 class VectorIndex:
@@ -252,7 +238,7 @@ class VectorIndex:
             if allowed == 0:
                 return Candidates(np.empty(0, dtype=np.int64), upto)
             share = allowed / max(upto, 1)
-            faiss = _faiss()
+            faiss = faiss_module()
             faiss.omp_set_num_threads(1)
             params = faiss.SearchParametersHNSW()
             keep = None
@@ -307,6 +293,8 @@ class VectorIndex:
             self._build(snap, "no usable index file")
             return
         if graph.mapping(snap.layout) is None:
+            if snap.layout < graph.layout:
+                return  # the graph already moved through a compaction this snapshot predates
             # A compaction this index did not see (it cannot happen through the store's hook):
             # find each label's row again by its hash, searching exactly meanwhile.
             with self._lock:
@@ -337,7 +325,7 @@ class VectorIndex:
 
     def _build(self, snap: Snapshot, why: str) -> None:
         """Build a graph over the live rows of ``snap`` while the current one (if any) serves."""
-        faiss = _faiss()
+        faiss = faiss_module()
         n = len(snap.rows)
         rows = (
             np.arange(n, dtype=np.int64)
@@ -407,7 +395,7 @@ class VectorIndex:
         started = time.monotonic()
         try:
             with open(self.path, "rb") as f:
-                index, keys = _read(f, self.dims, self.fingerprint)
+                index, keys = read_graph(f, self.dims, self.fingerprint)
         except FileNotFoundError:
             return False
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, struct.error) as exc:
@@ -434,7 +422,7 @@ class VectorIndex:
             with self._lock if graph is self._graph else contextlib.nullcontext():
                 keys = graph.keys
                 with open(tmp, "wb") as f:
-                    _write(f, graph.index, keys, self.dims, self.fingerprint)
+                    write_graph(f, graph.index, keys, self.dims, self.fingerprint)
                 graph.saved_labels = len(keys)
             tmp.replace(self.path)
         except (OSError, RuntimeError) as exc:
@@ -501,67 +489,6 @@ def _selector(faiss: Any, label_rows: LabelRows, mask: BoolMask | None, n: int) 
     keep[inside] = True if mask is None else mask[label_rows[inside]]
     bits = np.packbits(keep, bitorder="little")
     return faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bits)), bits
-
-
-def _write(f: BinaryIO, index: Any, keys: Keys, dims: int, fingerprint: Fingerprint) -> None:
-    faiss = _faiss()
-    crc = 0
-
-    def put(data: bytes) -> None:
-        nonlocal crc
-        crc = zlib.crc32(data, crc)
-        f.write(data)
-
-    header_at = len(MAGIC) + 4
-    placeholder = orjson.dumps({"pad": " " * 1000})
-    f.write(MAGIC + struct.pack("<I", len(placeholder)) + placeholder)
-    put(keys.astype("<u8").tobytes())
-    body_start = f.tell()
-    faiss.write_index(index, faiss.PyCallbackIOWriter(put))
-    header = orjson.dumps(
-        {
-            "dims": dims,
-            "fingerprint": fingerprint.to_json(),
-            "labels": len(keys),
-            "index_bytes": f.tell() - body_start,
-            "crc": crc,
-        }
-    )
-    if len(header) > len(placeholder):
-        raise RuntimeError("index header too long")
-    f.seek(header_at)
-    f.write(header.ljust(len(placeholder)))
-
-
-def _read(f: BinaryIO, dims: int, fingerprint: Fingerprint) -> tuple[Any, Keys]:
-    faiss = _faiss()
-    if f.read(len(MAGIC)) != MAGIC:
-        raise ValueError("not a vector index file")
-    (header_len,) = struct.unpack("<I", f.read(4))
-    header = orjson.loads(f.read(header_len))
-    if header["dims"] != dims or Fingerprint.from_json(header["fingerprint"]) != fingerprint:
-        raise ValueError("made for another model or chunking")
-    labels = int(header["labels"])
-    raw = f.read(labels * 16)
-    if len(raw) != labels * 16:
-        raise ValueError("truncated")
-    crc = zlib.crc32(raw)
-    remaining = int(header["index_bytes"])
-
-    def get(size: int) -> bytes:
-        nonlocal crc, remaining
-        data = f.read(min(size, remaining))
-        remaining -= len(data)
-        crc = zlib.crc32(data, crc)
-        return data
-
-    index = faiss.read_index(faiss.PyCallbackIOReader(get))
-    if remaining or f.read(1) or crc != header["crc"]:
-        raise ValueError("checksum mismatch")
-    if index.ntotal != labels or index.d != dims:
-        raise ValueError("its size does not match its header")
-    keys = np.frombuffer(raw, dtype="<u8").astype(np.uint64).reshape(labels, 2)
-    return index, keys
 
 
 __all__ = ["MIN_ROWS", "Candidates", "Progress", "VectorIndex", "ann_path", "row_keys"]
