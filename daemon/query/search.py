@@ -26,7 +26,7 @@ from daemon.query.fuse import NORM_DEPTH, fuse
 from daemon.query.hit import Hit
 from daemon.query.keyword import KeywordQuery, parse
 from daemon.query.options import MAX_K, Filters, Mode, SearchOptions, check_k, check_query
-from daemon.query.rank import top_k
+from daemon.query.rank import vector_top
 from daemon.store.snapshot import BoolMask, Snapshot
 
 __all__ = ["MAX_K", "Filters", "Mode", "Outcome", "SearchOptions", "check_k", "search_snapshot"]
@@ -65,7 +65,7 @@ def search_snapshot(snap: Snapshot, query: str, vector: FloatMatrix | None, opts
     while True:
         if opts.mode != "keyword":
             assert vector is not None
-            vec = top_k(snap.matrix, vector, want, normalized=snap.normalized, mask=mask)
+            vec = vector_top(snap, vector, want, mask=mask)
             if opts.min_score is not None:
                 vec = [(r, s) for r, s in vec if s >= opts.min_score]
         if opts.mode != "vector" and not kq.empty:

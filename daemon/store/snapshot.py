@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,9 @@ import numpy.typing as npt
 from daemon.store.entries import Entry, Row
 from daemon.store.format import Fingerprint, FloatMatrix
 from daemon.store.keyword import KeywordIndex
+
+if TYPE_CHECKING:
+    from daemon.store.ann import VectorIndex
 
 BoolMask = npt.NDArray[np.bool_]
 
@@ -50,6 +53,11 @@ class Snapshot:
     by_source: Mapping[str, Sequence[Row]] | None = None
     """Each source's rows when the snapshot was taken (the store's lists, never edited in place),
     so ``live_row`` finds a chunk without indexing every row of every new snapshot."""
+    layout: int = 0
+    """Which row numbering ``matrix`` uses: the store counts its compactions (rows move down)."""
+    ann: VectorIndex | None = None
+    """The store's approximate vector index (``daemon.store.ann``), when it has one; it may be
+    ahead of or behind this snapshot, and only proposes candidates."""
 
     @property
     def count(self) -> int:

@@ -31,6 +31,7 @@ import numpy.typing as npt
 import structlog
 
 from daemon.errors import FingerprintMismatchError, StoreCorruptError, StoreError
+from daemon.store.ann import MIN_ROWS, VectorIndex
 from daemon.store.cache import JsonSignature, cache_path, remove_cache, write_cache
 from daemon.store.entries import Entry, NewEntry, SaveStats, StoredChunk
 from daemon.store.format import (
@@ -121,6 +122,10 @@ class Store:
         self._vecs_shared = False
         # The keyword index (``daemon.store.keyword``) told of every change; None when off.
         self._keyword: KeywordIndex | None = None
+        # The approximate vector index (``daemon.store.ann``) of a writable store; None when off.
+        # It numbers rows by layout: _layout counts the compactions that moved rows down.
+        self._ann: VectorIndex | None = None
+        self._layout = 0
         if cols is not None:
             self._adopt(cols)
 
@@ -167,6 +172,7 @@ class Store:
         rebuild: bool = False,
         keyword: bool = True,
         keyword_progress: Progress | None = None,
+        ann_min_rows: int | None = MIN_ROWS,
     ) -> Store:
         """Open ``path`` for writing, holding its lock until ``close``.
 
@@ -175,7 +181,9 @@ class Store:
         lock, and FingerprintMismatchError when the store was built with another model,
         width or chunking; with ``rebuild`` such a store is instead moved aside to
         ``<name>.bak-<UTC>`` and an empty one started, so everything is embedded again. A
-        store that matches is opened as it is, ``rebuild`` or not.
+        store that matches is opened as it is, ``rebuild`` or not. Once it holds ``ann_min_rows``
+        live entries, an approximate vector index is built beside it (``daemon.store.ann``);
+        None keeps every search exact.
         """
         path = Path(path)
         try:
@@ -191,6 +199,8 @@ class Store:
                 store = cls._open_locked(path, model, dimensions, fingerprint, rebuild)
             if keyword:
                 store._open_keyword(keyword_progress)
+            if ann_min_rows is not None and fingerprint.normalize:
+                store._ann = VectorIndex(path, dimensions, fingerprint, min_rows=ann_min_rows)
         except BaseException:
             lock.release()
             raise
@@ -324,6 +334,9 @@ class Store:
         """Release the lock and the file handle; does not save. Idempotent."""
         if self._keyword is not None:
             self._keyword.close()
+        if self._ann is not None:
+            self._ann.close()
+            self._ann = None
         if self._src_fd is not None:
             os.close(self._src_fd)
             self._src_fd = None
@@ -465,8 +478,12 @@ class Store:
             mtimes=self._mtimes(),
             keyword=self._keyword,
             by_source=dict(self._by_source),
+            layout=self._layout,
+            ann=self._ann,
         )
         self._snapshot = snap
+        if self._ann is not None:
+            self._ann.offer(snap)
         return snap
 
     def _entry(self, r: _Row) -> Entry:
@@ -657,6 +674,9 @@ class Store:
         """
         if not self._dead:
             return
+        if self._ann is not None:
+            self._ann.compacted(self._layout, self._alive[: len(self._rows)])
+        self._layout += 1
         target = self._vecs
         if self._vecs_shared:
             target = np.empty_like(self._vecs)
