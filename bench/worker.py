@@ -5,12 +5,18 @@ starts: OpenMP reads its wait policy once when the library loads (the benchmarks
 ``GOMP_SPINCOUNT`` in the environment), priority can be lowered but not raised back, and
 PyTorch and llama.cpp would otherwise share one process's threads. Prints one JSON object:
 
-    {"seconds": [...], "chunks": N, "tokens": T, "threads": [...], "changes": K}
+    {"seconds": [...], "chunks": N, "tokens": T, "threads": [...], "changes": K, "query_ms": [...]}
 
 ``threads`` is the embedder's thread count after each timed run (it moves when adaptive).
 SPEC keys: system ("embedd" or "st"), model (a GGUF for embedd, the Hugging Face folder for
 st), chunks, repeat, threads (0 adapts), flash_attn, per_text, nice, vectors (an .npy path to
-save the last run's vectors to, or null).
+save the last run's vectors to, or null), poll (embedd on a llama.cpp without OpenMP: ggml's
+thread pools' poll level, or null for ggml's throw-away pool per batch; absent: the default),
+queries (that many short queries embedded one by one after the timed runs, each timed in
+milliseconds: ``query_ms``).
+
+``measure`` runs it with any Python, so one benchmark can compare two builds of llama.cpp
+installed in two virtual environments.
 """
 
 from __future__ import annotations
@@ -32,14 +38,17 @@ from corpus import chunks as make_chunks  # noqa: E402
 
 # A function running the timed work once, and one reporting facts about the system after it.
 Runner = tuple[Callable[[], np.ndarray], Callable[[], dict[str, Any]]]
+# A short search query (10 tokens with [CLS] and [SEP]).
+QUERY = "how do I rotate the API keys"
 
 
 def _embedd(spec: dict[str, Any], texts: list[str]) -> Runner:
     from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder
 
+    pool = {"pool_poll": spec["poll"]} if "poll" in spec else {}
     emb = LlamaEmbedder(
         Path(spec["model"]),
-        EmbedderSettings(threads=spec.get("threads", 0), flash_attn=spec.get("flash_attn", True)),
+        EmbedderSettings(threads=spec.get("threads", 0), flash_attn=spec.get("flash_attn", True), **pool),
     )
     tokens = sum(emb.count_tokens(t) for t in texts)
 
@@ -48,8 +57,17 @@ def _embedd(spec: dict[str, Any], texts: list[str]) -> Runner:
             return np.concatenate([emb.embed([t]) for t in texts])
         return emb.embed(texts)
 
+    def query() -> None:
+        emb.embed([QUERY])
+
     def facts() -> dict[str, Any]:
-        return {"tokens": tokens, "threads_now": emb.threads, "changes": emb.thread_policy.changes}
+        return {
+            "tokens": tokens,
+            "threads_now": emb.threads,
+            "changes": emb.thread_policy.changes,
+            "openmp": emb.openmp,
+            "query": query,
+        }
 
     return run, facts
 
@@ -66,8 +84,11 @@ def _sentence_transformers(spec: dict[str, Any], texts: list[str]) -> Runner:
     def run() -> np.ndarray:
         return np.asarray(model.encode(texts, batch_size=32, normalize_embeddings=True))
 
+    def query() -> None:
+        model.encode([QUERY], normalize_embeddings=True)
+
     def facts() -> dict[str, Any]:
-        return {"threads_now": torch.get_num_threads(), "torch": torch.__version__}
+        return {"threads_now": torch.get_num_threads(), "torch": torch.__version__, "query": query}
 
     return run, facts
 
@@ -89,15 +110,24 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
         threads.append(facts()["threads_now"])
     if spec.get("vectors"):
         np.save(spec["vectors"], vectors)
-    return {"seconds": seconds, "chunks": len(texts), "threads": threads, **facts()}
+    found = facts()
+    query = found.pop("query")
+    query_ms = []
+    for _ in range(spec.get("queries", 0)):
+        t0 = time.perf_counter()
+        query()
+        query_ms.append((time.perf_counter() - t0) * 1000)
+    return {"seconds": seconds, "chunks": len(texts), "threads": threads, "query_ms": query_ms, **found}
 
 
-def measure(spec: dict[str, Any], env: dict[str, str], *, timeout: float = 3600) -> dict[str, Any]:
-    """Run one SPEC in a fresh process with exactly ``env``; its result."""
+def measure(
+    spec: dict[str, Any], env: dict[str, str], *, timeout: float = 3600, python: str | None = None
+) -> dict[str, Any]:
+    """Run one SPEC in a fresh process of ``python`` (default: this one) with exactly ``env``."""
     import subprocess
 
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), json.dumps(spec)],
+        [python or sys.executable, str(Path(__file__).resolve()), json.dumps(spec)],
         env=env,
         capture_output=True,
         text=True,
