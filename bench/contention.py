@@ -50,7 +50,7 @@ BASE_ENV = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", 
 
 from corpus import chunks as make_chunks  # noqa: E402
 from daemonproc import DaemonProc, drop, stage_files  # noqa: E402
-from machine import describe  # noqa: E402
+from machine import describe, peer_python  # noqa: E402
 from worker import measure  # noqa: E402
 
 from daemon.embed.embedder import physical_cores  # noqa: E402
@@ -144,18 +144,21 @@ class Case:
 
 
 def model_cases(cores: int, pool_python: str | None, polls: list[int]) -> list[Case]:
-    """The OpenMP build's rows as before, then the ggml-pool build's, then the peer."""
+    """The OpenMP build's rows, then the ggml-pool build's (``pool_python``), then the peer."""
     before, adaptive, after = settings(cores)
-    cases = [
-        Case(before.name, {"system": "embedd", "threads": cores}, before.env),
-        *(
-            Case(f"passive, {k} thread{'s' if k > 1 else ''}, nice 0", {"system": "embedd", "threads": k})
-            for k in range(cores, 0, -1)
-        ),
-        Case(adaptive.name, {"system": "embedd", "threads": 0}),
-        Case(after.name, {"system": "embedd", "threads": 0, "nice": 10}),
-    ]
+    cases = [Case(before.name, {"system": "embedd", "threads": cores}, before.env)]
+    if not pool_python:
+        cases += [
+            *(
+                Case(f"passive, {k} thread{'s' if k > 1 else ''}, nice 0", {"system": "embedd", "threads": k})
+                for k in range(cores, 0, -1)
+            ),
+            Case(adaptive.name, {"system": "embedd", "threads": 0}),
+        ]
+    cases.append(Case(after.name, {"system": "embedd", "threads": 0, "nice": 10}))
     if pool_python:
+        # Against the build before: its settings before and after the contention work, and the
+        # peer; the fixed thread counts of that work are not measured again.
         cases += [
             Case(
                 f"{POOL}: {cores} threads, poll 0, nice 0",
@@ -176,12 +179,11 @@ def model_cases(cores: int, pool_python: str | None, polls: list[int]) -> list[C
                 python=pool_python,
             ),
         ]
-    try:
-        import sentence_transformers  # noqa: F401
-
-        cases.append(Case(PEER, {"system": "st", "threads": cores}))
-    except ImportError:
+    peer_py = peer_python(pool_python)
+    if peer_py is False:
         print("  sentence-transformers not installed (make bench installs it): peer skipped", file=sys.stderr)
+    else:
+        cases.append(Case(PEER, {"system": "st", "threads": cores}, python=peer_py))
     return cases
 
 
@@ -223,12 +225,17 @@ def part_model(args: argparse.Namespace, model: Path, src: Path) -> dict[str, di
         print(f"{POOL}: {other_build(args.pool_python)}\n")
     print(
         "| configuration | idle chunks/s | one core busy | kept when busy | vs sentence-transformers "
-        "(idle / busy) | busy vs before | threads when busy | idle, each round | busy, each round |"
+        "(idle / busy; median of the rounds' ratios) | busy vs before | threads when busy | "
+        "idle, each round | busy, each round |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |")
     base = results[before.name]["busy"] if before.name in results else None
     for name, r in results.items():
         vs = f"{r['idle'] / peer['idle']:.2f}x / {r['busy'] / peer['busy']:.2f}x" if peer else "n/a"
+        if peer and args.rounds > 1:
+            # Each round's own ratio, then their median: what drifts between rounds cancels.
+            idle, busy = (paired(rates[name], rates[PEER], k) for k in ("idle", "busy"))
+            vs += f" ({idle:.2f}x / {busy:.2f}x)"
         seen = ",".join(str(t) for t in threads_seen.get(name, [])) or "-"
         vs_base = f"{r['busy'] / base:.2f}x" if base else "n/a"
         each = {k: ", ".join(f"{v:.1f}" for v in rates[name][k]) for k in ("idle", "busy")}
@@ -256,6 +263,11 @@ def part_model(args: argparse.Namespace, model: Path, src: Path) -> dict[str, di
                 f"one core busy {r['busy'] / base:.2f}x OpenMP spinning (goal 1.3x)."
             )
     return results
+
+
+def paired(a: dict[str, list[float]], b: dict[str, list[float]], key: str) -> float:
+    """The median over rounds of ``a``'s rate over ``b``'s in the same round."""
+    return statistics.median(x / y for x, y in zip(a[key], b[key], strict=True))
 
 
 def other_build(python: str) -> str:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 BASE_ENV = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
 
 from corpus import chunks as make_chunks  # noqa: E402
-from machine import describe  # noqa: E402
+from machine import describe, peer_python  # noqa: E402
 from worker import measure  # noqa: E402
 
 from daemon.embed.convert import convert, default_model_source  # noqa: E402
@@ -80,6 +80,11 @@ class Row:
         return tokens / self.seconds
 
     @property
+    def cpu_ms_per_chunk(self) -> float | None:
+        cpu = [t for r in self.results for t in r.get("cpu_seconds", [])]
+        return statistics.median(cpu) * 1000 / self.results[0]["chunks"] if cpu else None
+
+    @property
     def query_ms(self) -> float | None:
         times = [t for r in self.results for t in r.get("query_ms", [])]
         return statistics.median(times) if times else None
@@ -91,6 +96,15 @@ class Config:
     spec: dict[str, Any]
     env: dict[str, str] | None = None
     python: str | None = None  # None: this one (the OpenMP build)
+
+
+def paired(row: Row, peer: Row) -> float:
+    """The median over rounds of ``row``'s rate over ``peer``'s in the same round."""
+
+    def per_s(r: dict[str, Any]) -> float:
+        return float(r["chunks"] / statistics.median(r["seconds"]))
+
+    return statistics.median(per_s(a) / per_s(b) for a, b in zip(row.results, peer.results, strict=True))
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -199,14 +213,13 @@ def main(argv: list[str] | None = None) -> int:
                 python=args.pool_python,
             )
         )
-    try:
-        import sentence_transformers  # noqa: F401
-    except ImportError:
+    peer_py = peer_python(args.pool_python)
+    if peer_py is False:
         print(
             "  sentence-transformers not installed (pip install -e '.[bench]'): peer skipped", file=sys.stderr
         )
     else:
-        configs.append(Config(PEER, {"system": "st", "model": str(src), "threads": threads}))
+        configs.append(Config(PEER, {"system": "st", "model": str(src), "threads": threads}, python=peer_py))
 
     results: dict[str, list[dict[str, Any]]] = {c.name: [] for c in configs}
     vectors: dict[str, Path] = {}
@@ -249,18 +262,22 @@ def main(argv: list[str] | None = None) -> int:
         f"median of {args.repeat} run(s) after a warm-up, each configuration in its own process.\n"
     )
     print(
-        "| configuration | chunks/s | tokens/s | vs sentence-transformers | short query, ms | "
-        "chunks/s each round | min cosine vs numpy reference |"
+        "| configuration | chunks/s | tokens/s | vs sentence-transformers (median of the rounds' ratios) | "
+        "short query, ms | CPU ms per chunk | chunks/s each round | min cosine vs numpy reference |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | --- | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
     for row in rows:
         ratio = f"{row.chunks_per_s / peer.chunks_per_s:.2f}x" if peer else "n/a"
+        if peer and len(row.results) > 1:
+            # Each round's own ratio, then their median: what drifts between rounds cancels.
+            ratio += f" ({paired(row, peer):.2f}x)"
         cos = f"{row.min_cos_ref:.5f}" if row.min_cos_ref is not None else "n/a"
         query = f"{row.query_ms:.1f}" if row.query_ms is not None else "n/a"
+        cpu = f"{row.cpu_ms_per_chunk:.1f}" if row.cpu_ms_per_chunk is not None else "n/a"
         each = ", ".join(f"{r['chunks'] / statistics.median(r['seconds']):.1f}" for r in row.results)
         print(
             f"| {row.name} | {row.chunks_per_s:.1f} | {row.tokens_per_s(tokens):.0f} | {ratio} | {query} | "
-            f"{each} | {cos} |"
+            f"{cpu} | {each} | {cos} |"
         )
     pool_rows = [r for r in rows if r.name.startswith(POOL)]
     if pool_rows:

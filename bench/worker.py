@@ -5,7 +5,11 @@ starts: OpenMP reads its wait policy once when the library loads (the benchmarks
 ``GOMP_SPINCOUNT`` in the environment), priority can be lowered but not raised back, and
 PyTorch and llama.cpp would otherwise share one process's threads. Prints one JSON object:
 
-    {"seconds": [...], "chunks": N, "tokens": T, "threads": [...], "changes": K, "query_ms": [...]}
+    {"seconds": [...], "cpu_seconds": [...], "chunks": N, "tokens": T, "threads": [...], "changes": K,
+     "query_ms": [...]}
+
+``cpu_seconds`` is the CPU time of every thread of the process during each timed run (a
+waiting thread that spins counts; one that sleeps does not).
 
 ``threads`` is the embedder's thread count after each timed run (it moves when adaptive).
 SPEC keys: system ("embedd" or "st"), model (a GGUF for embedd, the Hugging Face folder for
@@ -102,11 +106,12 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
     texts = make_chunks(spec["chunks"])
     run, facts = (_embedd if spec["system"] == "embedd" else _sentence_transformers)(spec, texts)
     vectors = run()  # warm-up; an adaptive embedder also settles here
-    seconds, threads = [], []
+    seconds, cpu, threads = [], [], []
     for _ in range(spec.get("repeat", 3)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         vectors = run()
         seconds.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         threads.append(facts()["threads_now"])
     if spec.get("vectors"):
         np.save(spec["vectors"], vectors)
@@ -117,7 +122,14 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         query()
         query_ms.append((time.perf_counter() - t0) * 1000)
-    return {"seconds": seconds, "chunks": len(texts), "threads": threads, "query_ms": query_ms, **found}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "chunks": len(texts),
+        "threads": threads,
+        "query_ms": query_ms,
+        **found,
+    }
 
 
 def measure(

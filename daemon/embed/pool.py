@@ -9,7 +9,7 @@ one-thread batch has no second thread polling beside it.
 
 A pool's ``poll`` level (0 to 100) is how long its workers spin waiting for the next graph
 before they sleep on a condition variable (ggml spins ``poll * 131072`` pause instructions,
-about 2.5 ms per level on a 3 GHz core). Within a graph ggml's barrier always spins; the poll
+a few milliseconds of CPU per level). Within a graph ggml's barrier always spins; the poll
 level only decides the time between two batches.
 
 llama-cpp-python binds neither ``ggml_threadpool_new`` nor ``llama_attach_threadpool``, so they
@@ -29,8 +29,11 @@ _MAX_THREADS = 512
 # ggml.h's enum ggml_sched_priority: NORMAL keeps the priority the creating thread has (the
 # daemon's nice 10 and SCHED_BATCH, which every thread it creates inherits).
 PRIO_NORMAL = 0
-# ggml_threadpool_params_init's default.
-DEFAULT_POLL = 50
+# ggml_threadpool_params_init's default is 50: after every batch a worker then spins about 0.2 s
+# of CPU (measured on the 2-vCPU EPYC) before it sleeps. embedd's pools sleep at once: the
+# wake-up costs microseconds per batch of about 100 ms, and a daemon that has nothing to embed
+# should use no CPU (docs/benchmarks.md, "ggml's thread pool against OpenMP").
+DEFAULT_POLL = 0
 
 
 class _PoolParams(ctypes.Structure):
