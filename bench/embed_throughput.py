@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 BASE_ENV = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
 
 from corpus import chunks as make_chunks  # noqa: E402
+from interleave import Resident, take_turns  # noqa: E402
 from machine import describe, peer_python  # noqa: E402
 from worker import measure  # noqa: E402
 
@@ -98,6 +99,51 @@ class Config:
     python: str | None = None  # None: this one (the OpenMP build)
 
 
+def interleaved(
+    args: argparse.Namespace,
+    configs: list[Config],
+    tmp: Path,
+    results: dict[str, list[dict[str, Any]]],
+    vectors: dict[str, Path],
+) -> int:
+    """Every configuration resident in its own process, one timed run each in turn (``--interleave``).
+
+    Fills ``results`` (one entry per round, as the sequential rounds do) and ``vectors``; returns
+    the corpus' token count.
+    """
+    residents: list[Resident] = []
+    try:
+        for i, config in enumerate(configs):
+            spec = {"chunks": args.chunks, **config.spec}
+            env = {**BASE_ENV, **(config.env or {})}
+            residents.append(Resident(config.name, spec, env, config.python, tmp / f"worker-{i}.log"))
+        # "One core busy" as in bench/contention.py: another process spinning in pure Python, nice 0.
+        hog = (
+            subprocess.Popen([sys.executable, "-c", "while True: pass"], env=BASE_ENV) if args.busy else None
+        )
+        try:
+            runs = take_turns(
+                residents, args.rounds, progress=lambda line: print(f"  {line}", file=sys.stderr)
+            )
+        finally:
+            if hog is not None:
+                hog.kill()
+                hog.wait()
+        for resident in residents:
+            resident.ask(f"save {vectors[resident.name]}")
+            queries = resident.ask(f"queries {args.queries}")["query_ms"] if args.queries else []
+            got = runs[resident.name]
+            results[resident.name] = [
+                {"chunks": got.chunks, "seconds": [s], "cpu_seconds": [c], "threads": [t], "query_ms": []}
+                for s, c, t in zip(got.seconds, got.cpu_seconds, got.threads, strict=True)
+            ]
+            results[resident.name][0].update(query_ms=queries, torch=resident.hello.get("torch", ""))
+    finally:
+        for resident in residents:
+            resident.close()
+    return int(residents[0].hello.get("tokens", 0))
+
+
 def paired(row: Row, peer: Row) -> float:
     """The median over rounds of ``row``'s rate over ``peer``'s in the same round."""
 
@@ -134,6 +180,18 @@ def main(argv: list[str] | None = None) -> int:
         help="ggml pool poll levels (comma-separated)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="rounds over all configurations")
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="keep every configuration resident in its own process and time one run of each in turn, "
+        "--rounds times (bench/interleave.py): for comparing builds on a machine whose load moves",
+    )
+    parser.add_argument(
+        "--only", help="only the configurations whose name contains one of these (comma-separated)"
+    )
+    parser.add_argument(
+        "--busy", action="store_true", help="with --interleave: one core busy elsewhere while they run"
+    )
     parser.add_argument("--queries", type=int, default=50, help="short queries timed one by one per run")
     parser.add_argument("--quick", action="store_true", help="40 chunks, one run, 10 checked: a smoke test")
     args = parser.parse_args(argv)
@@ -221,14 +279,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         configs.append(Config(PEER, {"system": "st", "model": str(src), "threads": threads}, python=peer_py))
 
+    if args.only:
+        keep = args.only.split(",")
+        configs = [c for c in configs if c.name == PEER or any(k in c.name for k in keep)]
     results: dict[str, list[dict[str, Any]]] = {c.name: [] for c in configs}
-    vectors: dict[str, Path] = {}
+    vectors: dict[str, Path] = {c.name: tmp / f"vectors-{i}.npy" for i, c in enumerate(configs)}
     tokens = 0
+    if args.interleave:
+        tokens = interleaved(args, configs, tmp, results, vectors)
     # Every configuration once per round, the rounds one after the other: the builds alternate,
     # so a machine whose other tenants come and go weighs on all of them alike.
-    for rnd in range(args.rounds):
-        for i, config in enumerate(configs):
-            vectors[config.name] = tmp / f"vectors-{i}.npy"
+    for rnd in range(0 if args.interleave else args.rounds):
+        for config in configs:
             spec = {
                 "chunks": args.chunks,
                 "repeat": args.repeat,
@@ -259,7 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{describe(llama=True)}\n\n"
         f"{len(texts)} chunks, {tokens} tokens ({tokens / len(texts):.0f} per chunk); "
-        f"median of {args.repeat} run(s) after a warm-up, each configuration in its own process.\n"
+        + (
+            f"{args.rounds} rounds of one run of each configuration in turn, each resident in its own "
+            "process after a warm-up (`--interleave`); medians over the rounds"
+            f"{'; one core busy (a pure-Python loop at nice 0)' if args.busy else ''}.\n"
+            if args.interleave
+            else f"median of {args.repeat} run(s) after a warm-up, each configuration in its own process.\n"
+        )
     )
     print(
         "| configuration | chunks/s | tokens/s | vs sentence-transformers (median of the rounds' ratios) | "

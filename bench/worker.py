@@ -152,9 +152,55 @@ def measure(
     return result
 
 
+def serve(spec: dict[str, Any]) -> None:
+    """Stay resident: load once, warm up, then answer one command a line on stdin, one JSON line each.
+
+    ``run`` times one run of the chunks; ``queries N`` times N short queries; ``save PATH``
+    writes the last vectors; anything else ends it. ``bench/interleave.py`` drives it, so that
+    configurations in separate processes take turns a few seconds apart.
+    """
+    if spec.get("nice"):
+        from daemon.service.priority import lower_priority
+
+        lower_priority(spec["nice"], all_threads=True)
+    texts = make_chunks(spec["chunks"])
+    run, facts = (_embedd if spec["system"] == "embedd" else _sentence_transformers)(spec, texts)
+    vectors = run()
+    found = facts()
+    query = found.pop("query")
+    print(json.dumps({"ok": True, "chunks": len(texts), **found}), flush=True)
+    for line in sys.stdin:
+        command, _, arg = line.strip().partition(" ")
+        if command == "run":
+            t0, c0 = time.perf_counter(), time.process_time()
+            vectors = run()
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+            print(
+                json.dumps(
+                    {"ok": True, "seconds": seconds, "cpu_seconds": cpu, "threads": facts()["threads_now"]}
+                ),
+                flush=True,
+            )
+        elif command == "queries":
+            times = []
+            for _ in range(int(arg)):
+                t0 = time.perf_counter()
+                query()
+                times.append((time.perf_counter() - t0) * 1000)
+            print(json.dumps({"ok": True, "query_ms": times}), flush=True)
+        elif command == "save":
+            np.save(arg, vectors)
+            print(json.dumps({"ok": True}), flush=True)
+        else:
+            return
+
+
 if __name__ == "__main__":
-    # structlog's default output goes to stdout: keep stdout for the one JSON line.
+    # structlog's default output goes to stdout: keep stdout for the JSON lines.
     import structlog
 
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-    print(json.dumps(main(json.loads(sys.argv[1]))))
+    if sys.argv[1] == "--serve":
+        serve(json.loads(sys.argv[2]))
+    else:
+        print(json.dumps(main(json.loads(sys.argv[1]))))
