@@ -515,17 +515,17 @@ def _read_batch(
     conn: sqlite3.Connection, after: int, closing: threading.Event
 ) -> list[tuple[int, str, str, str, str]]:
     """The next rows after rowid ``after``; a writer busy for long (a bulk index) is waited out."""
-    waited = 0.0
+    give_up = time.monotonic() + 600
     while True:
         try:
             return conn.execute(_POSTINGS_BATCH, (after, BUILD_BATCH)).fetchall()
         except sqlite3.OperationalError as exc:
             # busy_timeout has passed: the store's writer commits back to back. Try again
             # (for up to ten minutes) rather than leave keyword search slow until a restart.
-            if ("locked" not in str(exc) and "busy" not in str(exc)) or waited > 600 or closing.is_set():
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or time.monotonic() > give_up or closing.is_set():
                 raise
             closing.wait(0.2)
-            waited += 5.2
 
 
 def _text(content: str, title: str, section: str, extra: str) -> str:

@@ -66,8 +66,8 @@ class Tokenizer:
 class Postings:
     """Every live chunk's terms, by FTS rowid; thread-safe (one writer, any readers)."""
 
-    def __init__(self, tokenizer: Tokenizer | None = None) -> None:
-        self._tok = tokenizer or Tokenizer()
+    def __init__(self) -> None:
+        self._tok = Tokenizer()
         self._lock = threading.Lock()
         self._vocab: dict[str, int] = {}
         # Main arrays: postings sorted by term, ``_ptr[t]:_ptr[t+1]`` the postings of term t.
@@ -89,11 +89,6 @@ class Postings:
     def count(self) -> int:
         """Live chunks."""
         return self._count
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        """The tokenizer the postings were built with (a query's words go through it too)."""
-        return self._tok
 
     # ----- building and changing -----
 
@@ -198,12 +193,6 @@ class Postings:
                 self._fold()
 
     # ----- ranking -----
-
-    def df(self, term: str) -> int:
-        """How many live chunks hold ``term`` (an index term)."""
-        with self._lock:
-            rows, _ = self._postings(self._vocab.get(term))
-            return int(self._live[rows].sum()) if len(rows) else 0
 
     def _postings(self, tid: int | None) -> tuple[IntArray, FloatArray]:
         if tid is None:
