@@ -50,6 +50,7 @@ BASE_ENV = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", 
 
 from corpus import chunks as make_chunks  # noqa: E402
 from daemonproc import DaemonProc, drop, stage_files  # noqa: E402
+from interleave import add_pool_arguments  # noqa: E402
 from machine import describe, peer_python  # noqa: E402
 from worker import measure  # noqa: E402
 
@@ -92,6 +93,18 @@ class Setting:
     nice: int
     env: dict[str, str] = field(default_factory=dict)
     python: str | None = None  # None: this one (the OpenMP build)
+
+
+def start_daemon(work: Path, model: Path, setting: Setting) -> DaemonProc:
+    """The daemon in ``work``, run the way ``setting`` says (its build, threads, nice, environment)."""
+    return DaemonProc(
+        work,
+        model,
+        {**BASE_ENV, **setting.env},
+        threads=setting.threads,
+        nice=setting.nice,
+        python=setting.python,
+    )
 
 
 def settings(cores: int) -> tuple[Setting, Setting, Setting]:
@@ -307,14 +320,7 @@ def part_foreground(args: argparse.Namespace, model: Path, tmp: Path) -> None:
     rows = []
     for setting in daemon_settings(physical_cores(), args.pool_python):
         work = tmp / f"fg-{len(rows)}"
-        daemon = DaemonProc(
-            work,
-            model,
-            {**BASE_ENV, **setting.env},
-            threads=setting.threads,
-            nice=setting.nice,
-            python=setting.python,
-        )
+        daemon = start_daemon(work, model, setting)
         try:
             daemon.ready()
             paths = stage_files(work / "staging", texts, per_file=5)
@@ -366,14 +372,7 @@ def part_e2e(
         for busy in (False, True):
             work = tmp / f"e2e-{len(rows)}"
             with busy_core(busy):
-                daemon = DaemonProc(
-                    work,
-                    model,
-                    {**BASE_ENV, **setting.env},
-                    threads=setting.threads,
-                    nice=setting.nice,
-                    python=setting.python,
-                )
+                daemon = start_daemon(work, model, setting)
                 try:
                     daemon.ready()
                     paths = stage_files(work / "staging", texts, per_file=5)
@@ -418,18 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--part", choices=("model", "foreground", "e2e"), action="append", help="run only these"
     )
-    parser.add_argument(
-        "--pool-python",
-        help="a Python whose llama-cpp-python was built with GGML_OPENMP=OFF: its rows (ggml's thread "
-        "pool) run in the same invocation, alternating with this one's",
-    )
-    parser.add_argument(
-        "--polls",
-        type=lambda v: [int(p) for p in v.split(",")],
-        default=[0, 50, 100],
-        help="ggml pool poll levels for the model-only rows (comma-separated)",
-    )
-    parser.add_argument("--rounds", type=int, default=1, help="model-only rounds over all configurations")
+    add_pool_arguments(parser, scope="model-only ")
     parser.add_argument("--only", help="model-only rows whose name contains this")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     args = parser.parse_args(argv)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 BASE_ENV = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
 
 from corpus import chunks as make_chunks  # noqa: E402
-from interleave import Resident, take_turns  # noqa: E402
+from interleave import Resident, add_pool_arguments, take_turns  # noqa: E402
 from machine import describe, peer_python  # noqa: E402
 from worker import measure  # noqa: E402
 
@@ -168,18 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reference", type=int, default=40, help="chunks checked against the numpy reference"
     )
-    parser.add_argument(
-        "--pool-python",
-        help="a Python whose llama-cpp-python was built with GGML_OPENMP=OFF: its rows (ggml's thread "
-        "pool) run in the same invocation, alternating with this one's",
-    )
-    parser.add_argument(
-        "--polls",
-        type=lambda v: [int(p) for p in v.split(",")],
-        default=[0, 50, 100],
-        help="ggml pool poll levels (comma-separated)",
-    )
-    parser.add_argument("--rounds", type=int, default=1, help="rounds over all configurations")
+    add_pool_arguments(parser)
     parser.add_argument(
         "--interleave",
         action="store_true",

@@ -11,6 +11,7 @@ rounds of their ratio cancels what drifts between rounds.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -22,6 +23,25 @@ from pathlib import Path
 from typing import IO, Any
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
+
+
+def add_pool_arguments(parser: argparse.ArgumentParser, *, scope: str = "") -> None:
+    """The options of a benchmark that sets ggml's thread-pool build beside the OpenMP one.
+
+    ``scope`` names the rows the poll levels and rounds apply to (``"model-only "``).
+    """
+    parser.add_argument(
+        "--pool-python",
+        help="a Python whose llama-cpp-python was built with GGML_OPENMP=OFF: its rows (ggml's thread "
+        "pool) run in the same invocation, alternating with this one's",
+    )
+    parser.add_argument(
+        "--polls",
+        type=lambda v: [int(p) for p in v.split(",")],
+        default=[0, 50, 100],
+        help=f"ggml pool poll levels for the {scope}rows (comma-separated)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help=f"{scope}rounds over all configurations")
 
 
 class Resident:
