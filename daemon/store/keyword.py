@@ -31,7 +31,7 @@ import numpy as np
 import structlog
 
 from daemon.store.entries import Row
-from daemon.store.postings import IntArray, Postings
+from daemon.store.postings import FloatArray, IntArray, Postings
 from daemon.store.tokens import extra_terms
 
 log = structlog.get_logger(__name__)
@@ -445,19 +445,24 @@ class KeywordIndex:
         """The best ``limit`` chunks by BM25 from the postings; None while they are not built.
 
         ``words`` are the query's single words and ``phrases`` its multi-word FTS5 phrases
-        (``"save store"``), each as often as it counts; FTS5 finds a phrase's chunks (it knows
-        positions), the postings rank everything. Scores equal ``search``'s for the same terms.
+        (``"save store"``), each as often as it counts. FTS5 finds and scores a phrase's chunks
+        (it knows positions, so every occurrence counts); the postings score the words. Scores
+        equal ``search``'s for the same terms.
         """
         postings = self.postings
         if postings is None or limit <= 0:
             return None
-        phrase_rows: list[IntArray] = []
-        found: dict[str, IntArray] = {}
+        phrase_rows: list[tuple[IntArray, FloatArray]] = []
+        found: dict[str, tuple[IntArray, FloatArray]] = {}
         with self._reading() as conn:
             for p in phrases:
                 if p not in found:
-                    rows = conn.execute("SELECT rowid FROM fts WHERE fts MATCH ?", (p,)).fetchall()
-                    found[p] = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+                    sql = "SELECT rowid, -bm25(fts) FROM fts WHERE fts MATCH ?"
+                    rows = conn.execute(sql, (p,)).fetchall()
+                    found[p] = (
+                        np.fromiter((r[0] for r in rows), np.int64, len(rows)),
+                        np.fromiter((r[1] for r in rows), np.float32, len(rows)),
+                    )
                 phrase_rows.append(found[p])
             ranked = postings.rank(words, limit, phrases=phrase_rows)
             info: dict[int, tuple[str, int, str]] = {}

@@ -211,12 +211,13 @@ class Postings:
         return rows, tf
 
     def rank(
-        self, words_: Sequence[str], limit: int, *, phrases: Sequence[IntArray] = ()
+        self, words_: Sequence[str], limit: int, *, phrases: Sequence[tuple[IntArray, FloatArray]] = ()
     ) -> list[tuple[int, float]]:
         """The best ``limit`` live rowids for the words ``words_`` (each once per time it is given).
 
-        ``phrases`` are the rowids matching each multi-word phrase of the query (found by FTS5,
-        which knows positions); each counts as a term once per chunk.
+        ``phrases`` are, for each multi-word phrase of the query, the rowids holding it and the
+        phrase's BM25 score in each (FTS5 scores them: it knows positions, so it counts every
+        occurrence); they are added as they are.
         """
         with self._lock:
             n_docs = self._count
@@ -225,15 +226,13 @@ class Postings:
             avg = self._total_len / n_docs
             size = len(self._live)
             scores = np.zeros(size, np.float32)
-            lists: list[tuple[IntArray, FloatArray]] = []
+            for found, found_scores in phrases:
+                keep = (found >= 0) & (found < size)
+                keep[keep] = self._live[found[keep]]
+                scores[found[keep]] += found_scores[keep]
             for w in words_:
                 tid = self._vocab.get(self._tok.term(w))
-                rows, tf = self._postings(tid)
-                lists.append((rows, tf))
-            for found in phrases:
-                inside = found[(found >= 0) & (found < size)]
-                lists.append((inside, np.ones(len(inside), np.float32)))
-            for all_rows, all_tf in lists:
+                all_rows, all_tf = self._postings(tid)
                 if not len(all_rows):
                     continue
                 live = self._live[all_rows]
