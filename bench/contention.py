@@ -50,13 +50,17 @@ BASE_ENV = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", 
 
 from corpus import chunks as make_chunks  # noqa: E402
 from daemonproc import DaemonProc, drop, stage_files  # noqa: E402
-from machine import describe  # noqa: E402
+from interleave import add_pool_arguments  # noqa: E402
+from machine import describe, peer_python  # noqa: E402
 from worker import measure  # noqa: E402
 
 from daemon.embed.embedder import physical_cores  # noqa: E402
 
 # libgomp's own default spin count: what embedd ran with before it set OMP_WAIT_POLICY=passive.
 SPINNING = {"GOMP_SPINCOUNT": "300000"}
+# The rows of llama.cpp built with GGML_OPENMP=OFF (`--pool-python`), which runs on ggml's pool.
+POOL = "ggml pool"
+PEER = "sentence-transformers (PyTorch defaults, batch 32)"
 HOG = "while True: pass"
 
 FOREGROUND = """
@@ -88,6 +92,19 @@ class Setting:
     threads: int
     nice: int
     env: dict[str, str] = field(default_factory=dict)
+    python: str | None = None  # None: this one (the OpenMP build)
+
+
+def start_daemon(work: Path, model: Path, setting: Setting) -> DaemonProc:
+    """The daemon in ``work``, run the way ``setting`` says (its build, threads, nice, environment)."""
+    return DaemonProc(
+        work,
+        model,
+        {**BASE_ENV, **setting.env},
+        threads=setting.threads,
+        nice=setting.nice,
+        python=setting.python,
+    )
 
 
 def settings(cores: int) -> tuple[Setting, Setting, Setting]:
@@ -95,6 +112,16 @@ def settings(cores: int) -> tuple[Setting, Setting, Setting]:
     adaptive = Setting("passive, adaptive threads, nice 0", 0, 0)
     after = Setting("after (defaults): passive, adaptive, nice 10, batch, idle I/O", 0, 10)
     return before, adaptive, after
+
+
+def daemon_settings(cores: int, pool_python: str | None) -> list[Setting]:
+    """The daemon runs: the OpenMP build's settings, and the ggml-pool build's defaults."""
+    out = list(settings(cores))
+    if pool_python:
+        out.append(
+            Setting(f"{POOL} (its defaults): adaptive, nice 10, batch, idle I/O", 0, 10, {}, pool_python)
+        )
+    return out
 
 
 @contextmanager
@@ -119,66 +146,149 @@ def rate(result: dict[str, Any]) -> float:
 # --- 1. model only ----------------------------------------------------------------------------
 
 
+@dataclass
+class Case:
+    """One model-only configuration: a worker spec, its environment and the Python that runs it."""
+
+    name: str
+    spec: dict[str, Any]
+    env: dict[str, str] = field(default_factory=dict)
+    python: str | None = None  # None: this one (the OpenMP build)
+
+
+def model_cases(cores: int, pool_python: str | None, polls: list[int]) -> list[Case]:
+    """The OpenMP build's rows, then the ggml-pool build's (``pool_python``), then the peer."""
+    before, adaptive, after = settings(cores)
+    cases = [Case(before.name, {"system": "embedd", "threads": cores}, before.env)]
+    if not pool_python:
+        cases += [
+            *(
+                Case(f"passive, {k} thread{'s' if k > 1 else ''}, nice 0", {"system": "embedd", "threads": k})
+                for k in range(cores, 0, -1)
+            ),
+            Case(adaptive.name, {"system": "embedd", "threads": 0}),
+        ]
+    cases.append(Case(after.name, {"system": "embedd", "threads": 0, "nice": 10}))
+    if pool_python:
+        # Against the build before: its settings before and after the contention work, and the
+        # peer; the fixed thread counts of that work are not measured again.
+        cases += [
+            Case(
+                f"{POOL}: {cores} threads, poll 0, nice 0",
+                {"system": "embedd", "threads": cores, "poll": 0},
+                python=pool_python,
+            ),
+            *(
+                Case(
+                    f"{POOL}: adaptive, poll {poll}, nice 10",
+                    {"system": "embedd", "threads": 0, "nice": 10, "poll": poll},
+                    python=pool_python,
+                )
+                for poll in polls
+            ),
+            Case(
+                f"{POOL}: adaptive, a new pool per batch, nice 10",
+                {"system": "embedd", "threads": 0, "nice": 10, "poll": None},
+                python=pool_python,
+            ),
+        ]
+    peer_py = peer_python(pool_python)
+    if peer_py is False:
+        print("  sentence-transformers not installed (make bench installs it): peer skipped", file=sys.stderr)
+    else:
+        cases.append(Case(PEER, {"system": "st", "threads": cores}, python=peer_py))
+    return cases
+
+
 def part_model(args: argparse.Namespace, model: Path, src: Path) -> dict[str, dict[str, float]]:
     cores = physical_cores()
     before, adaptive, after = settings(cores)
-    cases: list[tuple[str, dict[str, Any], dict[str, str]]] = [
-        (before.name, {"system": "embedd", "threads": cores}, before.env),
-        *(
-            (f"passive, {k} thread{'s' if k > 1 else ''}, nice 0", {"system": "embedd", "threads": k}, {})
-            for k in range(cores, 0, -1)
-        ),
-        (adaptive.name, {"system": "embedd", "threads": 0}, {}),
-        (after.name, {"system": "embedd", "threads": 0, "nice": 10}, {}),
+    cases = [
+        c for c in model_cases(cores, args.pool_python, args.polls) if not args.only or args.only in c.name
     ]
-    try:
-        import sentence_transformers  # noqa: F401
-
-        cases.append(
-            ("sentence-transformers (PyTorch defaults, batch 32)", {"system": "st", "threads": cores}, {})
-        )
-    except ImportError:
-        print("  sentence-transformers not installed (make bench installs it): peer skipped", file=sys.stderr)
-    results: dict[str, dict[str, float]] = {}
+    # Every case idle and busy once per round, the rounds one after the other: the two builds
+    # alternate, so a machine whose other tenants come and go weighs on both alike.
+    rates: dict[str, dict[str, list[float]]] = {c.name: {"idle": [], "busy": []} for c in cases}
     threads_seen: dict[str, list[int]] = {}
-    for name, case, env in cases:
-        spec = {**case, "chunks": args.chunks, "repeat": args.repeat}
-        spec["model"] = str(src if spec["system"] == "st" else model)
-        results[name] = {}
-        for busy in (False, True):
-            with busy_core(busy):
-                result = measure(spec, {**BASE_ENV, **env})
-            results[name]["busy" if busy else "idle"] = rate(result)
-            if busy:
-                threads_seen[name] = result["threads"]
-            print(
-                f"  {name}, {'one core busy' if busy else 'idle'}: {rate(result):.1f} chunks/s",
-                file=sys.stderr,
-            )
+    for rnd in range(args.rounds):
+        for case in cases:
+            spec = {**case.spec, "chunks": args.chunks, "repeat": args.repeat}
+            spec["model"] = str(src if spec["system"] == "st" else model)
+            for busy in (False, True):
+                with busy_core(busy):
+                    result = measure(spec, {**BASE_ENV, **case.env}, python=case.python)
+                key = "busy" if busy else "idle"
+                rates[case.name][key].append(rate(result))
+                if busy:
+                    threads_seen.setdefault(case.name, []).extend(result["threads"])
+                print(
+                    f"  round {rnd + 1}, {case.name}, {'one core busy' if busy else 'idle'}: "
+                    f"{rate(result):.1f} chunks/s (load {os.getloadavg()[0]:.2f})",
+                    file=sys.stderr,
+                )
+    results = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in rates.items()}
 
-    peer = results.get("sentence-transformers (PyTorch defaults, batch 32)")
-    print(f"\n### Model only, {args.chunks} chunks, median of {args.repeat} runs after a warm-up\n")
+    peer = results.get(PEER)
+    print(
+        f"\n### Model only, {args.chunks} chunks, median of {args.rounds} round(s) of {args.repeat} runs "
+        "after a warm-up, the configurations alternating\n"
+    )
     print(f"{describe(llama=True)}\n")
+    if args.pool_python:
+        print(f"{POOL}: {other_build(args.pool_python)}\n")
     print(
         "| configuration | idle chunks/s | one core busy | kept when busy | vs sentence-transformers "
-        "(idle / busy) | busy vs before | threads when busy |"
+        "(idle / busy; median of the rounds' ratios) | busy vs before | threads when busy | "
+        "idle, each round | busy, each round |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
-    base = results[before.name]["busy"]
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |")
+    base = results[before.name]["busy"] if before.name in results else None
     for name, r in results.items():
         vs = f"{r['idle'] / peer['idle']:.2f}x / {r['busy'] / peer['busy']:.2f}x" if peer else "n/a"
+        if peer and args.rounds > 1:
+            # Each round's own ratio, then their median: what drifts between rounds cancels.
+            idle, busy = (paired(rates[name], rates[PEER], k) for k in ("idle", "busy"))
+            vs += f" ({idle:.2f}x / {busy:.2f}x)"
         seen = ",".join(str(t) for t in threads_seen.get(name, [])) or "-"
+        vs_base = f"{r['busy'] / base:.2f}x" if base else "n/a"
+        each = {k: ", ".join(f"{v:.1f}" for v in rates[name][k]) for k in ("idle", "busy")}
         print(
             f"| {name} | {r['idle']:.1f} | {r['busy']:.1f} | {r['busy'] / r['idle']:.0%} | {vs} | "
-            f"{r['busy'] / base:.2f}x | {seen} |"
+            f"{vs_base} | {seen} | {each['idle']} | {each['busy']} |"
         )
-    fixed = max(r["busy"] for n, r in results.items() if n.startswith("passive, ") and "adaptive" not in n)
-    print(
-        f"\nAdaptive, one core busy: {results[adaptive.name]['busy'] / base:.2f}x the settings before this "
-        f"release (goal 1.3x) and {results[adaptive.name]['busy'] / fixed:.2f}x the best fixed thread count "
-        f"(goal 1.0x); the new defaults (nice 10): {results[after.name]['busy'] / base:.2f}x."
-    )
+    if base and adaptive.name in results and after.name in results:
+        fixed = max(
+            (r["busy"] for n, r in results.items() if n.startswith("passive, ") and "adaptive" not in n),
+            default=float("nan"),
+        )
+        print(
+            f"\nAdaptive, one core busy: {results[adaptive.name]['busy'] / base:.2f}x the settings before "
+            f"this release (goal 1.3x) and {results[adaptive.name]['busy'] / fixed:.2f}x the best fixed "
+            f"thread count (goal 1.0x); the new defaults (nice 10): "
+            f"{results[after.name]['busy'] / base:.2f}x."
+        )
+    for name, r in results.items():
+        if name.startswith(POOL) and base and peer:
+            omp = results.get(after.name)
+            vs_omp = f", {r['idle'] / omp['idle']:.2f}x the OpenMP defaults" if omp else ""
+            print(
+                f"{name}: idle {r['idle'] / peer['idle']:.2f}x sentence-transformers (goal 1.0x){vs_omp}; "
+                f"one core busy {r['busy'] / base:.2f}x OpenMP spinning (goal 1.3x)."
+            )
     return results
+
+
+def paired(a: dict[str, list[float]], b: dict[str, list[float]], key: str) -> float:
+    """The median over rounds of ``a``'s rate over ``b``'s in the same round."""
+    return statistics.median(x / y for x, y in zip(a[key], b[key], strict=True))
+
+
+def other_build(python: str) -> str:
+    """The machine line as ``python`` (another venv's llama.cpp build) sees it."""
+    proc = subprocess.run(
+        [python, str(ROOT / "bench" / "machine.py")], env=BASE_ENV, capture_output=True, text=True, check=True
+    )
+    return proc.stdout.strip().rpartition("; ")[2]
 
 
 # --- 2. the foreground job --------------------------------------------------------------------
@@ -208,11 +318,9 @@ def part_foreground(args: argparse.Namespace, model: Path, tmp: Path) -> None:
     alone = [_foreground(sample, size) for _ in range(args.fg_runs)]
     texts = make_chunks(args.fg_chunks)
     rows = []
-    for setting in settings(physical_cores()):
+    for setting in daemon_settings(physical_cores(), args.pool_python):
         work = tmp / f"fg-{len(rows)}"
-        daemon = DaemonProc(
-            work, model, {**BASE_ENV, **setting.env}, threads=setting.threads, nice=setting.nice
-        )
+        daemon = start_daemon(work, model, setting)
         try:
             daemon.ready()
             paths = stage_files(work / "staging", texts, per_file=5)
@@ -258,15 +366,13 @@ def part_e2e(
     args: argparse.Namespace, model: Path, tmp: Path, model_rates: dict[str, dict[str, float]]
 ) -> None:
     texts = make_chunks(args.chunks)
-    before, _, after = settings(physical_cores())
+    before, _, after, *pool = daemon_settings(physical_cores(), args.pool_python)
     rows = []
-    for setting in (before, after):
+    for setting in (before, after, *pool):
         for busy in (False, True):
             work = tmp / f"e2e-{len(rows)}"
             with busy_core(busy):
-                daemon = DaemonProc(
-                    work, model, {**BASE_ENV, **setting.env}, threads=setting.threads, nice=setting.nice
-                )
+                daemon = start_daemon(work, model, setting)
                 try:
                     daemon.ready()
                     paths = stage_files(work / "staging", texts, per_file=5)
@@ -311,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--part", choices=("model", "foreground", "e2e"), action="append", help="run only these"
     )
+    add_pool_arguments(parser, scope="model-only ")
+    parser.add_argument("--only", help="model-only rows whose name contains this")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     args = parser.parse_args(argv)
     if args.quick:

@@ -27,7 +27,9 @@ class DaemonProc:
         *,
         threads: int,
         nice: int,
+        python: str | None = None,
     ) -> None:
+        """``python``: the interpreter to run it with (another venv's llama.cpp build; default this one)."""
         self.workdir = workdir
         self.inbox = workdir / "inbox"
         self.inbox.mkdir(parents=True, exist_ok=True)
@@ -41,7 +43,7 @@ class DaemonProc:
         self.log_path = workdir / f"daemon-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "--config", str(self.config)],
+            [python or sys.executable, "-m", "daemon.cli", "--config", str(self.config)],
             cwd=ROOT,
             env={**env, "PYTHONPATH": str(ROOT)},
             stdin=subprocess.DEVNULL,

@@ -94,6 +94,28 @@ def describe(*, llama: bool = False) -> str:
     return text
 
 
+def peer_python(other: str | None) -> str | bool | None:
+    """Which Python runs sentence-transformers: None for this one, ``other`` if only it has it.
+
+    False when neither has it installed.
+    """
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("sentence_transformers") is not None:
+        return None
+    if other is not None:
+        probe = [
+            other,
+            "-c",
+            "import importlib.util as u; print(u.find_spec('sentence_transformers') is not None)",
+        ]
+        found = subprocess.run(probe, capture_output=True, text=True, check=False).stdout.strip()
+        if found == "True":
+            return other
+    return False
+
+
 def machine_line() -> str:
     """``describe()`` without llama.cpp's build features: one line for a table's heading."""
     return describe()

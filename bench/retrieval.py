@@ -213,7 +213,11 @@ def fusion_study(
 def keyword_index_bytes(data: Path) -> int | None:
     """Bytes of the daemon's keyword sidecar(s) beside the store, None when it has none."""
     known = {"embeddings.json", "embeddings.json.idx", "embeddings.sock", "embeddings.json.lock"}
-    found = [p for p in data.iterdir() if p.is_file() and p.name not in known and "keyword" in p.name]
+    found = [
+        p
+        for p in data.iterdir()
+        if p.is_file() and p.name not in known and p.name.startswith("embeddings.json.kw")
+    ]
     return sum(p.stat().st_size for p in found) if found else None
 
 

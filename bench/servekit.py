@@ -146,6 +146,17 @@ class RunningDaemon:
             time.sleep(0.1)
         raise RuntimeError(f"daemon not ready after {timeout:.0f} s; see {self.log_path}")
 
+    def wait_logged(self, event: str, timeout: float = 600.0) -> float:
+        """Until the daemon's log holds ``event`` (e.g. ``keyword_postings_ready``); seconds waited."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}; see {self.log_path}")
+            if event.encode() in self.log_path.read_bytes():
+                return time.monotonic() - started
+            time.sleep(0.2)
+        raise RuntimeError(f"no {event} in the daemon's log after {timeout:.0f} s; see {self.log_path}")
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -1,7 +1,8 @@
 """Configuration: TOML -> frozen dataclasses.
 
-The flow is defaults -> parse -> validate: the user's tables are laid over ``DEFAULTS``,
-every value is type- and range-checked as it is read, and the cross-field rules (overlap
+The flow is defaults -> parse -> validate: the user's tables are laid over ``DEFAULTS``
+(each default is written there once; the dataclasses take theirs from it), every value is
+type- and range-checked as it is read (``daemon.tables``), and the cross-field rules (overlap
 below size, watched folders that would double-index, a store inside a watched folder) run
 last on the finished ``Config``. Every problem raises ``ConfigError`` naming the dotted key
 (``model.threads``, ``watch[1].include[0]``), the value and what is allowed.
@@ -14,17 +15,18 @@ uses them.
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import socket
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePath
 from types import MappingProxyType
+from typing import TypeVar
 
 from daemon.errors import ConfigError
+from daemon.tables import Table, absolute, reject_unknown
 from daemon.webnames import canonical_host, canonical_origin
 
 _MIB = 1024 * 1024
@@ -132,6 +134,17 @@ SINK_DEFAULTS: Mapping[str, object] = MappingProxyType(
 """Every key of a ``[[sink]]`` table with its default; ``type`` and ``uri`` are required."""
 
 
+_T = TypeVar("_T")
+
+
+def _default(table: Mapping[str, object], key: str, kind: type[_T]) -> _T:
+    """A default of the file's tables, as a dataclass field's default: each is written once."""
+    value = table[key]
+    if not isinstance(value, kind):
+        raise TypeError(f"the default of {key} is {value!r}, not {kind.__name__}")
+    return value
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The GGUF embedding model and how llama.cpp runs it."""
@@ -141,7 +154,7 @@ class ModelConfig:
     normalize: bool
     query_prefix: str
     batch_tokens: int
-    gpu_layers: int = 0  # layers offloaded to a GPU; -1: all
+    gpu_layers: int  # layers offloaded to a GPU; -1: all
 
 
 @dataclass(frozen=True)
@@ -150,7 +163,7 @@ class ChunkingConfig:
 
     size: int
     overlap: int
-    context_prefix: bool = False
+    context_prefix: bool
 
 
 @dataclass(frozen=True)
@@ -169,8 +182,9 @@ class WatchConfig:
     include: tuple[str, ...]
     exclude: tuple[str, ...]
     recursive: bool
-    respect_gitignore: bool = True  # .gitignore, .ignore and .git/info/exclude (watch/ignore.py)
-    preset: str = ""
+    # .gitignore, .ignore and .git/info/exclude (watch/ignore.py)
+    respect_gitignore: bool = _default(WATCH_DEFAULTS, "respect_gitignore", bool)
+    preset: str = _default(WATCH_DEFAULTS, "preset", str)
 
     def matches(self, relpath: str) -> bool:
         """Tell whether the file at ``relpath`` ('/'-separated, relative to ``path``) is indexed.
@@ -208,8 +222,8 @@ class DaemonConfig:
     extract_timeout_s: float
     extract_memory_bytes: int
     max_html_bytes: int
-    name: str = ""  # this daemon's name in shared sinks; the host name when not set
-    nice: int = 10  # niceness the daemon lowers itself to (with batch CPU and idle I/O); 0: as started
+    name: str  # this daemon's name in shared sinks (the host name when the file sets none)
+    nice: int  # niceness the daemon lowers itself to (with batch CPU and idle I/O); 0: as started
 
 
 @dataclass(frozen=True)
@@ -220,9 +234,9 @@ class SinkConfig:
     type: str  # one of SINK_TYPES
     uri: str  # a server URI, or an absolute path to the engine's local file or folder
     collection: str
-    token: str = field(default="", repr=False)  # a secret: kept out of logs and reprs
+    token: str = field(default=_default(SINK_DEFAULTS, "token", str), repr=False)  # a secret: no repr
     api_key_file: Path | None = None
-    timeout_s: float = 5.0  # the longest one request to the engine may take
+    timeout_s: float = _default(SINK_DEFAULTS, "timeout_s", float)  # the longest one request may take
 
 
 # sun_path holds 108 bytes with the terminating NUL.
@@ -231,14 +245,18 @@ MAX_SOCKET_PATH_BYTES = 107
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """The local API: a Unix socket (on by default), loopback TCP (off by default), limits."""
+    """The local API: a Unix socket (on by default), loopback TCP (off by default), limits.
+
+    The defaults are the file's (``DEFAULTS["serve"]``) in parsed form, but for ``socket``:
+    built without one, a ``ServeConfig`` has no socket (the file's default is one beside the store).
+    """
 
     socket: Path | None = None  # None: off
-    tcp: tuple[str, int] | None = None  # (host, port); port 0 picks a free one
+    tcp: tuple[str, int] | None = None  # (host, port); port 0 picks a free one; None: off
     token_file: Path | None = None  # when set, TCP requests need "Authorization: Bearer <token>"
-    allow_remote: bool = False
-    max_body_bytes: int = 1_048_576
-    max_connections: int = 512
+    allow_remote: bool = _default(DEFAULTS["serve"], "allow_remote", bool)
+    max_body_bytes: int = _default(DEFAULTS["serve"], "max_body_bytes", int)
+    max_connections: int = _default(DEFAULTS["serve"], "max_connections", int)
     allowed_hosts: tuple[str, ...] = ()  # more Host names TCP answers ("name" or "name:port")
     allowed_origins: tuple[str, ...] = ()  # web pages let in ("scheme://host[:port]"), with CORS
 
@@ -273,7 +291,7 @@ def load_config(path: Path) -> Config:
     Raises ``ConfigError`` for every problem, with field ``"<file>"`` when the file cannot be
     read or is not valid TOML.
     """
-    source = _absolute(path)
+    source = absolute(path)
     try:
         with source.open("rb") as handle:
             data = tomllib.load(handle)
@@ -288,8 +306,8 @@ def load_config(path: Path) -> Config:
 
 def parse_config(data: Mapping[str, object], base_dir: Path, *, source_path: Path | None = None) -> Config:
     """Build a validated ``Config`` from parsed TOML; relative paths resolve against ``base_dir``."""
-    base = _absolute(base_dir)
-    _reject_unknown(data, "", (*DEFAULTS, "watch", "sink"))
+    base = absolute(base_dir)
+    reject_unknown(data, "", (*DEFAULTS, "watch", "sink"))
     model, chunking, store, daemon = (
         _section(data, name, base) for name in ("model", "chunking", "store", "daemon")
     )
@@ -341,7 +359,7 @@ def _parse_watches(raw: object, base: Path) -> tuple[WatchConfig, ...]:
         field = f"watch[{index}]"
         if not isinstance(item, Mapping):
             raise ConfigError(field, item, "must be a table: write [[watch]] with path = ...")
-        table = _Table(item, field, WATCH_DEFAULTS, base)
+        table = Table(item, field, WATCH_DEFAULTS, base)
         written, path = table.path("path")
         include = table.patterns("include", allow_empty=False)
         exclude = table.patterns("exclude", allow_empty=True)
@@ -376,7 +394,7 @@ def _parse_sinks(raw: object, base: Path) -> tuple[SinkConfig, ...]:
         field = f"sink[{index}]"
         if not isinstance(item, Mapping):
             raise ConfigError(field, item, "must be a table: write [[sink]] with type and uri")
-        table = _Table(item, field, SINK_DEFAULTS, base)
+        table = Table(item, field, SINK_DEFAULTS, base)
         if item.get("type") is None:
             raise ConfigError(f"{field}.type", None, f"required; one of: {', '.join(SINK_TYPES)}")
         kind = table.choice("type", SINK_TYPES)
@@ -418,7 +436,7 @@ def _parse_sinks(raw: object, base: Path) -> tuple[SinkConfig, ...]:
 def _parse_serve(raw: object, base: Path, store: Path) -> ServeConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError("serve", raw, "must be a table: write [serve]")
-    table = _Table(raw, "serve", DEFAULTS["serve"], base)
+    table = Table(raw, "serve", DEFAULTS["serve"], base)
     sock: Path | None
     if raw.get("socket") is None:
         sock = default_socket(store)
@@ -533,155 +551,13 @@ def _covers(outer: WatchConfig, inner_rel: PurePath) -> bool:
     return outer.recursive and not any(_matches_any(part, outer.exclude) for part in inner_rel.parts)
 
 
-def _absolute(path: Path) -> Path:
-    """``path`` made absolute with '.' and '..' folded away lexically.
-
-    Not ``resolve()``: symlinks stay as the user wrote them, so logs show familiar paths.
-    """
-    return Path(os.path.normpath(path.absolute()))
-
-
 def _matches_any(name: str, patterns: Sequence[str]) -> bool:
     folded = name.casefold()
     return any(fnmatchcase(folded, pattern.casefold()) for pattern in patterns)
 
 
-def _reject_unknown(data: Mapping[str, object], prefix: str, allowed: Sequence[str]) -> None:
-    for key, value in data.items():
-        if key not in allowed:
-            raise ConfigError(
-                f"{prefix}{key}",
-                value,
-                f"unknown key; allowed here: {', '.join(sorted(allowed))}",
-            )
-
-
-def _section(data: Mapping[str, object], name: str, base: Path) -> _Table:
+def _section(data: Mapping[str, object], name: str, base: Path) -> Table:
     raw = data.get(name, {})
     if not isinstance(raw, Mapping):
         raise ConfigError(name, raw, f"must be a table: write [{name}]")
-    return _Table(raw, name, DEFAULTS[name], base, ALIASES.get(name, {}))
-
-
-def _type_name(value: object) -> str:
-    return type(value).__name__
-
-
-class _Table:
-    """One TOML table laid over its defaults; each getter checks type and range."""
-
-    def __init__(
-        self,
-        raw: Mapping[str, object],
-        field: str,
-        defaults: Mapping[str, object],
-        base: Path,
-        aliases: Mapping[str, str] | None = None,
-    ) -> None:
-        values: dict[str, object] = {}
-        self._written: dict[str, str] = {}  # key -> the (old) name the user wrote it under
-        for key, value in raw.items():
-            name = (aliases or {}).get(key, key)
-            if name in values:
-                old = key if key != name else self._written[name]
-                raise ConfigError(
-                    f"{field}.{old}", raw[old], f"the old name of {name}, which is set too; keep only {name}"
-                )
-            values[name] = value
-            self._written[name] = key
-        _reject_unknown(values, f"{field}.", tuple(defaults))
-        self._values: Mapping[str, object] = {**defaults, **values}
-        self._field = field
-        self._base = base
-
-    def _get(self, key: str) -> tuple[str, object]:
-        return f"{self._field}.{self._written.get(key, key)}", self._values[key]
-
-    def integer(self, key: str, *, minimum: int, maximum: int | None = None) -> int:
-        field, value = self._get(key)
-        # bool is a subclass of int, and `threads = true` is a mistake, not 1.
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(field, value, f"must be an integer, not {_type_name(value)}")
-        if value < minimum:
-            raise ConfigError(field, value, f"must be an integer >= {minimum}")
-        if maximum is not None and value > maximum:
-            raise ConfigError(field, value, f"must be an integer from {minimum} to {maximum}")
-        return value
-
-    def number(self, key: str, *, minimum: float = 0.0) -> float:
-        """A finite number > 0 and >= ``minimum`` (integer or float)."""
-        field, value = self._get(key)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ConfigError(field, value, f"must be a number, not {_type_name(value)}")
-        if not math.isfinite(value) or value <= 0:
-            raise ConfigError(field, value, "must be a finite number > 0")
-        if value < minimum:
-            raise ConfigError(field, value, f"must be at least {minimum:g}")
-        return float(value)
-
-    def boolean(self, key: str) -> bool:
-        field, value = self._get(key)
-        if not isinstance(value, bool):
-            raise ConfigError(field, value, f"must be true or false, not {_type_name(value)}")
-        return value
-
-    def string(self, key: str) -> str:
-        field, value = self._get(key)
-        if not isinstance(value, str):
-            raise ConfigError(field, value, f"must be a string, not {_type_name(value)}")
-        return value
-
-    def choice(self, key: str, allowed: Sequence[str]) -> str:
-        field = f"{self._field}.{key}"
-        value = self.string(key)
-        if value.lower() not in allowed:
-            raise ConfigError(field, value, f"must be one of: {', '.join(allowed)}")
-        return value.lower()
-
-    def path(self, key: str) -> tuple[str, Path]:
-        """The path as written, and as an absolute path ('~' expanded, relative to the base)."""
-        field, value = self._get(key)
-        if value is None:
-            raise ConfigError(field, value, "required; it has no default")
-        written = self.string(key)
-        if not written.strip():
-            raise ConfigError(field, written, "must be a non-empty path")
-        try:
-            expanded = Path(written).expanduser()
-        except RuntimeError as exc:
-            raise ConfigError(field, written, f"cannot expand '~': {exc}") from exc
-        return written, _absolute(self._base / expanded)
-
-    def strings(self, key: str, canonical: Callable[[str], str]) -> tuple[str, ...]:
-        """An array of strings, each put in ``canonical`` form (its ValueError names the item)."""
-        field, value = self._get(key)
-        if value is None:  # the default: none
-            return ()
-        if not isinstance(value, list | tuple):
-            raise ConfigError(field, value, "must be an array of strings")
-        out = []
-        for index, item in enumerate(value):
-            if not isinstance(item, str):
-                raise ConfigError(f"{field}[{index}]", item, f"must be a string, not {_type_name(item)}")
-            try:
-                out.append(canonical(item))
-            except ValueError as exc:
-                raise ConfigError(f"{field}[{index}]", item, str(exc)) from None
-        return tuple(out)
-
-    def patterns(self, key: str, *, allow_empty: bool) -> tuple[str, ...]:
-        field, value = self._get(key)
-        if not isinstance(value, list | tuple):
-            raise ConfigError(field, value, "must be an array of glob patterns")
-        if not value and not allow_empty:
-            raise ConfigError(field, value, "must hold at least one glob pattern")
-        for index, pattern in enumerate(value):
-            if not isinstance(pattern, str) or not pattern:
-                raise ConfigError(f"{field}[{index}]", pattern, "must be a non-empty string")
-            if "/" in pattern:
-                raise ConfigError(
-                    f"{field}[{index}]",
-                    pattern,
-                    "must not contain '/': patterns match one file or folder name",
-                )
-        return tuple(value)
+    return Table(raw, name, DEFAULTS[name], base, ALIASES.get(name, {}))

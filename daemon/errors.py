@@ -41,10 +41,23 @@ class ConversionError(EmbeddError):
 
 
 class EmbedError(EmbeddError):
-    """A text cannot be embedded (empty, too long for the context, or the backend failed)."""
+    """A text cannot be embedded: catch this for either cause, raise one of the two below.
+
+    ``BadTextError`` is the caller's fault (answered 400 or 422), ``EmbedFailedError`` the
+    model's (500). llama.cpp's own refusals (``embed/native.py``) are raised as plain
+    ``EmbedError`` and become ``EmbedFailedError`` at the embedder's edge.
+    """
 
 
-class TextTooLongError(EmbedError):
+class BadTextError(EmbedError):
+    """A text the model must not be given: empty or whitespace only, or longer than its context."""
+
+
+class EmbedFailedError(EmbedError):
+    """The model failed on texts it may be given (llama.cpp refused a batch, gave no vector)."""
+
+
+class TextTooLongError(BadTextError):
     """A text holds more tokens than the model's context; it must be split upstream."""
 
     def __init__(self, tokens: int, limit: int, index: int | None = None) -> None:

@@ -1,6 +1,12 @@
 """structlog setup: JSON lines under systemd or when asked, a readable console on a terminal.
 
-All global logging state lives here.
+All of the daemon's global logging state lives here: structlog's configuration, whether logs go
+to a person (``is_console``), and what libraries' stdlib loggers do, changed only through the
+functions below (``route_to_events`` for uvicorn's, ``silence`` for pymilvus'). Two pieces live
+elsewhere, on purpose: llama.cpp's C-side log callback, which ``daemon.embed.llama`` sets as it
+imports ``llama_cpp`` (before the library's first call), and pypdf's logger in
+``daemon.ingest.pdf``, which runs only in the sandboxed worker: another process, which never
+imports the ``daemon`` package (``daemon.ingest.worker``).
 """
 
 from __future__ import annotations
@@ -83,3 +89,34 @@ def display_path(path: Path | str) -> str:
         except UnicodeEncodeError:
             return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+class _ToEvents(logging.Handler):
+    """A library's stdlib log records as our ``event``: warnings and above as warnings, the rest at debug."""
+
+    def __init__(self, event: str) -> None:
+        super().__init__()
+        self.event = event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "warning" if record.levelno >= logging.WARNING else "debug"
+        emit = getattr(structlog.get_logger("embedd"), level)
+        emit(self.event, message=record.getMessage(), logger=record.name)
+
+
+def route_to_events(names: tuple[str, ...], event: str) -> None:
+    """Send what the stdlib loggers ``names`` say (INFO and up) to our log as ``event`` events,
+    not to stderr as bare text (uvicorn's: a malformed request, say). Safe to call again."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _ToEvents) and h.event == event for h in logger.handlers):
+            logger.handlers = [_ToEvents(event)]
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+
+
+def silence(*names: str) -> None:
+    """Keep the stdlib loggers ``names`` quiet below CRITICAL: libraries (pymilvus) that log each
+    failure with a traceback of their own, which the caller reports as its own event."""
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from daemon.embed.embedder import FloatMatrix
-from daemon.errors import EmbedError
+from daemon.errors import EmbedFailedError
 
 
 class FakeEmbedder:
@@ -31,7 +31,7 @@ class FakeEmbedder:
     def embed(self, texts: Sequence[str], *, tokens: Sequence[int | None] | None = None) -> FloatMatrix:
         self.calls.append(list(texts))
         if self.poison is not None and any(self.poison in t for t in texts):
-            raise EmbedError(f"refusing a text containing {self.poison!r}")
+            raise EmbedFailedError(f"refusing a text containing {self.poison!r}")
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         for i, text in enumerate(texts):
             seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")

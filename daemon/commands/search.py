@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from daemon.commands.output import print_json
 from daemon.config import Config
-from daemon.errors import DaemonRequestError, DaemonUnavailable, EmbeddError, EmbedError, UsageError
+from daemon.errors import BadTextError, DaemonRequestError, DaemonUnavailable, EmbeddError, UsageError
 from daemon.query.hit import Hit, render_hits
 from daemon.query.options import Filters, SearchOptions, check_query, to_body
 
@@ -86,7 +86,7 @@ def search_via_daemon(
         if exc.status == 503:
             return None  # starting or stopping: the store on disk answers meanwhile
         if exc.status == 422:
-            raise EmbedError(f"the query is too long: {exc.message}") from exc
+            raise BadTextError(f"the query is too long: {exc.message}") from exc
         if exc.status == 400:
             raise UsageError(exc.message) from exc
         raise EmbeddError(f"the daemon at {client.where} refused the search: {exc.message}") from exc

@@ -24,8 +24,9 @@ import numpy.typing as npt
 from daemon.embed.gguf import check_gguf
 from daemon.embed.llama import llama_cpp_module
 from daemon.embed.native import NativeBatcher
+from daemon.embed.pool import DEFAULT_POLL, ThreadPools, uses_openmp
 from daemon.embed.threads import AdaptiveThreads, FixedThreads, ThreadPolicy
-from daemon.errors import EmbedError, ModelError, TextTooLongError
+from daemon.errors import BadTextError, EmbedError, EmbedFailedError, ModelError, TextTooLongError
 
 FloatMatrix = npt.NDArray[np.float32]
 
@@ -114,6 +115,9 @@ class EmbedderSettings:
     batch_tokens: int = 0  # 0: the model's context length
     flash_attn: bool = True
     gpu_layers: int = 0  # layers offloaded to a GPU; -1: all (needs a GPU build of llama.cpp)
+    # A llama.cpp built without OpenMP: ggml's thread pools' poll level (0 to 100), or None for
+    # ggml's own throw-away pool per batch. Ignored by an OpenMP build.
+    pool_poll: int | None = DEFAULT_POLL
 
 
 def thread_policy(threads: int, n_batch: int) -> ThreadPolicy:
@@ -176,7 +180,11 @@ class LlamaEmbedder:
         except (ValueError, RuntimeError) as exc:
             raise ModelError(model_path, f"llama.cpp cannot load it: {exc}") from exc
         self._dimension = int(self._llm.n_embd())
-        self._native = NativeBatcher(llama_cpp, self._llm.ctx, self._dimension)
+        self._openmp = uses_openmp(llama_cpp)
+        pools = None
+        if not self._openmp and settings.pool_poll is not None:
+            pools = ThreadPools(llama_cpp, self._llm.ctx, poll=settings.pool_poll)
+        self._native = NativeBatcher(llama_cpp, self._llm.ctx, self._dimension, pools=pools)
         self._pooling = _POOLING_NAMES[pooling_id]
         self._name = header.get_str("general.name") or model_path.stem
         self._gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
@@ -222,6 +230,11 @@ class LlamaEmbedder:
         return self._native.context_threads()
 
     @property
+    def pool_threads(self) -> int | None:
+        """The size of the ggml thread pool batches run on now (None: OpenMP, or a pool per batch)."""
+        return self._native.pool_threads
+
+    @property
     def gpu_layers(self) -> int:
         """The layer count llama.cpp was asked to offload (-1, all, reads as 2147483647)."""
         return int(self._llm.model_params.n_gpu_layers)
@@ -230,6 +243,11 @@ class LlamaEmbedder:
     def gpu_offload(self) -> bool:
         """Whether this build of llama.cpp can offload to a GPU at all."""
         return self._gpu_offload
+
+    @property
+    def openmp(self) -> bool:
+        """Whether this llama.cpp runs its threads on OpenMP (else on ggml's own thread pool)."""
+        return self._openmp
 
     @property
     def normalize(self) -> bool:
@@ -253,15 +271,18 @@ class LlamaEmbedder:
         ids: list[list[int]] = []
         for i, text in enumerate(texts):
             if not text.strip():
-                raise EmbedError(f"text {i} is empty or whitespace only; it must not be embedded")
+                raise BadTextError(f"text {i} is empty or whitespace only; it must not be embedded")
             tokens = self.tokenize(text)
             if len(tokens) > self._max_tokens:
                 raise TextTooLongError(len(tokens), self._max_tokens)
             ids.append(tokens)
         with self._lock:
-            vectors = self._native.embed(
-                ids, threads=self._policy.before_batch, timed=self._policy.after_batch
-            )
+            try:
+                vectors = self._native.embed(
+                    ids, threads=self._policy.before_batch, timed=self._policy.after_batch
+                )
+            except EmbedError as exc:  # llama.cpp refused texts that were fit to embed: its failure
+                raise EmbedFailedError(str(exc)) from exc
         if self._normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             np.divide(vectors, np.maximum(norms, 1e-12), out=vectors)

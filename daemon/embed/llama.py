@@ -17,7 +17,9 @@ _LOG_CALLBACK: object = None
 # machine that gains a little, but when another process holds one of the cores the spinning
 # threads burn the time the late thread needs, and throughput collapses (a 2-core run fell from
 # 27 to 11 chunks/s). "passive" makes waiters sleep at once. libgomp reads its environment once,
-# when the library loads (the `import llama_cpp`), so it is set here, before that import.
+# when the library loads (the `import llama_cpp`), so it is set here, before that import. A
+# llama.cpp built without OpenMP (the Makefile's build) ignores it: its threads are ggml's own
+# pool, whose waiting the embedder sets (embed/pool.py).
 WAIT_POLICY_VARIABLE = "OMP_WAIT_POLICY"
 WAIT_POLICY = "passive"
 

@@ -18,6 +18,7 @@ from types import ModuleType
 import numpy as np
 import numpy.typing as npt
 
+from daemon.embed.pool import ThreadPools
 from daemon.errors import EmbedError
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -51,7 +52,15 @@ class NativeBatcher:
     Not thread-safe (neither is the context): the embedder serialises calls.
     """
 
-    def __init__(self, llama_cpp: ModuleType, ctx: ctypes.c_void_p, n_embd: int) -> None:
+    def __init__(
+        self,
+        llama_cpp: ModuleType,
+        ctx: ctypes.c_void_p,
+        n_embd: int,
+        *,
+        pools: ThreadPools | None = None,
+    ) -> None:
+        """``pools``: ggml's thread pools to run batches on (a llama.cpp built without OpenMP)."""
         self._lib = llama_cpp
         self._ctx = ctx
         self.n_embd = n_embd
@@ -59,12 +68,20 @@ class NativeBatcher:
         self.n_seq_max = int(llama_cpp.llama_n_seq_max(ctx))
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, self.n_seq_max)
         self._threads = int(llama_cpp.llama_n_threads_batch(ctx))
+        self._pools = pools
+        if pools is not None:
+            pools.use(self._threads)
         self._closed = False
 
     @property
     def threads(self) -> int:
         """The thread count the context runs batches on."""
         return self._threads
+
+    @property
+    def pool_threads(self) -> int | None:
+        """The thread count of the ggml pool attached now; None without pools of our own."""
+        return self._pools.attached if self._pools is not None else None
 
     def context_threads(self) -> int:
         """The batch thread count as llama.cpp itself reports it."""
@@ -75,6 +92,8 @@ class NativeBatcher:
         if threads != self._threads:
             # Single-token batches use the first value, longer ones the second: set both.
             self._lib.llama_set_n_threads(self._ctx, threads, threads)
+            if self._pools is not None:
+                self._pools.use(threads)
             self._threads = threads
 
     def embed(
@@ -136,7 +155,9 @@ class NativeBatcher:
             self._lib.llama_memory_clear(memory, True)
 
     def close(self) -> None:
-        """Free the batch (the context belongs to the caller)."""
+        """Free the batch and the thread pools (the context belongs to the caller)."""
         if not self._closed:
             self._closed = True
             self._lib.llama_batch_free(self._batch)
+            if self._pools is not None:
+                self._pools.close()

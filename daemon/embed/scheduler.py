@@ -38,7 +38,7 @@ import numpy as np
 import structlog
 
 from daemon.embed.embedder import Embedder, FloatMatrix
-from daemon.errors import EmbedError, SchedulerClosedError, TextTooLongError
+from daemon.errors import BadTextError, EmbedError, SchedulerClosedError, TextTooLongError
 
 log = structlog.get_logger("embedd")
 
@@ -129,7 +129,7 @@ class Scheduler:
     ) -> Future[FloatMatrix]:
         """Queue ``texts``; the future gives their vectors, shape (len(texts), dimension), in order.
 
-        Raises EmbedError for an empty text, TextTooLongError for one longer than the context
+        Raises BadTextError for an empty text, TextTooLongError for one longer than the context
         (before anything is queued) and SchedulerClosedError once the daemon is stopping.
         Cancelling the future before the job starts drops it. ``tokens`` are the texts' counts
         where the caller knows them (the chunker's); the others are counted here.
@@ -141,7 +141,7 @@ class Scheduler:
         counts: list[int] = []
         for i, (text, count) in enumerate(zip(texts, known, strict=True)):
             if not text.strip():
-                raise EmbedError(f"text {i} is empty or whitespace only; it must not be embedded")
+                raise BadTextError(f"text {i} is empty or whitespace only; it must not be embedded")
             n = count if count is not None else self.embedder.count_tokens(text)
             if n > self.embedder.max_tokens:
                 raise TextTooLongError(n, self.embedder.max_tokens, i)

@@ -1,7 +1,11 @@
-"""Ranking a store's vectors against a query vector (exact cosine, numpy), and the checks before it.
+"""Ranking a store's vectors against a query vector, and the checks before it.
 
-The daemon, ``embedd search`` without a daemon and the MCP server all rank through
-``rank_snapshot``, so they return the same hits in the same order.
+``vector_top`` ranks a snapshot: exactly (numpy) in a small store, and in a large one through
+the candidates of its approximate index (``daemon.store.ann``), each scored again exactly and
+joined by the rows the index does not hold yet; a filter that leaves few rows is ranked
+exactly over those rows. So every score is the exact cosine, a deleted row is never returned
+and a new one is found at once. The daemon, ``embedd search`` without a daemon and the MCP
+server all rank through it, so they return the same hits in the same order.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from daemon.embed.embedder import Embedder, FloatMatrix
 from daemon.errors import FingerprintMismatchError, UsageError
@@ -23,6 +28,9 @@ from daemon.store.store import Store
 # the GIL in einsum): 10.3 ms -> 6.5 ms for 100,000 x 384 on the 2-vCPU EPYC. Each row's score
 # is computed alone either way, so the halves give the very same numbers.
 SPLIT_ROWS = 20_000
+# A filter leaving at most this many rows is ranked exactly over them (bench/vector_scale.py:
+# gathering 50,000 of 1,000,000 rows and scoring them takes ~6 ms, the filtered graph more).
+SUBSET_ROWS = 50_000
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
@@ -87,6 +95,52 @@ def top_k(
     return [(int(i), float(scores[i])) for i in order]
 
 
+def vector_top(
+    snap: Snapshot, query: FloatMatrix, k: int, *, mask: BoolMask | None = None
+) -> list[tuple[int, float]]:
+    """The ``k`` rows of ``snap`` most cosine-similar to ``query`` where ``mask`` allows, best
+    first, as (row, score); through the store's approximate index when it serves this snapshot.
+    Rows the snapshot holds dead are never returned, whatever ``mask`` says."""
+    if snap.alive is not None:
+        mask = snap.alive if mask is None else mask & snap.alive
+    n = len(snap.matrix)
+    ann = snap.ann
+    if n == 0 or k <= 0 or ann is None or not snap.normalized or n < ann.min_rows:
+        return top_k(snap.matrix, query, k, normalized=snap.normalized, mask=mask)
+    q = np.asarray(query, dtype=np.float32)
+    q = q / max(float(np.linalg.norm(q)), 1e-12)
+    allowed = n if mask is None else int(np.count_nonzero(mask))
+    if mask is not None and allowed <= max(SUBSET_ROWS, k):
+        return _top_rows(snap.matrix, q, k, np.flatnonzero(mask))
+    found = ann.candidates(snap, q, k, mask)
+    if found is None or found.upto < n // 2:
+        return top_k(snap.matrix, q, k, normalized=True, mask=mask)
+    rows = np.unique(found.rows)
+    if found.upto < n:
+        tail = np.arange(found.upto, n, dtype=np.int64)
+        rows = np.concatenate([rows, tail if mask is None else tail[mask[found.upto :]]])
+    if len(rows) < min(k, allowed):
+        # The graph found fewer than asked among many allowed rows (a filter it walks badly):
+        # the exact ranking never leaves out a hit that exists.
+        return top_k(snap.matrix, q, k, normalized=True, mask=mask)
+    return _top_rows(snap.matrix, q, k, rows)
+
+
+def _top_rows(
+    matrix: FloatMatrix, q: FloatMatrix, k: int, rows: npt.NDArray[np.int64]
+) -> list[tuple[int, float]]:
+    """The ``k`` of ``rows`` (of unit vectors) scoring best against the unit ``q``."""
+    if not len(rows):
+        return []
+    scores: FloatMatrix = np.einsum("ij,j->i", matrix[rows], q)
+    if k < len(rows):
+        best = np.argpartition(-scores, k - 1)[:k]
+        order = best[np.argsort(-scores[best], kind="stable")]
+    else:
+        order = np.argsort(-scores, kind="stable")
+    return [(int(rows[i]), float(scores[i])) for i in order]
+
+
 def check_compatible(store: Store, embedder: Embedder, model_path: Path) -> None:
     """Raise FingerprintMismatchError when ``embedder``'s vectors cannot be compared with the store's."""
     fp = store.fingerprint
@@ -126,7 +180,7 @@ def rank_snapshot(
     if source_prefix:
         by_source = snap.source_mask(source_prefix)
         mask = by_source if mask is None else mask & by_source
-    ranked = top_k(snap.matrix, vector, k, normalized=snap.normalized, mask=mask)
+    ranked = vector_top(snap, vector, k, mask=mask)
     hits = []
     for rank, (row, score) in enumerate(ranked, start=1):
         if min_score is not None and score < min_score:

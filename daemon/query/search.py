@@ -22,17 +22,18 @@ from dataclasses import dataclass
 import structlog
 
 from daemon.embed.embedder import FloatMatrix
-from daemon.query.fuse import fuse
+from daemon.query.fuse import NORM_DEPTH, fuse
 from daemon.query.hit import Hit
-from daemon.query.keyword import parse
+from daemon.query.keyword import KeywordQuery, parse
 from daemon.query.options import MAX_K, Filters, Mode, SearchOptions, check_k, check_query
-from daemon.query.rank import top_k
+from daemon.query.rank import vector_top
 from daemon.store.snapshot import BoolMask, Snapshot
 
 __all__ = ["MAX_K", "Filters", "Mode", "Outcome", "SearchOptions", "check_k", "search_snapshot"]
 
-# Candidates taken from each side before fusion (at least; 3 k for a larger k).
-MIN_CANDIDATES = 100
+# Candidates taken from each side before fusion (at least; 3 k for a larger k): as many as the
+# fusion's normalisation spans.
+MIN_CANDIDATES = NORM_DEPTH
 
 log = structlog.get_logger(__name__)
 
@@ -64,11 +65,11 @@ def search_snapshot(snap: Snapshot, query: str, vector: FloatMatrix | None, opts
     while True:
         if opts.mode != "keyword":
             assert vector is not None
-            vec = top_k(snap.matrix, vector, want, normalized=snap.normalized, mask=mask)
+            vec = vector_top(snap, vector, want, mask=mask)
             if opts.min_score is not None:
                 vec = [(r, s) for r, s in vec if s >= opts.min_score]
         if opts.mode != "vector" and not kq.empty:
-            kw, rowids, note = _keyword_side(snap, kq.match(), want, opts.filters)
+            kw, rowids, note = _keyword_side(snap, kq, want, opts.filters)
             if note and note not in notes:
                 notes.append(note)
         if opts.mode == "vector":
@@ -120,7 +121,7 @@ def _mask(snap: Snapshot, filters: Filters) -> BoolMask | None:
 
 
 def _keyword_side(
-    snap: Snapshot, match: str, want: int, filters: Filters
+    snap: Snapshot, kq: KeywordQuery, want: int, filters: Filters
 ) -> tuple[list[tuple[int, float]], dict[int, int], str | None]:
     """The keyword side's (row, BM25) best first, the rows' FTS rowids, and a note when it failed."""
     index = snap.keyword
@@ -136,7 +137,11 @@ def _keyword_side(
     limit = want
     try:
         while True:
-            found = index.search(match, limit, where=where, params=params)
+            # Ranked in memory when it can be (no filter, no required phrase, postings built);
+            # else by FTS5, which takes the filter as SQL.
+            found = index.rank(*kq.parts(), limit) if not where and not kq.required else None
+            if found is None:
+                found = index.search(kq.match(), limit, where=where, params=params)
             out, rowids = [], {}
             for h in found:
                 # The index may be ahead of this snapshot: only chunks the snapshot holds, live.

@@ -53,11 +53,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from daemon.embed.embedder import FloatMatrix
-from daemon.errors import EmbedError, SchedulerClosedError, TextTooLongError
+from daemon.errors import BadTextError, EmbedError, SchedulerClosedError, TextTooLongError
 from daemon.query.search import search_snapshot
 from daemon.serve import events as feed
 from daemon.serve.answers import ApiError, error_response, json_response, unavailable
-from daemon.serve.requests import SEARCH_FIELDS, clean, input_texts, lenient_json, search_options
+from daemon.serve.requests import EmbeddingsRequest, ForgetRequest, SearchRequest, lenient_json
 from daemon.serve.web import web_routes
 from daemon.service.events import EventLog
 from daemon.service.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -68,7 +68,7 @@ log = structlog.get_logger("embedd")
 
 Phase = Literal["starting", "ready", "stopping"]
 
-# A request body must arrive within this; a client trickling it is cut off with 408.
+# A request body must arrive within this by default; a client trickling it is cut off with 408.
 BODY_TIMEOUT_S = 30.0
 FILE_STATES = ("indexed", "pending", "failed", "skipped", "unavailable")
 MAX_FILES_PAGE = 1000
@@ -87,7 +87,8 @@ class Backend(Protocol):
     def query_prefix(self) -> str: ...
 
     def embed(self, texts: list[str]) -> Future[FloatMatrix]:
-        """Queue texts at query priority; raises EmbedError, TextTooLongError or SchedulerClosedError."""
+        """Queue texts at query priority; raises BadTextError (TextTooLongError past the context) or
+        SchedulerClosedError; the future raises EmbedFailedError when the model fails."""
         ...
 
     def count_tokens(self, text: str) -> int: ...
@@ -112,9 +113,12 @@ class Backend(Protocol):
 class Api:
     """The route handlers over one ``Backend``."""
 
-    def __init__(self, backend: Backend, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, backend: Backend, *, max_body_bytes: int, body_timeout_s: float = BODY_TIMEOUT_S
+    ) -> None:
         self.backend = backend
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         # The daemon's events feed and metrics (``DaemonBackend``); a backend without them (a
         # test's fake) gets empty ones of its own.
         self.event_log: EventLog = getattr(backend, "events", None) or EventLog()
@@ -129,13 +133,13 @@ class Api:
             raise self._too_large()
         body = bytearray()
         try:
-            with anyio.fail_after(BODY_TIMEOUT_S):
+            with anyio.fail_after(self.body_timeout_s):
                 async for piece in request.stream():
                     body += piece
                     if len(body) > self.max_body_bytes:
                         raise self._too_large()
         except TimeoutError:
-            raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s") from None
+            raise ApiError(408, f"the request body did not arrive within {self.body_timeout_s:g} s") from None
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -162,20 +166,9 @@ class Api:
         """Embed at query priority; a client that hangs up meanwhile cancels the job if it has not started."""
         try:
             future = await run_in_threadpool(self.backend.embed, texts)
-        except TextTooLongError as exc:
-            where = param if exc.index is None or len(texts) == 1 else f"{param}[{exc.index}]"
-            raise ApiError(
-                422,
-                f"{where} has {exc.tokens} tokens, more than the model's context of {exc.limit}; "
-                "embedd never truncates: split the text",
-                param=param,
-                code="context_length_exceeded",
-            ) from None
-        except SchedulerClosedError:
-            raise unavailable("stopping") from None
-        except EmbedError as exc:
-            raise ApiError(400, f"{param}: {exc}", param=param) from None
-        return await _wait_unless_disconnected(request, future)
+            return await _wait_unless_disconnected(request, future)
+        except (EmbedError, SchedulerClosedError) as exc:
+            raise _refusal(exc, param, len(texts)) from None
 
     async def _query_vector(self, request: Request, text: str, notes: list[str]) -> FloatMatrix:
         """The query's vector; a query longer than the model's context is embedded by its start
@@ -187,16 +180,17 @@ class Api:
             except TextTooLongError as exc:
                 text = text[: max(1, min(len(text) - 1, int(len(text) * exc.limit / exc.tokens * 0.9)))]
                 continue
-            except SchedulerClosedError:
-                raise unavailable("stopping") from None
-            except EmbedError as exc:
-                raise ApiError(400, f"query: {exc}", param="query") from None
+            except (EmbedError, SchedulerClosedError) as exc:
+                raise _refusal(exc, "query", 1) from None
             if len(text) < whole:
                 notes.append(
                     f"the query is longer than the model's context: its first {len(text)} of {whole} "
                     "characters were embedded (the keyword side reads all of it)"
                 )
-            vectors = await _wait_unless_disconnected(request, future)
+            try:
+                vectors = await _wait_unless_disconnected(request, future)
+            except (EmbedError, SchedulerClosedError) as exc:
+                raise _refusal(exc, "query", 1) from None
             vector: FloatMatrix = vectors[0]
             return vector
         raise ApiError(
@@ -207,29 +201,19 @@ class Api:
 
     async def embeddings(self, request: Request) -> Response:
         started = time.perf_counter()
-        doc = await self._json_body(request)
-        raw = doc.get("input")
-        if raw is None:
-            raise ApiError(400, "missing required field: input", param="input")
-        texts = input_texts(raw)
-        fmt = doc.get("encoding_format", "float")
-        if fmt not in ("float", "base64"):
-            raise ApiError(400, "encoding_format must be 'float' or 'base64'", param="encoding_format")
-        dims = doc.get("dimensions")
-        if dims is not None and dims != self.backend.dimension:
+        body = EmbeddingsRequest.parse(await self._json_body(request))
+        texts = body.texts
+        if body.dimensions is not None and body.dimensions != self.backend.dimension:
             raise ApiError(
                 400,
                 f"dimensions: this model makes {self.backend.dimension}-dimensional vectors only",
                 param="dimensions",
             )
-        model = doc.get("model")
-        if model is not None and not isinstance(model, str):
-            raise ApiError(400, "model must be a string", param="model")
         self._ready()
         vectors = await self._vectors(request, texts, "input")
         tokens = await run_in_threadpool(lambda: sum(self.backend.count_tokens(t) for t in texts))
         data = [
-            {"object": "embedding", "index": i, "embedding": _encode(vec, fmt)}
+            {"object": "embedding", "index": i, "embedding": _encode(vec, body.encoding_format)}
             for i, vec in enumerate(vectors)
         ]
         self.meters.embedded(len(texts), time.perf_counter() - started)
@@ -244,17 +228,9 @@ class Api:
 
     async def search(self, request: Request) -> Response:
         started = time.perf_counter()
-        doc = await self._json_body(request, lenient=True)
-        unknown = set(doc) - SEARCH_FIELDS
-        if unknown:
-            raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
-        query = doc.get("query")
-        if not isinstance(query, str):
-            raise ApiError(400, "missing required field: query (a string)", param="query")
-        query = clean(query)
-        if not query.strip():
-            raise ApiError(400, "query is empty", param="query")
-        opts = search_options(doc)
+        body = SearchRequest.parse(await self._json_body(request, lenient=True))
+        query = body.text()
+        opts = body.options()
         self._ready()
         vector = None
         notes: list[str] = []
@@ -309,10 +285,7 @@ class Api:
                 type_="permission_error",
                 code="socket_only",
             )
-        doc = await self._json_body(request)
-        prefix = doc.get("prefix")
-        if not isinstance(prefix, str) or not prefix.strip("/ "):
-            raise ApiError(400, "missing required field: prefix (a non-empty string)", param="prefix")
+        prefix = ForgetRequest.parse(await self._json_body(request)).prefix
         self._ready()
         try:
             future = self.backend.forget(prefix)
@@ -369,14 +342,26 @@ async def _wait_unless_disconnected(request: Request, future: Future[FloatMatrix
         future.cancel()
         result.cancel()
         raise ClientDisconnect()
-    try:
-        return result.result()
-    except TextTooLongError as exc:
-        raise ApiError(422, str(exc), code="context_length_exceeded") from None
-    except SchedulerClosedError:
-        raise unavailable("stopping") from None
-    except EmbedError as exc:
-        raise ApiError(500, f"the model failed: {exc}", type_="server_error") from None
+    return result.result()
+
+
+def _refusal(exc: EmbedError | SchedulerClosedError, param: str, count: int) -> ApiError:
+    """The answer to an embedding that failed, by the error's type: a text the model must not be
+    given is the caller's (400, 422 past the context), a failing model the daemon's (500)."""
+    if isinstance(exc, SchedulerClosedError):
+        return unavailable("stopping")
+    if isinstance(exc, TextTooLongError):
+        where = param if exc.index is None or count == 1 else f"{param}[{exc.index}]"
+        return ApiError(
+            422,
+            f"{where} has {exc.tokens} tokens, more than the model's context of {exc.limit}; "
+            "embedd never truncates: split the text",
+            param=param,
+            code="context_length_exceeded",
+        )
+    if isinstance(exc, BadTextError):
+        return ApiError(400, f"{param}: {exc}", param=param)
+    return ApiError(500, f"the model failed: {exc}", type_="server_error")
 
 
 async def _disconnected(request: Request) -> None:
@@ -387,9 +372,18 @@ async def _disconnected(request: Request) -> None:
             return
 
 
-def build_app(backend: Backend, *, max_body_bytes: int, token: str | None = None) -> ASGIApp:
-    """The ASGI app; with ``token``, every route but /healthz needs ``Authorization: Bearer <token>``."""
-    api = Api(backend, max_body_bytes=max_body_bytes)
+def build_app(
+    backend: Backend,
+    *,
+    max_body_bytes: int,
+    token: str | None = None,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+) -> ASGIApp:
+    """The ASGI app; with ``token``, every route but /healthz needs ``Authorization: Bearer <token>``.
+
+    A request body must arrive within ``body_timeout_s`` (408 otherwise).
+    """
+    api = Api(backend, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)
     routes = [
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
         Route("/v1/search", api.search, methods=["POST"]),

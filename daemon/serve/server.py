@@ -32,7 +32,6 @@ import ctypes
 import errno
 import functools
 import glob
-import logging
 import os
 import socket
 import stat
@@ -49,8 +48,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from daemon.config import ServeConfig
 from daemon.errors import ServeError
-from daemon.log import display_path
-from daemon.serve.app import Backend, build_app
+from daemon.log import display_path, route_to_events
+from daemon.serve.app import BODY_TIMEOUT_S, Backend, build_app
 from daemon.serve.guard import WebGuard, socket_policy, tcp_policy
 
 log = structlog.get_logger("embedd")
@@ -290,9 +289,13 @@ class Listener:
 class ApiServer:
     """The API's listeners and the thread that serves them; ``start`` then ``stop``."""
 
-    def __init__(self, serve: ServeConfig, backend: Backend) -> None:
+    def __init__(
+        self, serve: ServeConfig, backend: Backend, *, body_timeout_s: float = BODY_TIMEOUT_S
+    ) -> None:
+        """``body_timeout_s``: how long a request body may take to arrive (408 after)."""
         self.serve = serve
         self._backend = backend
+        self._body_timeout_s = body_timeout_s
         self._servers: list[tuple[uvicorn.Server, socket.socket]] = []
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
@@ -305,22 +308,25 @@ class ApiServer:
 
         Raises ServeError (and leaves nothing behind) when a listener cannot be set up.
         """
-        _route_uvicorn_logs()
+        route_to_events(("uvicorn", "uvicorn.error", "uvicorn.access"), "http_server")
         serve = self.serve
         token = read_token(serve.token_file) if serve.token_file is not None and serve.tcp else None
         self.token = token
+        make_app = functools.partial(
+            build_app, self._backend, max_body_bytes=serve.max_body_bytes, body_timeout_s=self._body_timeout_s
+        )
         try:
             if serve.socket is not None:
                 sock = bind_unix(serve.socket)
                 self._socket_ino = serve.socket.stat().st_ino
-                app = build_app(self._backend, max_body_bytes=serve.max_body_bytes)
+                app = make_app()
                 policy = socket_policy(str(serve.socket), allowed_origins=serve.allowed_origins)
                 self._add(sock, WebGuard(app, policy))
                 self.listeners.append(Listener("socket", str(serve.socket)))
             if serve.tcp is not None:
                 sock = bind_tcp(*serve.tcp)
                 host, port = sock.getsockname()[:2]
-                app = build_app(self._backend, max_body_bytes=serve.max_body_bytes, token=token)
+                app = make_app(token=token)
                 # The guard goes outside the token check: a refused page learns nothing, not even 401.
                 policy = tcp_policy(
                     host, port, allowed_hosts=serve.allowed_hosts, allowed_origins=serve.allowed_origins
@@ -417,20 +423,3 @@ class ApiServer:
             if os.lstat(path).st_ino == self._socket_ino:
                 path.unlink()
         self._socket_ino = None
-
-
-class _ToStructlog(logging.Handler):
-    """uvicorn's own log lines (a malformed request, say) as our events, not bare stderr text."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = "warning" if record.levelno >= logging.WARNING else "debug"
-        getattr(log, level)("http_server", message=record.getMessage(), logger=record.name)
-
-
-def _route_uvicorn_logs() -> None:
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(h, _ToStructlog) for h in logger.handlers):
-            logger.handlers = [_ToStructlog()]
-        logger.propagate = False
-        logger.setLevel(logging.INFO)

@@ -16,16 +16,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import replace
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import structlog
 
 from daemon.config import Config, WatchConfig
 from daemon.embed.embedder import Embedder
 from daemon.errors import ExtractError, IndexingInterrupted
-from daemon.ingest.extract import format_of
-from daemon.ingest.pipeline import ChunkingParams, Pipeline
 from daemon.log import display_path
 from daemon.loops import StopFlag
 from daemon.service.boundary import report_unexpected
@@ -38,23 +37,23 @@ from daemon.service.filestate import (
     fingerprint_for,
     not_regular,
 )
-from daemon.service.folders import FolderGuard, below_any, collector, watch_of
+from daemon.service.folders import FolderGuard, below_any, watch_of
 from daemon.service.forget import ForgetJobs, matching, unwatched
+from daemon.service.moves import Drop, plan_move
 from daemon.service.notices import Notices
+from daemon.service.parts import PartsFactory, build_parts
 from daemon.service.progress import Progress
 from daemon.service.reload import apply_config
-from daemon.service.saver import Saver
 from daemon.service.sdnotify import Notifier
+from daemon.service.survey import identity, survey
 from daemon.service.throughput import BulkProgress, Throughput
 from daemon.sinks.mirror import Mirror
 from daemon.store.snapshot import Published
 from daemon.store.store import Store
 from daemon.watch import scan
-from daemon.watch.debounce import Debouncer
 from daemon.watch.events import EventKind, FileEvent
-from daemon.watch.watcher import Watcher
 
-__all__ = ["Service", "StopFlag", "extract_limits", "failed_as", "file_state", "fingerprint_for"]
+__all__ = ["Service", "StopFlag", "Tick", "extract_limits", "failed_as", "file_state", "fingerprint_for"]
 
 log = structlog.get_logger("embedd")
 
@@ -62,8 +61,16 @@ log = structlog.get_logger("embedd")
 BIG_FILE_CHUNKS = 256
 
 
+@dataclass(frozen=True)
+class Tick:
+    """What one turn of the worker did: events handled, and how long it may sleep now."""
+
+    handled: int
+    wait_s: float
+
+
 class Service:
-    """The running daemon: owns the pipeline, the debouncer and the watcher for one store."""
+    """The running daemon's worker for one store: drives its parts (``daemon.service.parts``)."""
 
     def __init__(
         self,
@@ -78,7 +85,10 @@ class Service:
         published: Published | None = None,
         on_ready: Callable[[], None] | None = None,
         notices: Notices | None = None,
+        parts: PartsFactory | None = None,
     ) -> None:
+        """``parts`` builds the pipeline, debouncer, watcher and saver from the sink the watcher
+        feeds (``build_parts`` for ``config`` when None)."""
         self.config = config
         self.store = store
         # Held while the store changes or is written: sink threads read it under the same lock.
@@ -91,21 +101,18 @@ class Service:
         self._clock = clock
         # Every fact the worker logs for people is also told here, for the parts that follow it.
         self.notices = notices or Notices()
-        self.pipeline = Pipeline(
-            embedder,
-            store,
-            ChunkingParams(config.chunking.size, config.chunking.overlap, config.chunking.context_prefix),
-            extract_limits(config),
-        )
-        self.debouncer = Debouncer(config.daemon.debounce_ms / 1000.0, clock=clock)
+        if parts is None:
+            parts = partial(build_parts, config, embedder, store, clock=clock, notices=self.notices)
+        built = parts(self.push)
+        self.pipeline, self.debouncer, self.watcher = built.pipeline, built.debouncer, built.watcher
+        self._saver = built.saver
         self._wake = threading.Event()
-        self.watcher = Watcher([(w.path, w.recursive) for w in config.watches], self._on_event)
         # Files that failed, by source, with the state they failed in: retried once they change.
         self._failed: dict[str, FailedAs] = {}
-        self._saver = Saver(store, clock, self.notices)
         self._throughput = Throughput(clock)
         self._bulk = BulkProgress(self.notices)
         self._stop: StopFlag = threading.Event()
+        self._next_rescan = clock() + config.daemon.rescan_interval_s
         self._depth = 0  # nested _changing() blocks: the outermost publishes
         self._batch: deque[FileEvent] = deque()  # file events taken from the debouncer, not started
         self._current: Path | None = None  # the file being handled
@@ -118,8 +125,8 @@ class Service:
 
     # -- events -------------------------------------------------------------------------
 
-    def _on_event(self, event: FileEvent) -> None:
-        """Watcher sink, on watchdog's thread: queue and wake the worker."""
+    def push(self, event: FileEvent) -> None:
+        """The watcher's sink (on watchdog's thread): queue ``event`` and wake the worker."""
         self.debouncer.push(event)
         self._wake.set()
 
@@ -296,41 +303,19 @@ class Service:
         self._changed(dest)
 
     def _rename_or_reindex(self, old_source: str, dest: Path) -> None:
-        new = self._locate(dest)
-        if new is None:
-            self.remove(old_source, reason=f"moved to {display_path(dest)}, which is not indexed")
-            return
-        try:
-            st = dest.lstat()
-        except OSError:
-            self.remove(old_source, reason="moved, then vanished")
-            return
-        if not stat.S_ISREG(st.st_mode):
-            self.remove(old_source, reason="moved to something that is not a regular file")
-            return
-        why_not = scan.unindexable(new[0], new[1], dest)
-        if why_not is not None:
-            self.remove(old_source, reason=f"moved to {display_path(dest)}, which is not indexed")
-            self._changed(dest)  # says why, once
-            return
-        state = file_state(st, dest)
-        old = self.store.file_state(old_source)
-        if format_of(PurePosixPath(old_source)) != format_of(dest) or (
-            old is not None and old.extraction != state.extraction
-        ):
-            # The stored chunks are not what reading the file under its new name gives (notes.txt
-            # renamed notes.md is split by its headings now): index it afresh. Unchanged chunks
-            # still find their vectors by hash.
-            self.remove(old_source, reason=f"moved to {display_path(dest)}, which is read as another format")
-            self._changed(dest)
+        plan = plan_move(self.config.watches, old_source, self.store.file_state(old_source), dest)
+        if isinstance(plan, Drop):
+            self.remove(old_source, reason=plan.reason)
+            if plan.reindex:
+                self._changed(dest)
             return
         with self._changing():
-            self.pipeline.rename(old_source, new[1], state)
+            self.pipeline.rename(old_source, plan.source, plan.state)
         self._failed.pop(old_source, None)
         self.book.removed(old_source)
-        self._changed_sources(old_source, new[1])
-        log.info("file_renamed", source=old_source, to=new[1])
-        self.notices.notify("file_renamed", source=old_source, to=new[1])
+        self._changed_sources(old_source, plan.source)
+        log.info("file_renamed", source=old_source, to=plan.source)
+        self.notices.notify("file_renamed", source=old_source, to=plan.source)
 
     def reconcile(self, top: Path | None = None) -> int:
         """Bring the store in line with the disk below ``top`` (every watch when None).
@@ -351,43 +336,22 @@ class Service:
             if not self.guard.root_ok(watch, at_scan=True):
                 continue  # unreachable: nothing below it is taken as deleted
             start = top if top is not None else watch.path
-            # The root may be a symlink the user chose; a folder below it never is followed.
-            present = start.is_dir() and (start == watch.path or not start.is_symlink())
-            unreadable: dict[Path, str] = {}
-            note = collector(unreadable)
-            seen: set[str] = set()
-            new: dict[tuple[int, int, int], tuple[Path, str]] = {}
-            changed: list[Path] = []
-            for found in scan.walk(self.config.watches, watch, start, note) if present else ():
-                path, source, st = found.path, found.source, found.stat
-                seen.add(source)
-                state = file_state(st, path)
-                stored = self.store.file_state(source)
-                if stored == state:
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    self._skip(source, path, failed_as(st, path), not_regular(st))
-                    continue
-                if self._failed.get(source) == failed_as(st, path):
-                    continue
-                if stored is not None and replace(stored, extraction=state.extraction) == state:
-                    upgraded += 1
-                if stored is None:
-                    new[(state.inode, state.size, state.mtime_ns)] = (path, source)
-                else:
-                    changed.append(path)
+            watches = self.config.watches
+            found = survey(watches, watch, start, stored=self.store.file_state, failed=self._failed.get)
+            for source, path, st in found.not_regular:
+                self._skip(source, path, failed_as(st, path), not_regular(st))
+            upgraded += found.upgraded
             for source in self._sources_under(start):
-                if source in seen or below_any(scan.path_of(self.config.watches, source), unreadable):
+                if source in found.seen or below_any(scan.path_of(watches, source), found.unreadable):
                     continue
                 old = self.store.file_state(source)
-                key = (old.inode, old.size, old.mtime_ns) if old is not None else None
-                if key is not None and key in new:
-                    path, _ = new.pop(key)
+                if old is not None and identity(old) in found.new:
+                    path, _ = found.new.pop(identity(old))
                     self._rename_or_reindex(source, path)
                 else:
                     self.remove(source, reason="gone from disk")
-            self.outages.after_walk(watch, start, unreadable, lambda p: len(self._sources_under(p)))
-            for path in [*changed, *(p for p, _ in new.values())]:
+            self.outages.after_walk(watch, start, found.unreadable, lambda p: len(self._sources_under(p)))
+            for path in [*found.changed, *(p for p, _ in found.new.values())]:
                 self.debouncer.push(FileEvent(EventKind.CHANGED, path, from_scan=True))
                 scanned.append(path)
         if upgraded:
@@ -515,6 +479,81 @@ class Service:
         """Apply a reloaded configuration (``daemon.service.reload.apply_config``)."""
         apply_config(self, new)
 
+    def begin(self) -> None:
+        """Scan every watch and say ready: what ``run`` does before its first tick."""
+        with self._changing():
+            self.reconcile()
+        self.notifier.ready(self._status_line())
+        if self._on_ready is not None:
+            self._on_ready()
+        log.info(
+            "daemon_ready",
+            files=len(self.store.sources()),
+            chunks=self.store.count,
+            queued=self.debouncer.pending(),
+            watches=[str(w.path) for w in self.config.watches],
+        )
+        self._next_rescan = self._clock() + self.config.daemon.rescan_interval_s
+
+    def tick(self, reloaded: Callable[[], Config | None] | None = None) -> Tick:
+        """One turn of the worker: apply a reloaded configuration (when ``reloaded`` returns
+        one), handle the events that are due, run asked forgets, save when due, rescan when due.
+
+        Returns how many events it handled and how long the worker may sleep before the next
+        turn (an event, a save or a rescan falls due then; a new event wakes it sooner).
+        """
+        self.notifier.keepalive()
+        new = reloaded() if reloaded is not None else None
+        if new is not None:
+            with self._changing():
+                self.apply_config(new)
+        with self._store_lock:
+            batch = self.debouncer.due()
+            self._batch = deque(e for e in batch if e.kind is not EventKind.RESCAN)
+        handled = 0
+        for event in batch:
+            if self._stop.is_set():
+                break  # what is left is found again by the next start's scan
+            with self._store_lock:
+                if event.kind is not EventKind.RESCAN:  # a folder is no file in progress
+                    self._batch.popleft()
+                    self._current = event.dest or event.path
+            self._handle_guarded(event)
+            handled += 1
+            with self._store_lock:
+                self._finished(*(p for p in (event.path, event.dest) if p is not None))
+            self.notifier.keepalive()
+        if self._bulk.active and self.debouncer.pending_files() == 0:
+            self._bulk.close()  # paths the debouncer folded into others (a rename)
+        if self.forgets.pending():
+            with self._changing():
+                self.forgets.run(self.forget)
+        with self._changing():
+            self.maybe_save()
+        self._report_throughput()
+        now = self._clock()
+        if now >= self._next_rescan:
+            with self._changing():
+                queued = self.reconcile()
+            log.debug("rescan_done", queued=queued, seconds=round(self._clock() - now, 3))
+            self._next_rescan = now + self.config.daemon.rescan_interval_s
+        deadlines = [self._next_rescan, now + 1.0]
+        for due in (self.debouncer.next_deadline(), self._saver.next_deadline()):
+            if due is not None:
+                deadlines.append(due)
+        return Tick(handled, max(0.0, min(deadlines) - self._clock()))
+
+    def finish(self) -> None:
+        """Stop watching and write the store: what ``run`` does after its last tick, always."""
+        self.forgets.close()
+        self.notifier.stopping()
+        self.watcher.stop()
+        self._bulk.close()
+        with self._store_lock:
+            self.maybe_save(force=True)
+        self._report_throughput(force=True)
+        self.notifier.close()
+
     def run(
         self,
         stop: StopFlag,
@@ -523,80 +562,25 @@ class Service:
         reload: threading.Event | None = None,
         reloader: Callable[[], Config | None] | None = None,
     ) -> None:
-        """Scan, then process events until ``stop`` is set; always writes the store before returning.
+        """Scan, then tick until ``stop`` is set; always writes the store before returning.
 
         When ``reload`` is set, ``reloader`` is called for a new configuration to apply.
         """
+
+        def reloaded() -> Config | None:
+            if reload is None or not reload.is_set():
+                return None
+            reload.clear()
+            return reloader() if reloader is not None else None
+
         if wake is not None:
             self._wake = wake
         self._stop = stop
         self.watcher.start()
         try:
-            with self._changing():
-                self.reconcile()
-            self.notifier.ready(self._status_line())
-            if self._on_ready is not None:
-                self._on_ready()
-            log.info(
-                "daemon_ready",
-                files=len(self.store.sources()),
-                chunks=self.store.count,
-                queued=self.debouncer.pending(),
-                watches=[str(w.path) for w in self.config.watches],
-            )
-            next_rescan = self._clock() + self.config.daemon.rescan_interval_s
+            self.begin()
             while not stop.is_set():
-                self.notifier.keepalive()
-                if reload is not None and reload.is_set():
-                    reload.clear()
-                    new = reloader() if reloader is not None else None
-                    if new is not None:
-                        with self._changing():
-                            self.apply_config(new)
-                with self._store_lock:
-                    batch = self.debouncer.due()
-                    self._batch = deque(e for e in batch if e.kind is not EventKind.RESCAN)
-                for event in batch:
-                    if stop.is_set():
-                        break
-                    with self._store_lock:
-                        if event.kind is not EventKind.RESCAN:  # a folder is no file in progress
-                            self._batch.popleft()
-                            self._current = event.dest or event.path
-                    self._handle_guarded(event)
-                    with self._store_lock:
-                        self._finished(*(p for p in (event.path, event.dest) if p is not None))
-                    self.notifier.keepalive()
-                if self._bulk.active and self.debouncer.pending_files() == 0:
-                    self._bulk.close()  # paths the debouncer folded into others (a rename)
-                if self.forgets.pending():
-                    with self._changing():
-                        self.forgets.run(self.forget)
-                with self._changing():
-                    self.maybe_save()
-                self._report_throughput()
-                now = self._clock()
-                if now >= next_rescan:
-                    with self._changing():
-                        queued = self.reconcile()
-                    log.debug("rescan_done", queued=queued, seconds=round(self._clock() - now, 3))
-                    next_rescan = now + self.config.daemon.rescan_interval_s
-                deadlines = [next_rescan, now + 1.0]
-                due = self.debouncer.next_deadline()
-                if due is not None:
-                    deadlines.append(due)
-                save_due = self._saver.next_deadline()
-                if save_due is not None:
-                    deadlines.append(save_due)
-                timeout = max(0.0, min(deadlines) - self._clock())
-                self._wake.wait(timeout)
+                self._wake.wait(self.tick(reloaded).wait_s)
                 self._wake.clear()
         finally:
-            self.forgets.close()
-            self.notifier.stopping()
-            self.watcher.stop()
-            self._bulk.close()
-            with self._store_lock:
-                self.maybe_save(force=True)
-            self._report_throughput(force=True)
-            self.notifier.close()
+            self.finish()

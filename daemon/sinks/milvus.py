@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import numpy.typing as npt
 import structlog
 
 from daemon.errors import SinkError
+from daemon.log import silence
 from daemon.sinks.base import Fields, Sink
 from daemon.sinks.rows import DAEMON_MAX_BYTES, FIELDS, SinkRow, Stale, fit_utf8, prefix_successor
 
@@ -78,8 +78,7 @@ def _load_milvus() -> _Milvus:
 
     # pymilvus logs every failed call with a traceback through its own stderr handler, and
     # Milvus Lite logs a failed start the same way; we report both as sink_error events.
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
-    logging.getLogger("milvus_lite.server_manager").setLevel(logging.CRITICAL)
+    silence("pymilvus", "milvus_lite.server_manager")
     return _Milvus(pymilvus.MilvusClient, pymilvus.DataType, (MilvusException, grpc.RpcError, OSError))
 
 

@@ -27,14 +27,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import structlog
 
 from daemon.store.entries import Row
+from daemon.store.postings import FloatArray, IntArray, Postings
 from daemon.store.tokens import extra_terms
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = "1"
+# 2: chunk rowids are AUTOINCREMENT, never reused (the in-memory postings key on them).
+SCHEMA_VERSION = "2"
 APP = "embedd-keyword"
 TOKENIZE = "porter unicode61 remove_diacritics 2"
 # Rows per transaction while (re)building: progress is reported and memory bounded per batch.
@@ -82,7 +85,8 @@ CREATE TABLE IF NOT EXISTS sources(
     id INTEGER PRIMARY KEY, source TEXT UNIQUE NOT NULL, sig TEXT NOT NULL,
     suffix TEXT NOT NULL, mtime_ns INTEGER);
 CREATE TABLE IF NOT EXISTS chunks(
-    rowid INTEGER PRIMARY KEY, sid INTEGER NOT NULL, chunk INTEGER NOT NULL, hash TEXT NOT NULL);
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT, sid INTEGER NOT NULL, chunk INTEGER NOT NULL,
+    hash TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_sid ON chunks(sid);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(content, title, section, extra, tokenize='{TOKENIZE}');
 """
@@ -106,6 +110,13 @@ class KeywordIndex:
         self._lock = threading.Lock()
         self.broken: str | None = None
         """Why the index can no longer be trusted (a write failed); searches then skip it."""
+        self.postings: Postings | None = None
+        """The chunks' terms in memory, for ranking (``rank``); None until built (then ``search``)."""
+        # Changes made while the postings are being built, applied to them when the build ends.
+        self._pending: list[tuple[list[int], list[tuple[int, str]]]] | None = None
+        self._plock = threading.Lock()
+        self._builder: threading.Thread | None = None
+        self._closing = threading.Event()
 
     # ----- opening -----
 
@@ -122,6 +133,7 @@ class KeywordIndex:
             index._check_schema()
             index.sync(sources, states, progress=progress)
             index._park()
+            index._start_postings()
             return index
         except sqlite3.DatabaseError as exc:
             with contextlib.suppress(Exception):
@@ -132,6 +144,7 @@ class KeywordIndex:
             index._check_schema()
             index.sync(sources, states, progress=progress)
             index._park()
+            index._start_postings()
             return index
 
     def _park(self) -> None:
@@ -227,40 +240,100 @@ class KeywordIndex:
         return len(set(stale) | set(missing))
 
     def close(self) -> None:
-        """Close the index's connection. Idempotent."""
+        """Close the index's connection (and stop building the postings). Idempotent."""
+        self._closing.set()
+        if self._builder is not None and self._builder is not threading.current_thread():
+            self._builder.join(timeout=30)
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
+
+    # ----- the postings (ranking in memory) -----
+
+    def _start_postings(self) -> None:
+        """Build the postings from the sidecar in a thread; searches use FTS5 until they are ready."""
+        with self._plock:
+            self._pending = []
+        self._builder = threading.Thread(target=self._build_postings, name="keyword-postings", daemon=True)
+        self._builder.start()
+
+    def _build_postings(self) -> None:
+        started = time.perf_counter()
+        postings = Postings()
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA busy_timeout=5000")
+                last = 0
+                # Short reads by rowid, each its own transaction: the writer is never held up. A
+                # change made meanwhile is also in _pending; applying it again is harmless
+                # (rowids are never reused, ``add`` skips a live rowid, ``remove`` a dead one).
+                while not self._closing.is_set():
+                    batch = _read_batch(conn, last, self._closing)
+                    if not batch:
+                        break
+                    postings.load([(int(r[0]), _text(*r[1:])) for r in batch])
+                    last = int(batch[-1][0])
+            finally:
+                conn.close()
+        except (sqlite3.Error, MemoryError, ValueError) as exc:
+            with self._plock:
+                self._pending = None
+            log.warning("keyword_postings_unavailable", path=str(self.path), reason=str(exc),
+                        hint="keyword search ranks in SQLite (slower) until the next start")  # fmt: skip
+            return
+        if self._closing.is_set():
+            return
+        postings.fold()
+        with self._plock:
+            for dead, added in self._pending or ():
+                postings.remove(dead)
+                postings.add(added)
+            self._pending = None
+            self.postings = postings
+        log.info("keyword_postings_ready", path=str(self.path), chunks=postings.count,
+                 seconds=round(time.perf_counter() - started, 2))  # fmt: skip
+
+    def _changed(self, dead: list[int], added: list[tuple[int, str]]) -> None:
+        """Tell the postings (or the build in progress) of a committed change."""
+        if not dead and not added:
+            return
+        with self._plock:
+            if self._pending is not None:
+                self._pending.append((dead, added))
+            elif self.postings is not None:
+                self.postings.remove(dead)
+                self.postings.add(added)
 
     # ----- changing (the store's writer thread, under the store lock) -----
 
     def replace(self, source: str, rows: Sequence[Row], mtime_ns: int | None) -> None:
         """Make ``rows`` the indexed chunks of ``source``."""
 
-        def change() -> None:
-            self._delete_source(source)
-            self._insert_source(source, rows, mtime_ns)
+        def change() -> tuple[list[int], list[tuple[int, str]]]:
+            return self._delete_source(source), self._insert_source(source, rows, mtime_ns)
 
         self._write(change)
 
     def remove(self, source: str) -> None:
         """Forget ``source``."""
-        self._write(lambda: self._delete_source(source))
+        self._write(lambda: (self._delete_source(source), []))
 
     def rename(self, old: str, new: str, rows: Sequence[Row], mtime_ns: int | None) -> None:
         """``old``'s chunks are ``new``'s now (ids change with the source: the signature too)."""
 
-        def move() -> None:
-            self._delete_source(new)
+        def move() -> tuple[list[int], list[tuple[int, str]]]:
+            dead = self._delete_source(new)
             cur = self._conn.execute(
                 "UPDATE sources SET source=?, sig=?, suffix=?, mtime_ns=? WHERE source=?",
                 (new, signature(rows), _suffix(new), mtime_ns, old),
             )
             if cur.rowcount == 0 and rows:
-                self._insert_source(new, rows, mtime_ns)
+                return dead, self._insert_source(new, rows, mtime_ns)
+            return dead, []
 
         self._write(move)
 
-    def _write(self, change: Callable[[], object]) -> None:
+    def _write(self, change: Callable[[], tuple[list[int], list[tuple[int, str]]]]) -> None:
         if self.broken is not None:
             return
         try:
@@ -268,10 +341,11 @@ class KeywordIndex:
                 self._conn = _connect(self.path)
             try:
                 with _tx(self._conn):
-                    change()
+                    dead, added = change()
             finally:
                 if self._parked:
                     self._conn.close()
+            self._changed(dead, added)
         except sqlite3.Error as exc:
             # The store changed in memory all the same; searches stop using this index until
             # the next start repairs it from the store.
@@ -279,18 +353,23 @@ class KeywordIndex:
             log.error("keyword_index_write_failed", path=str(self.path), reason=str(exc),
                       hint="keyword search is off until the daemon restarts and rebuilds it")  # fmt: skip
 
-    def _delete_source(self, source: str) -> None:
+    def _delete_source(self, source: str) -> list[int]:
+        """Forget ``source``'s chunks; their rowids."""
         row = self._conn.execute("SELECT id FROM sources WHERE source=?", (source,)).fetchone()
         if row is None:
-            return
+            return []
         sid = row[0]
+        dead = [int(r[0]) for r in self._conn.execute("SELECT rowid FROM chunks WHERE sid=?", (sid,))]
         self._conn.execute("DELETE FROM fts WHERE rowid IN (SELECT rowid FROM chunks WHERE sid=?)", (sid,))
         self._conn.execute("DELETE FROM chunks WHERE sid=?", (sid,))
         self._conn.execute("DELETE FROM sources WHERE id=?", (sid,))
+        return dead
 
-    def _insert_source(self, source: str, rows: Sequence[Row], mtime_ns: int | None) -> None:
+    def _insert_source(self, source: str, rows: Sequence[Row], mtime_ns: int | None) -> list[tuple[int, str]]:
+        """Index ``source``'s chunks; their rowids and text (what the postings take)."""
         if not rows:
-            return
+            return []
+        added: list[tuple[int, str]] = []
         cur = self._conn.execute(
             "INSERT INTO sources(source, sig, suffix, mtime_ns) VALUES (?, ?, ?, ?)",
             (source, signature(rows), _suffix(source), mtime_ns),
@@ -300,11 +379,15 @@ class KeywordIndex:
             c = self._conn.execute(
                 "INSERT INTO chunks(sid, chunk, hash) VALUES (?, ?, ?)", (sid, r.chunk, r.hash)
             )
+            title, section = r.title or "", r.section or ""
+            extra = extra_terms(f"{r.content}\n{title}\n{section}")
             self._conn.execute(
                 "INSERT INTO fts(rowid, content, title, section, extra) VALUES (?, ?, ?, ?, ?)",
-                (c.lastrowid, r.content, r.title or "", r.section or "",
-                 extra_terms(f"{r.content}\n{r.title or ''}\n{r.section or ''}")),
-            )  # fmt: skip
+                (c.lastrowid, r.content, title, section, extra),
+            )
+            if self._pending is not None or self.postings is not None:
+                added.append((int(c.lastrowid or 0), _text(r.content, title, section, extra)))
+        return added
 
     # ----- searching (any thread) -----
 
@@ -358,6 +441,44 @@ class KeywordIndex:
             rows = conn.execute(sql, args).fetchall()
         return [KeywordHit(int(a), str(b), int(c), str(d), float(e)) for a, b, c, d, e in rows]
 
+    def rank(self, words: Sequence[str], phrases: Sequence[str], limit: int) -> list[KeywordHit] | None:
+        """The best ``limit`` chunks by BM25 from the postings; None while they are not built.
+
+        ``words`` are the query's single words and ``phrases`` its multi-word FTS5 phrases
+        (``"save store"``), each as often as it counts. FTS5 finds and scores a phrase's chunks
+        (it knows positions, so every occurrence counts); the postings score the words. Scores
+        equal ``search``'s for the same terms.
+        """
+        postings = self.postings
+        if postings is None or limit <= 0:
+            return None
+        phrase_rows: list[tuple[IntArray, FloatArray]] = []
+        found: dict[str, tuple[IntArray, FloatArray]] = {}
+        with self._reading() as conn:
+            for p in phrases:
+                if p not in found:
+                    sql = "SELECT rowid, -bm25(fts) FROM fts WHERE fts MATCH ?"
+                    rows = conn.execute(sql, (p,)).fetchall()
+                    found[p] = (
+                        np.fromiter((r[0] for r in rows), np.int64, len(rows)),
+                        np.fromiter((r[1] for r in rows), np.float32, len(rows)),
+                    )
+                phrase_rows.append(found[p])
+            ranked = postings.rank(words, limit, phrases=phrase_rows)
+            info: dict[int, tuple[str, int, str]] = {}
+            ids = [r for r, _ in ranked]
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                marks = ",".join("?" * len(part))
+                for rowid, source, chunk, hash_ in conn.execute(
+                    "SELECT c.rowid, s.source, c.chunk, c.hash FROM chunks c JOIN sources s ON s.id = c.sid "
+                    f"WHERE c.rowid IN ({marks})",
+                    part,
+                ):
+                    info[int(rowid)] = (str(source), int(chunk), str(hash_))
+        # A rowid the sidecar no longer holds (removed since the postings were read) is left out.
+        return [KeywordHit(r, *info[r], score) for r, score in ranked if r in info]
+
     def mark(self, match: str, rowids: Sequence[int], *, tokens: int = 24) -> dict[int, Marked]:
         """Snippets (matched words in ``[...]``) and matched words for the chunks ``rowids``."""
         if not rowids:
@@ -388,6 +509,33 @@ class KeywordIndex:
             with contextlib.suppress(OSError):
                 total += p.stat().st_size
         return total
+
+
+_POSTINGS_BATCH = (
+    "SELECT rowid, content, title, section, extra FROM fts WHERE rowid > ? ORDER BY rowid LIMIT ?"
+)
+
+
+def _read_batch(
+    conn: sqlite3.Connection, after: int, closing: threading.Event
+) -> list[tuple[int, str, str, str, str]]:
+    """The next rows after rowid ``after``; a writer busy for long (a bulk index) is waited out."""
+    give_up = time.monotonic() + 600
+    while True:
+        try:
+            return conn.execute(_POSTINGS_BATCH, (after, BUILD_BATCH)).fetchall()
+        except sqlite3.OperationalError as exc:
+            # busy_timeout has passed: the store's writer commits back to back. Try again
+            # (for up to ten minutes) rather than leave keyword search slow until a restart.
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or time.monotonic() > give_up or closing.is_set():
+                raise
+            closing.wait(0.2)
+
+
+def _text(content: str, title: str, section: str, extra: str) -> str:
+    """A chunk's columns as one text: its terms are the postings', its length BM25's."""
+    return f"{content}\n{title}\n{section}\n{extra}"
 
 
 def _suffix(source: str) -> str:

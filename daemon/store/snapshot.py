@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,9 @@ import numpy.typing as npt
 from daemon.store.entries import Entry, Row
 from daemon.store.format import Fingerprint, FloatMatrix
 from daemon.store.keyword import KeywordIndex
+
+if TYPE_CHECKING:
+    from daemon.store.ann import VectorIndex
 
 BoolMask = npt.NDArray[np.bool_]
 
@@ -47,6 +50,14 @@ class Snapshot:
     """Each indexed source's recorded mtime (ns), for the modified-time filters."""
     keyword: KeywordIndex | None = None
     """The store's keyword index; it may be ahead of this snapshot (see ``live_row``)."""
+    by_source: Mapping[str, Sequence[Row]] | None = None
+    """Each source's rows when the snapshot was taken (the store's lists, never edited in place),
+    so ``live_row`` finds a chunk without indexing every row of every new snapshot."""
+    layout: int = 0
+    """Which row numbering ``matrix`` uses: the store counts its compactions (rows move down)."""
+    ann: VectorIndex | None = None
+    """The store's approximate vector index (``daemon.store.ann``), when it has one; it may be
+    ahead of or behind this snapshot, and only proposes candidates."""
 
     @property
     def count(self) -> int:
@@ -78,6 +89,20 @@ class Snapshot:
     def live_row(self, source: str, chunk: int, hash_: str) -> int | None:
         """The row of this live chunk in this snapshot, or None when the snapshot does not hold it
         (the keyword index already saw a later change)."""
+        if self.by_source is not None:
+            rows = self.by_source.get(source, ())
+            r = rows[chunk] if 0 <= chunk < len(rows) and rows[chunk].chunk == chunk else None
+            if r is None:
+                r = next((x for x in rows if x.chunk == chunk), None)
+            if r is None:
+                return None
+            # ``row`` is the store's position of the row; a compaction since this snapshot may
+            # have moved it, which the identity check sees (then the full index below).
+            i = getattr(r, "row", -1)
+            if 0 <= i < len(self.rows) and self.rows[i] is r:
+                if r.hash != hash_ or (self.alive is not None and not self.alive[i]):
+                    return None
+                return int(i)
         i = self._row_of.get((source, chunk))
         if i is None or self.rows[i].hash != hash_:
             return None

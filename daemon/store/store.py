@@ -22,6 +22,7 @@ import numpy as np
 import structlog
 
 from daemon.errors import StoreError
+from daemon.store.ann import MIN_ROWS, VectorIndex
 from daemon.store.durable import Durability, open_journal_file
 from daemon.store.entries import Entry, NewEntry, SaveStats, StoredChunk
 from daemon.store.fold import FoldPlan, write_fold
@@ -85,6 +86,9 @@ class Store:
         self._keyword: KeywordIndex | None = None
         # What is on disk and what is only in memory: the journal, folds, the JSON file.
         self._d = Durability(path, header)
+        # The approximate vector index (``daemon.store.ann``) of a writable store; None when off.
+        # It numbers rows by layout: the row table's compactions, which move rows down.
+        self._ann: VectorIndex | None = None
         if cols is not None:
             self._t.adopt(cols)
             for r in self._t.rows:
@@ -105,6 +109,7 @@ class Store:
         rebuild: bool = False,
         keyword: bool = True,
         keyword_progress: Progress | None = None,
+        ann_min_rows: int | None = MIN_ROWS,
     ) -> Store:
         """Open ``path`` for writing, holding its lock until ``close``.
 
@@ -113,7 +118,9 @@ class Store:
         lock, and FingerprintMismatchError when the store was built with another model,
         width or chunking; with ``rebuild`` such a store is instead moved aside to
         ``<name>.bak-<UTC>`` and an empty one started, so everything is embedded again. A
-        store that matches is opened as it is, ``rebuild`` or not.
+        store that matches is opened as it is, ``rebuild`` or not. Once it holds ``ann_min_rows``
+        live entries, an approximate vector index is built beside it (``daemon.store.ann``);
+        None keeps every search exact.
         """
         path = Path(path)
         try:
@@ -134,6 +141,8 @@ class Store:
                     raise
             if keyword:
                 store._open_keyword(keyword_progress)
+            if ann_min_rows is not None and fingerprint.normalize:
+                store._ann = VectorIndex(path, dimensions, fingerprint, min_rows=ann_min_rows)
         except BaseException:
             lock.release()
             raise
@@ -217,6 +226,9 @@ class Store:
         """Release the lock and the file handle; does not save. Idempotent."""
         if self._keyword is not None:
             self._keyword.close()
+        if self._ann is not None:
+            self._ann.close()
+            self._ann = None
         self._d.close()
         if self._lock is not None:
             self._lock.release()
@@ -356,12 +368,20 @@ class Store:
             rows=tuple(t.rows),
             mtimes=self._mtimes(),
             keyword=self._keyword,
+            by_source=dict(self._by_source),
+            layout=self._t.compactions,
+            ann=self._ann,
         )
         self._snapshot = snap
+        if self._ann is not None:
+            self._ann.offer(snap)
         return snap
 
     def _compact(self) -> None:
-        if self._t.compact():
+        t = self._t
+        if t.dead and self._ann is not None:
+            self._ann.compacted(t.compactions, t.alive[: len(t.rows)])
+        if t.compact():
             self._version += 1  # a new snapshot lets the old matrix go
 
     def _entry(self, r: RowRecord) -> Entry:

@@ -15,7 +15,13 @@ import pytest
 from reference_bert import REFERENCE_TEXTS
 
 from daemon.embed.embedder import EmbedderSettings, LlamaEmbedder, physical_cores
+from daemon.embed.llama import llama_cpp_module
 from daemon.embed.native import pack
+from daemon.embed.pool import uses_openmp
+
+needs_openmp = pytest.mark.skipif(
+    not uses_openmp(llama_cpp_module()), reason="llama.cpp was built without OpenMP (GGML_OPENMP=OFF)"
+)
 
 
 def test_pack_fills_batches_in_order() -> None:
@@ -140,7 +146,7 @@ def test_the_thread_count_set_is_the_one_llama_cpp_runs(default_model: Path) -> 
         policy.counts = (1,)
         emb.embed(texts[:8])
         assert emb.context_threads == 1
-        assert _busy_threads(emb, texts) == 1, "the second OpenMP thread stays idle, no reload"
+        assert _busy_threads(emb, texts) == 1, "the second thread (OpenMP's or ggml's) stays idle, no reload"
     finally:
         emb.close()
 
@@ -181,12 +187,14 @@ def _omp_env(env: dict[str, str]) -> str:
     return proc.stderr
 
 
+@needs_openmp
 def test_openmp_threads_sleep_while_they_wait(cli_env: dict[str, str]) -> None:
     env = {k: v for k, v in cli_env.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     shown = _omp_env(env)
     assert "OMP_WAIT_POLICY = 'PASSIVE'" in shown and "GOMP_SPINCOUNT = '0'" in shown, shown
 
 
+@needs_openmp
 def test_a_wait_policy_the_user_set_is_kept(cli_env: dict[str, str]) -> None:
     env = {k: v for k, v in cli_env.items() if k != "GOMP_SPINCOUNT"}
     shown = _omp_env({**env, "OMP_WAIT_POLICY": "active"})

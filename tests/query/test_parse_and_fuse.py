@@ -20,7 +20,11 @@ from daemon.store.tokens import extra_terms
         ("E-4012", '("e 4012" OR "e4012")'),
         ("東京都", '"東京" OR "京都"'),
         ("東", '"東"'),
-        ('"exact words" here', '"exact words" AND ("here")'),
+        ('"exact words" here', '"exact words" OR "exact" OR "words" OR "here"'),
+        ('"exact words"', '"exact words"'),  # only phrases: they must appear
+        ('"exact words" "and these"', '"exact words" AND "and these"'),
+        ("disk full, the disk is full", '"disk" OR "full" OR "disk" OR "full"'),  # said twice, counts twice
+        ("a a a a a a", '"a" OR "a" OR "a" OR "a"'),  # up to MAX_REPEAT times
         ('an "unbalanced quote', '"unbalanced" OR "quote"'),
         ("the tomatoes of June", '"tomatoes" OR "june"'),
         ("the of", '"the" OR "of"'),  # only common words: kept
@@ -68,3 +72,20 @@ def test_rrf_and_convex() -> None:
     default = fuse(vec, kw)
     assert [f.key for f in default] == [f.key for f in fuse(vec, kw, method="convex", alpha=0.5)]
     assert default[0].score == pytest.approx(0.5 * (0.1 - 0.1) / 0.8 + 0.5 * 1.0)
+
+
+def test_convex_fusion_of_the_first_hits_does_not_depend_on_how_deep_the_lists_go() -> None:
+    import random
+
+    from daemon.query.fuse import NORM_DEPTH
+
+    rng = random.Random(3)
+    vec = sorted(((f"c{i}", rng.random()) for i in range(3 * NORM_DEPTH)), key=lambda x: -x[1])
+    keys = rng.sample(range(900), 3 * NORM_DEPTH)
+    kw = sorted(((f"c{i}", 30 * rng.random()) for i in keys), key=lambda x: -x[1])
+    deep = [f.key for f in fuse(vec, kw)][:10]
+    shallow = [f.key for f in fuse(vec[:NORM_DEPTH], kw[:NORM_DEPTH])][:10]
+    assert deep == shallow
+    # Below the depth a side counts 0, like a chunk it does not hold.
+    low = {f.key: f for f in fuse(vec, [])}
+    assert low[vec[-1][0]].score == 0.0 and low[vec[0][0]].score == 0.5

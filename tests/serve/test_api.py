@@ -289,23 +289,35 @@ def _docs() -> dict[str, list[str]]:
     return DOCS
 
 
-def test_a_body_that_never_arrives_gets_408(ready: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    import daemon.serve.app as app_module
-
-    monkeypatch.setattr(app_module, "BODY_TIMEOUT_S", 1.0)
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(60)
-    s.connect(str(ready.socket))
-    s.sendall(b'POST /v1/search HTTP/1.1\r\nHost: e\r\nContent-Length: 100\r\n\r\n{"query":')
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        piece = s.recv(4096)
-        assert piece, answer
-        answer += piece
-    s.close()
-    assert answer.startswith(b"HTTP/1.1 408 ")
-    with ready.client() as c:
-        search_ok(c)
+def test_a_body_that_never_arrives_gets_408(api: Api) -> None:
+    """A second server on the same parts, whose body deadline the test sets."""
+    root = Path(tempfile.mkdtemp(prefix="embedd-408-"))
+    backend = DaemonBackend(
+        api.scheduler, Published(api.store), query_prefix="", status=dict, stop=threading.Event()
+    )
+    backend.mark_ready()
+    server = ApiServer(ServeConfig(socket=root / "api.sock"), backend, body_timeout_s=1.0)
+    server.start()
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(60)
+        s.connect(str(root / "api.sock"))
+        s.sendall(b'POST /v1/search HTTP/1.1\r\nHost: e\r\nContent-Length: 100\r\n\r\n{"query":')
+        answer = b""
+        while b"}}" not in answer:  # the head and the whole error body
+            piece = s.recv(4096)
+            assert piece, answer
+            answer += piece
+        s.close()
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert b"did not arrive within 1 s" in answer, "the deadline given, not the default"
+        with httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(root / "api.sock")), base_url="http://e"
+        ) as c:
+            search_ok(c)
+    finally:
+        server.stop()
+        root.rmdir()
 
 
 class SlowBackend:

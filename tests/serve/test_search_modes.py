@@ -144,10 +144,13 @@ def test_identifiers_and_cjk_find_their_chunk(server: tuple[Path, Store]) -> Non
     assert sources(sock, query="ripening", k=1, mode="keyword") == ["notes/garden.md"]
 
 
-def test_a_quoted_phrase_must_appear(server: tuple[Path, Store]) -> None:
+def test_a_quoted_phrase_alone_must_appear_and_in_a_question_ranks_first(server: tuple[Path, Store]) -> None:
     sock, _ = server
     assert sources(sock, query='"replacement pump"', k=5, mode="keyword") == ["parts/order-c.txt"]
     assert len(sources(sock, query="replacement pump", k=5, mode="keyword")) == 4
+    # Inside other words a phrase is a term of its own: its holder first, the others still found.
+    quoted = sources(sock, query='which orders need a "replacement pump"?', k=5, mode="keyword")
+    assert quoted[0] == "parts/order-c.txt" and len(quoted) == 4
 
 
 def test_every_hostile_query_is_answered_200_in_every_mode(server: tuple[Path, Store]) -> None:

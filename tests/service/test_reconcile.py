@@ -1,4 +1,5 @@
-"""Startup/periodic reconcile on its own: real files and store, a fake embedder, a fake clock."""
+"""Startup/periodic reconcile through the worker's own tick: real files, store and parts, a
+fake embedder, a fake clock."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from fakes import FakeEmbedder
 from structlog.testing import capture_logs
 
 from daemon.config import Config, parse_config
+from daemon.service.notices import Notices
+from daemon.service.parts import Parts, build_parts
 from daemon.service.service import Service, fingerprint_for
 from daemon.store.store import Store
+from daemon.watch.events import EventSink
 
 BODY = "Reconcile test text about {topic}. " * 8
 
@@ -38,6 +42,9 @@ def _config(root: Path) -> Config:
 
 
 class Harness:
+    """A worker stepped by hand: real files, store, pipeline, debouncer and saver on a fake clock;
+    its watcher is never started (the tests report changes through reconcile or handle)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.inbox = root / "inbox"
@@ -45,37 +52,47 @@ class Harness:
         self.config = _config(root)
         self.embedder = FakeEmbedder()
         self.clock = FakeClock()
-        self.store = Store.open(
-            self.config.store.path,
-            model="fake-model",
-            dimensions=8,
-            fingerprint=fingerprint_for(self.config, self.embedder),
-        )
-        self.service = Service(self.config, self.embedder, self.store, clock=self.clock)
+        self.store = self._open()
+        self.service = self._service()
+
+    def _open(self) -> Store:
+        fingerprint = fingerprint_for(self.config, self.embedder)
+        return Store.open(self.config.store.path, model="fake-model", dimensions=8, fingerprint=fingerprint)
+
+    def _service(self) -> Service:
+        def parts(sink: EventSink) -> Parts:
+            self.parts = build_parts(
+                self.config, self.embedder, self.store, sink, clock=self.clock, notices=Notices()
+            )
+            return self.parts
+
+        return Service(self.config, self.embedder, self.store, clock=self.clock, parts=parts)
 
     def drain(self) -> int:
-        """Let time pass until every queued event was handled; returns how many were."""
+        """Tick the worker, letting the time it would sleep pass, until nothing is queued;
+        returns how many events it handled."""
         handled = 0
         for _ in range(100):
             if self.service.debouncer.pending() == 0:
                 return handled
-            self.clock.now += 1.0
-            for event in self.service.debouncer.due():
-                self.service.handle(event)
-                handled += 1
+            tick = self.service.tick()
+            handled += tick.handled
+            # A real wait overshoots a little; exactly wait_s can fall short of the deadline
+            # by a rounding error.
+            self.clock.now += tick.wait_s + 1e-6
         raise AssertionError("debouncer never drained")
 
     def reopen(self) -> None:
-        """A daemon restart: save, close, open again with a new service."""
-        self.store.save()
+        """A daemon restart: the worker's last act (the final save), close, open, a new worker."""
+        self.service.finish()
         self.store.close()
-        self.store = Store.open(
-            self.config.store.path,
-            model="fake-model",
-            dimensions=8,
-            fingerprint=fingerprint_for(self.config, self.embedder),
-        )
-        self.service = Service(self.config, self.embedder, self.store, clock=self.clock)
+        self.store = self._open()
+        self.service = self._service()
+
+    def restart_with(self, config: Config) -> None:
+        """A restart with another configuration."""
+        self.config = config
+        self.reopen()
 
 
 @pytest.fixture
@@ -258,20 +275,17 @@ def test_a_folder_no_longer_configured_leaves_at_restart(h: Harness) -> None:
     (h.inbox / "a.md").write_text(BODY.format(topic="a"))
     h.service.reconcile()
     h.drain()
-    h.store.save()
-    h.store.close()
-    h.config = parse_config(
-        {
-            "model": {"path": "model.gguf"},
-            "store": {"path": "data/store.json"},
-            "watch": [{"path": "other"}],
-        },
-        h.root,
-    )
     (h.root / "other").mkdir()
-    fingerprint = fingerprint_for(h.config, h.embedder)
-    h.store = Store.open(h.config.store.path, model="fake-model", dimensions=8, fingerprint=fingerprint)
-    h.service = Service(h.config, h.embedder, h.store, clock=h.clock)
+    h.restart_with(
+        parse_config(
+            {
+                "model": {"path": "model.gguf"},
+                "store": {"path": "data/store.json"},
+                "watch": [{"path": "other"}],
+            },
+            h.root,
+        )
+    )
     with capture_logs() as logs:
         h.service.reconcile()
     assert h.store.sources() == set()
@@ -286,3 +300,52 @@ def test_forget_removes_a_folder_and_nothing_beside_it(h: Harness) -> None:
     h.drain()
     assert h.service.forget("inbox/old") == ["inbox/old/a.md", "inbox/old/b.md"]
     assert h.store.sources() == {"inbox/older.md", "inbox/keep.md"}
+
+
+def test_the_tick_that_empties_the_queue_saves_the_store(h: Harness) -> None:
+    for name in ("a.md", "b.md"):
+        (h.inbox / name).write_text(BODY.format(topic=name))
+    h.service.reconcile()
+    with capture_logs() as logs:
+        assert h.drain() == 2
+    said = [
+        e["event"] for e in logs if e["event"] in ("file_indexed", "store_saved") and e["log_level"] == "info"
+    ]
+    assert said == [
+        "file_indexed",
+        "file_indexed",
+        "store_saved",
+    ], "one save for the burst, after its last file"
+    assert not h.store.dirty and not h.parts.saver.pending
+    h.store.close()
+    h.store = h._open()  # what is on disk, without the worker's final save
+    assert h.store.sources() == {"inbox/a.md", "inbox/b.md"}
+    h.service = h._service()
+
+
+def test_the_periodic_rescan_finds_a_file_no_event_reported(h: Harness) -> None:
+    h.service.begin()
+    assert h.service.tick().handled == 0
+    (h.inbox / "quiet.md").write_text(BODY.format(topic="written while the watch was blind"))
+    h.clock.now += h.config.daemon.rescan_interval_s - 1.0
+    h.service.tick()
+    assert h.service.debouncer.pending() == 0, "no rescan before its interval"
+    h.clock.now += 1.0
+    with capture_logs() as logs:
+        h.service.tick()
+        assert h.drain() == 1
+    assert any(e["event"] == "rescan_done" and e["queued"] == 1 for e in logs)
+    assert h.store.sources() == {"inbox/quiet.md"}
+
+
+def test_a_forget_asked_of_the_worker_is_done_by_its_next_tick(h: Harness) -> None:
+    for name in ("old/a.md", "keep.md"):
+        (h.inbox / name).parent.mkdir(exist_ok=True)
+        (h.inbox / name).write_text(BODY.format(topic=name))
+    h.service.reconcile()
+    h.drain()
+    asked = h.service.forgets.submit("inbox/old")
+    assert not asked.done()
+    h.service.tick()
+    assert asked.result(timeout=0) == ["inbox/old/a.md"]
+    assert h.store.sources() == {"inbox/keep.md"}

@@ -151,3 +151,32 @@ def test_readers_on_other_threads_never_see_a_torn_state(tmp_path: Path) -> None
             t.join()
     store.close()
     assert errors == []
+
+
+def test_live_row_finds_each_chunk_of_its_own_snapshot_through_removes_renames_and_compaction(
+    tmp_path: Path,
+) -> None:
+    store = open_store(tmp_path / "s.json")
+    try:
+        for i in range(6):
+            store.replace_source(f"d/{i}.md", make_entries(f"d/{i}.md", 4), state(i))
+        store.remove_source("d/1.md")
+        store.rename_source("d/2.md", "e/2.md", state(2))
+        old = store.snapshot()
+        store.replace_source("d/3.md", make_entries("d/3.md", 2, tag="v2"), state(33))
+        store.matrix()  # compacts: the rows of the old snapshot move in the store
+        new = store.snapshot()
+        for snap in (old, new):
+            keep = range(len(snap.rows)) if snap.alive is None else np.flatnonzero(snap.alive).tolist()
+            for i in keep:
+                r = snap.rows[i]
+                assert snap.live_row(r.source, r.chunk, r.hash) == i
+            assert snap.live_row("d/1.md", 0, content_hash("d/1.md chunk 0 ")) is None  # removed
+            assert snap.live_row("d/2.md", 0, content_hash("d/2.md chunk 0 ")) is None  # renamed away
+        # d/3.md's third chunk is in the old snapshot only; its new first chunk has another hash.
+        r3 = next(r for r in old.rows if r.source == "d/3.md" and r.chunk == 2)
+        assert old.live_row("d/3.md", 2, r3.hash) is not None
+        assert new.live_row("d/3.md", 2, r3.hash) is None
+        assert new.live_row("d/3.md", 0, content_hash("d/3.md chunk 0 ")) is None
+    finally:
+        store.close()
