@@ -172,6 +172,23 @@ class KeywordIndex:
         return index
 
     @classmethod
+    def for_reading(
+        cls, path: Path, sources: Mapping[str, Sequence[Row]], states: Mapping[str, int]
+    ) -> tuple[KeywordIndex, str | None]:
+        """The sidecar at ``path`` when it matches ``sources``, else one built in memory, and a
+        note for the person searching in that case. Never writes the sidecar (a daemon may own it)."""
+        index = cls.open_readonly(path, sources)
+        if index is not None:
+            return index, None
+        started = time.perf_counter()
+        index = cls.in_memory(sources, states)
+        return index, (
+            f"the keyword index {path} is missing or behind the store, so one was built in memory for "
+            f"this search ({time.perf_counter() - started:.1f} s); the daemon brings the file up to date "
+            "when it starts"
+        )
+
+    @classmethod
     def in_memory(cls, sources: Mapping[str, Sequence[Row]], states: Mapping[str, int]) -> KeywordIndex:
         """A throw-away index built in memory (for a reader whose sidecar is stale)."""
         conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)

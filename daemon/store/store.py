@@ -11,9 +11,7 @@ snapshot has seen the matrix, a rename replaces row records rather than editing 
 from __future__ import annotations
 
 import contextlib
-import gc
 import sqlite3
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -33,7 +31,7 @@ from daemon.store.format import (
     FloatMatrix,
     Header,
 )
-from daemon.store.io import StoreLock
+from daemon.store.io import StoreLock, gc_paused
 from daemon.store.journal import (
     REMOVE,
     RENAME,
@@ -132,7 +130,7 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot take the lock {lock_path(path)}: {exc.strerror or exc}") from exc
         try:
-            with _gc_paused():
+            with gc_paused():
                 store = cls._open_locked(path, model, dimensions, fingerprint, rebuild)
                 try:
                     store._d.open_journal(store.loaded_via, dimensions, store._apply)
@@ -169,16 +167,7 @@ class Store:
         """
         if self._keyword is not None:
             return self._keyword, None
-        index = KeywordIndex.open_readonly(kw_path(self._path), self._by_source)
-        note = None
-        if index is None:
-            started = time.perf_counter()
-            index = KeywordIndex.in_memory(self._by_source, self._mtimes())
-            note = (
-                f"the keyword index {kw_path(self._path)} is missing or behind the store, so one was built "
-                f"in memory for this search ({time.perf_counter() - started:.1f} s); the daemon brings the "
-                "file up to date when it starts"
-            )
+        index, note = KeywordIndex.for_reading(kw_path(self._path), self._by_source, self._mtimes())
         self._keyword = index
         return index, note
 
@@ -205,7 +194,7 @@ class Store:
         Raises StoreError when there is no store, StoreCorruptError when it is not valid.
         """
         path = Path(path)
-        with contextlib.ExitStack() as stack, _gc_paused():
+        with contextlib.ExitStack() as stack, gc_paused():
             # The journal first: a fold renames the new JSON in place before it cuts the
             # journal, so the JSON read next is at least as new as the journal we hold.
             journal = open_journal_file(path)
@@ -583,7 +572,7 @@ class Store:
         Then call ``finish_fold`` or, when the write failed, ``fold_failed``; one fold at a time.
         """
         self._check_writable()
-        with _gc_paused():
+        with gc_paused():
             self._compact()
             return self._d.plan(self._t)
 
@@ -594,19 +583,3 @@ class Store:
     def finish_fold(self, plan: FoldPlan) -> SaveStats:
         """Adopt a written fold (under the store's lock): splice from the new file, cut the journal."""
         return self._d.finish(plan, self._t)
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Hold off the cyclic GC while building or walking 100,000s of objects.
-
-    Each collection would walk every entry already held; a bulk load triggers dozens and
-    more than doubles its time. Nothing built here is cyclic garbage.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
