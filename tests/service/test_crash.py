@@ -371,7 +371,14 @@ def _verify_after_kill(path: Path, before: bytes | None, corpus: Corpus) -> tupl
     return True, problems
 
 
-def _wait_converged(path: Path, corpus: Corpus, daemon: Daemon, timeout: float = 300.0) -> dict[str, Any]:
+def wait_converged(
+    path: Path,
+    corpus: Corpus,
+    daemon: Daemon,
+    timeout: float = 300.0,
+    read: Callable[[Path], dict[str, Any] | None] = read_store,
+) -> dict[str, Any]:
+    """The store once ``read`` (the JSON file alone, by default) shows the folder as it is."""
     deadline = time.monotonic() + timeout
     problems: list[str] = ["no store yet"]
     while time.monotonic() < deadline:
@@ -380,7 +387,7 @@ def _wait_converged(path: Path, corpus: Corpus, daemon: Daemon, timeout: float =
                 f"daemon exited with {daemon.proc.returncode}:\n{daemon.log_path.read_text()}"
             )
         with contextlib.suppress(ValueError):  # caught mid-read of a log line: retry
-            doc = read_store(path)
+            doc = read(path)
             if doc is not None:
                 problems = check_store(doc, corpus, current=True)
                 if not problems:
@@ -413,7 +420,7 @@ def test_sigkill_at_random_instants_never_damages_the_store(
     daemon = Daemon(cfg, cli_env)
     try:
         daemon.ready()
-        _wait_converged(path, corpus, daemon)
+        wait_converged(path, corpus, daemon)
     finally:
         code = daemon.stop()
     assert code == 0
@@ -492,7 +499,7 @@ def test_sigkill_at_random_instants_never_damages_the_store(
     logs.append(daemon)
     try:
         daemon.ready()
-        final = _wait_converged(path, corpus, daemon)
+        final = wait_converged(path, corpus, daemon)
     finally:
         code = daemon.stop()
     assert code == 0

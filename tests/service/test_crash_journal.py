@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 from support import Daemon, read_store, wait_for
-from test_crash import STORE, Corpus, Mounted, check_store, failing_store, write_crash_config
+from test_crash import STORE, Corpus, Mounted, check_store, failing_store, wait_converged, write_crash_config
 
 from daemon.errors import StoreError
 from daemon.store.journal import MAGIC, journal_path
@@ -90,22 +90,6 @@ def cut_last_record(path: Path, rng: random.Random) -> bool:
     return True
 
 
-def _wait_reader_converged(
-    path: Path, corpus: Corpus, daemon: Daemon, timeout: float = 300.0
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    problems = ["no store yet"]
-    while time.monotonic() < deadline:
-        assert daemon.proc.poll() is None, daemon.log_path.read_text()[-3000:]
-        doc = reader_doc(path)
-        if doc is not None:
-            problems = check_store(doc, corpus, current=True)
-            if not problems:
-                return doc
-        time.sleep(0.5)
-    raise AssertionError(f"the store never converged to the folder: {problems[:10]}")
-
-
 def _kill(daemon: Daemon, mode: str, rng: random.Random, horizon: float) -> None:
     path = daemon.config.parent / STORE
     jpath = journal_path(path)
@@ -150,7 +134,7 @@ def test_sigkill_with_the_journal_never_loses_or_duplicates_a_change(
     daemon = Daemon(cfg, env)
     try:
         daemon.ready()
-        _wait_reader_converged(path, corpus, daemon)
+        wait_converged(path, corpus, daemon, read=reader_doc)
     finally:
         assert daemon.stop() == 0
 
@@ -185,7 +169,7 @@ def test_sigkill_with_the_journal_never_loses_or_duplicates_a_change(
     daemon = Daemon(cfg, env)
     try:
         daemon.ready()
-        _wait_reader_converged(path, corpus, daemon)
+        wait_converged(path, corpus, daemon, read=reader_doc)
     finally:
         assert daemon.stop() == 0
     # A clean stop folds: the JSON file alone is current, the journal empty.
