@@ -102,15 +102,24 @@ def _kill(daemon: Daemon, mode: str, rng: random.Random, horizon: float) -> None
     size0 = jpath.stat().st_size if jpath.exists() else 0
     delay = rng.uniform(0.0, horizon)
     end = t0 + (horizon if mode == "anytime" else 60.0)
+    settled: float | None = None  # when the run's change reached the journal
     while daemon.proc.poll() is None and time.monotonic() < end:
         now = time.monotonic()
-        opened = mode == "anytime" or b'"event":"store_opened"' in daemon.log_path.read_bytes()
+        logged = b"" if mode == "anytime" else daemon.log_path.read_bytes()
+        opened = mode == "anytime" or b'"event":"store_opened"' in logged
         if mode == "anytime" and now - t0 >= delay:
             break
         if opened and mode == "journal" and jpath.exists() and jpath.stat().st_size != size0:
             break
-        if opened and mode in ("folding", "cut") and watched[mode].exists():
-            break
+        if opened and mode in ("folding", "cut"):
+            if watched[mode].exists():
+                break
+            if settled is None and b'"event":"store_journalled"' in logged:
+                settled = now
+            # No fold was due in this run, or it is over: kill the idle daemon, do not wait a minute.
+            folding = b'"event":"store_fold_started"' in logged and b'"event":"store_folded"' not in logged
+            if settled is not None and now - settled > 2.0 and not folding:
+                break
         time.sleep(0.001)
     if daemon.proc.poll() is None:
         os.kill(daemon.proc.pid, signal.SIGKILL)
