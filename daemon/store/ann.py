@@ -50,12 +50,17 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 # Below this many live rows search stays exact (bench/vector_scale.py: exact takes 9.5 ms at
-# 150,000 rows and 13 ms at 200,000 on the 2-core EPYC; the graph ~1 ms, for 0.6 KB a row).
+# 150,000 rows and 13 ms at 200,000 on the 2-core EPYC; the graph ~1 ms, for 0.67 KB a row).
 MIN_ROWS = 150_000
-# HNSW parameters, chosen on clustered 384-d vectors (bench/vector_scale.py): M 16 and
-# efConstruction 80 build in half the time of M 32 at the same recall at 200,000 rows;
-# efSearch 512 costs about a millisecond at a million rows and recall grows little beyond.
-GRAPH = GraphParams(m=16, ef_construction=80, quantizer="8bit")
+# HNSW parameters, measured on clustered 384-d vectors (docs/benchmarks.md, "Recall at a
+# million"). Recall is lost in the graph walk, not in the 8-bit distances or the candidate cut:
+# re-scoring every one of efSearch's candidates instead of OVERSAMPLE found no more, and float32
+# storage (M 16) only 0.974 against 0.970. At 1,000,000 rows, efSearch 512, recall@10 is 0.970
+# with M 16, 0.990 with M 24, 0.9935 with M 32 (graph p50 1.2 / 1.3 / 1.6 ms), for 528 / 592 /
+# 656 MB; the builds took 278 / 202 / 222 s on two cores at load 2-4 (the load decided, not M).
+# At 300,000 rows M 16 still gives 0.998: the denser graph matters at scale. Changing these
+# rebuilds every saved graph (annfile checks them).
+GRAPH = GraphParams(m=32, ef_construction=80, quantizer="8bit")
 EF_SEARCH = 512
 MAX_EF = 4096
 # Candidates fetched beyond the ones asked for, to re-rank exactly.
