@@ -54,9 +54,9 @@ log = structlog.get_logger(__name__)
 MIN_ROWS = 150_000
 # HNSW parameters, measured on clustered 384-d vectors (docs/benchmarks.md, "Recall at a
 # million"). Recall is lost in the graph walk, not in the 8-bit distances or the candidate cut:
-# re-scoring every one of efSearch's candidates instead of OVERSAMPLE found no more, and float32
+# re-scoring all of efSearch's candidates instead of the 61 fetched found no more, and float32
 # storage (M 16) only 0.974 against 0.970. At 1,000,000 rows, efSearch 512, recall@10 is 0.970
-# with M 16, 0.990 with M 24, 0.9935 with M 32 (graph p50 1.2 / 1.3 / 1.6 ms), for 528 / 592 /
+# with M 16, 0.990 with M 24, 0.9935 with M 32 (graph p50 1.2 / 1.4 / 1.6 ms), for 528 / 592 /
 # 656 MB; the builds took 278 / 202 / 222 s on two cores at load 2-4 (the load decided, not M).
 # At 300,000 rows M 16 still gives 0.998: the denser graph matters at scale. Changing these
 # rebuilds every saved graph (annfile checks them).
