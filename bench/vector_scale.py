@@ -12,11 +12,15 @@ Three measurements, each printed as a markdown table with the machine line:
   searches, a new chunk found at once and a deleted one never, through a compaction; with
   ``--hybrid`` also hybrid search (``search_snapshot``) with the keyword index;
 - ``real``: the same recall and latency on the real model's vectors of ``--n`` sentences
-  of the CACM and CISI collections (``bench/data``, see ``bench/ircollections.py``).
+  of the CACM and CISI collections (``bench/data``, see ``bench/ircollections.py``);
+- ``sweep``: faiss graphs built directly over the ``scale`` vectors for each ``--m`` (and
+  ``--quantizer``), recall@10 and p50 at each efSearch, re-scoring the daemon's 61 candidates
+  or all of efSearch's (where the recall is lost: the graph walk or the candidate cut).
 
     python bench/vector_scale.py exact
     python bench/vector_scale.py scale --n 1000000 [--hybrid]
     python bench/vector_scale.py real --n 20000
+    python bench/vector_scale.py sweep --n 300000 --m 16,32 --intrinsic 16
 """
 
 from __future__ import annotations
@@ -392,6 +396,59 @@ def cmd_real(args: argparse.Namespace) -> None:
     print_table(title, ["measure", "value", ""], rows)
 
 
+# ----- sweep -----
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from daemon.store.annfile import faiss_module
+
+    faiss = faiss_module()
+    n = args.n
+    gen = Clustered(n, intrinsic=args.intrinsic)
+    matrix = np.empty((n, DIMS), dtype=np.float32)
+    for start in range(0, n, PER_FILE):  # in files of 100, as ``scale`` fills the store
+        matrix[start : start + PER_FILE] = gen.take(min(PER_FILE, n - start))
+    queries = gen.take(args.queries)
+    exact = truth(matrix, queries, 10)
+    rows = []
+    for m in (int(x) for x in args.m.split(",")):
+        faiss.omp_set_num_threads(ann.BUILD_THREADS)
+        t = time.perf_counter()
+        if args.quantizer == "flat":
+            index = faiss.IndexHNSWFlat(DIMS, m, faiss.METRIC_INNER_PRODUCT)
+        else:
+            qtype = getattr(faiss.ScalarQuantizer, "QT_" + args.quantizer)
+            index = faiss.IndexHNSWSQ(DIMS, qtype, m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = args.ef_construction
+        index.train(matrix[:: max(1, n // ann.TRAIN_SAMPLE)])
+        for start in range(0, n, ann.BUILD_BATCH):
+            index.add(matrix[start : start + ann.BUILD_BATCH])
+        build = time.perf_counter() - t
+        faiss.omp_set_num_threads(1)
+        for ef in (int(x) for x in args.ef.split(",")):
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = ef
+            for fetch in sorted({10 + ann.OVERSAMPLE + 1, ef}):
+                found, times = 0, []
+                for q, want in zip(queries, exact, strict=True):
+                    t = time.perf_counter()
+                    _, labels = index.search(q.reshape(1, -1), fetch, params=params)
+                    cand = labels[0][labels[0] >= 0]
+                    scores = matrix[cand] @ q
+                    best = cand[np.argpartition(-scores, 9)[:10]]
+                    times.append(time.perf_counter() - t)
+                    found += len(set(best.tolist()) & want)
+                p50, _ = percentiles(times)
+                rec = found / (10 * len(queries))
+                rows.append([f"M {m}", ef, fetch, f"{rec:.4f}", f"{p50:.2f}", f"{build:.0f}"])
+    kind = f"{args.intrinsic} directions" if args.intrinsic else "isotropic"
+    print_table(
+        f"Graph sweep at {n:,} rows ({kind}, {args.quantizer}, efConstruction {args.ef_construction})",
+        ["graph", "efSearch", "candidates re-scored", "recall@10", "p50 ms", "build s"],
+        rows,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -411,8 +468,16 @@ def main() -> None:
     p.add_argument("--n", type=int, default=20_000)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--model", default="/work/main/models/all-MiniLM-L6-v2.gguf")
+    p = sub.add_parser("sweep")
+    p.add_argument("--n", type=int, default=300_000)
+    p.add_argument("--m", default="16,32", help="the graph's M values, comma-separated")
+    p.add_argument("--ef", default="256,512,1024")
+    p.add_argument("--ef-construction", type=int, default=ann.GRAPH.ef_construction)
+    p.add_argument("--quantizer", default=ann.GRAPH.quantizer, help="8bit, fp16, ... or flat (float32)")
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--intrinsic", type=int, default=16)
     args = parser.parse_args()
-    {"exact": cmd_exact, "scale": cmd_scale, "real": cmd_real}[args.cmd](args)
+    {"exact": cmd_exact, "scale": cmd_scale, "real": cmd_real, "sweep": cmd_sweep}[args.cmd](args)
 
 
 if __name__ == "__main__":

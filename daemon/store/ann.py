@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from daemon.store.annfile import Keys, faiss_module, read_graph, write_graph
+from daemon.store.annfile import GraphParams, Keys, faiss_module, read_graph, write_graph
 from daemon.store.entries import Row
 from daemon.store.format import Fingerprint, FloatMatrix
 from daemon.store.io import temp_path
@@ -50,13 +50,17 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 # Below this many live rows search stays exact (bench/vector_scale.py: exact takes 9.5 ms at
-# 150,000 rows and 13 ms at 200,000 on the 2-core EPYC; the graph ~1 ms, for 0.6 KB a row).
+# 150,000 rows and 13 ms at 200,000 on the 2-core EPYC; the graph ~1 ms, for 0.67 KB a row).
 MIN_ROWS = 150_000
-# HNSW parameters, chosen on clustered 384-d vectors (bench/vector_scale.py): M 16 and
-# efConstruction 80 build in half the time of M 32 at the same recall at 200,000 rows;
-# efSearch 512 costs about a millisecond at a million rows and recall grows little beyond.
-M = 16
-EF_CONSTRUCTION = 80
+# HNSW parameters, measured on clustered 384-d vectors (docs/benchmarks.md, "Recall at a
+# million"). Recall is lost in the graph walk, not in the 8-bit distances or the candidate cut:
+# re-scoring all of efSearch's candidates instead of the 61 fetched found no more, and float32
+# storage (M 16) only 0.974 against 0.970. At 1,000,000 rows, efSearch 512, recall@10 is 0.970
+# with M 16, 0.990 with M 24, 0.9935 with M 32 (graph p50 1.2 / 1.4 / 1.6 ms), for 528 / 592 /
+# 656 MB; the builds took 278 / 202 / 222 s on two cores at load 2-4 (the load decided, not M).
+# At 300,000 rows M 16 still gives 0.998: the denser graph matters at scale. Changing these
+# rebuilds every saved graph (annfile checks them).
+GRAPH = GraphParams(m=32, ef_construction=80, quantizer="8bit")
 EF_SEARCH = 512
 MAX_EF = 4096
 # Candidates fetched beyond the ones asked for, to re-rank exactly.
@@ -154,6 +158,7 @@ class VectorIndex:
         self.dims = dims
         self.fingerprint = fingerprint
         self.min_rows = min_rows
+        self.params = GRAPH  # read here, so a graph file and the builds of one index agree
         self.progress = Progress()
         self._lock = threading.Lock()
         self._graph: _Graph | None = None
@@ -336,8 +341,9 @@ class VectorIndex:
         p.state, p.done, p.total, p.started, p.detail = "building", 0, len(rows), time.monotonic(), why
         log.info("vector_index_building", path=str(self.path), rows=len(rows), reason=why)
         faiss.omp_set_num_threads(BUILD_THREADS)
-        index = faiss.IndexHNSWSQ(self.dims, faiss.ScalarQuantizer.QT_8bit, M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = EF_CONSTRUCTION
+        qtype = getattr(faiss.ScalarQuantizer, "QT_" + self.params.quantizer)
+        index = faiss.IndexHNSWSQ(self.dims, qtype, self.params.m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = self.params.ef_construction
         sample = rows[:: max(1, len(rows) // TRAIN_SAMPLE)]
         index.train(np.ascontiguousarray(snap.matrix[sample]))
         last_log = time.monotonic()
@@ -395,7 +401,7 @@ class VectorIndex:
         started = time.monotonic()
         try:
             with open(self.path, "rb") as f:
-                index, keys = read_graph(f, self.dims, self.fingerprint)
+                index, keys = read_graph(f, self.dims, self.fingerprint, params=self.params)
         except FileNotFoundError:
             return False
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, struct.error) as exc:
@@ -422,7 +428,7 @@ class VectorIndex:
             with self._lock if graph is self._graph else contextlib.nullcontext():
                 keys = graph.keys
                 with open(tmp, "wb") as f:
-                    write_graph(f, graph.index, keys, self.dims, self.fingerprint)
+                    write_graph(f, graph.index, keys, self.dims, self.fingerprint, params=self.params)
                 graph.saved_labels = len(keys)
             tmp.replace(self.path)
         except (OSError, RuntimeError) as exc:

@@ -1,8 +1,9 @@
 """The file ``<store>.ann``: the vector index's faiss graph and each label's content hash.
 
-Layout: magic, a little-endian u32 header length, a JSON header (width, fingerprint, labels,
-the graph's byte length, a CRC-32 of everything after the header), each label's 16-byte hash
-key, then the graph as faiss writes it (streamed through a callback, never a copy in memory).
+Layout: magic, a little-endian u32 header length, a JSON header (width, fingerprint, the
+graph's build parameters, labels, the graph's byte length, a CRC-32 of everything after the
+header), each label's 16-byte hash key, then the graph as faiss writes it (streamed through a
+callback, never a copy in memory).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -20,6 +22,23 @@ from daemon.store.format import Fingerprint
 
 MAGIC = b"EMBDANN1"
 Keys = npt.NDArray[np.uint64]
+
+
+@dataclass(frozen=True)
+class GraphParams:
+    """How a graph is built. A file made with others is rebuilt: its recall is not the one
+    measured for these (a sparser graph misses more), even when faiss could read it."""
+
+    m: int  # links per node (twice as many on the bottom layer)
+    ef_construction: int
+    quantizer: str  # the faiss ScalarQuantizer type of the stored vectors, e.g. "8bit"
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+# What every file written before the header named its parameters was built with.
+LEGACY = GraphParams(m=16, ef_construction=80, quantizer="8bit")
 
 
 def faiss_module() -> Any:
@@ -33,8 +52,11 @@ def faiss_module() -> Any:
     return faiss
 
 
-def write_graph(f: BinaryIO, index: Any, keys: Keys, dims: int, fingerprint: Fingerprint) -> None:
-    """Write the faiss ``index`` and each label's hash ``keys`` (labels, 2) to ``f``."""
+def write_graph(
+    f: BinaryIO, index: Any, keys: Keys, dims: int, fingerprint: Fingerprint, *, params: GraphParams
+) -> None:
+    """Write the faiss ``index`` (built with ``params``) and each label's hash ``keys``
+    (labels, 2) to ``f``."""
     faiss = faiss_module()
     crc = 0
 
@@ -53,6 +75,7 @@ def write_graph(f: BinaryIO, index: Any, keys: Keys, dims: int, fingerprint: Fin
         {
             "dims": dims,
             "fingerprint": fingerprint.to_json(),
+            "graph": params.to_json(),
             "labels": len(keys),
             "index_bytes": f.tell() - body_start,
             "crc": crc,
@@ -64,9 +87,10 @@ def write_graph(f: BinaryIO, index: Any, keys: Keys, dims: int, fingerprint: Fin
     f.write(header.ljust(len(placeholder)))
 
 
-def read_graph(f: BinaryIO, dims: int, fingerprint: Fingerprint) -> tuple[Any, Keys]:
+def read_graph(f: BinaryIO, dims: int, fingerprint: Fingerprint, *, params: GraphParams) -> tuple[Any, Keys]:
     """The index and keys ``write_graph`` wrote; ValueError (or faiss's RuntimeError) when the
-    file is damaged, truncated, or made for other vectors."""
+    file is damaged, truncated, made for other vectors, or built with other ``params`` (told
+    from the header, before the graph is read)."""
     faiss = faiss_module()
     if f.read(len(MAGIC)) != MAGIC:
         raise ValueError("not a vector index file")
@@ -74,6 +98,9 @@ def read_graph(f: BinaryIO, dims: int, fingerprint: Fingerprint) -> tuple[Any, K
     header = orjson.loads(f.read(header_len))
     if header["dims"] != dims or Fingerprint.from_json(header["fingerprint"]) != fingerprint:
         raise ValueError("made for another model or chunking")
+    made = header.get("graph", LEGACY.to_json())
+    if made != params.to_json():
+        raise ValueError(f"built with other graph parameters ({made}, now {params.to_json()})")
     labels = int(header["labels"])
     raw = f.read(labels * 16)
     if len(raw) != labels * 16:

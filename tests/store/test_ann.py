@@ -271,3 +271,63 @@ def test_real_model_vectors_through_the_graph_and_hybrid_search(tmp_path: Path, 
         hits = search_snapshot(snap, "nurses hired hospital", qvecs[1], SearchOptions(k=20, mode=mode)).hits
         assert hits and all(h.source != gone for h in hits), mode
     store.close()
+
+
+def _header(path: Path) -> tuple[int, dict[str, object]]:
+    import struct
+
+    import orjson
+
+    data = ann_path(path).read_bytes()
+    (size,) = struct.unpack("<I", data[8:12])
+    return size, orjson.loads(data[12 : 12 + size])
+
+
+def test_a_graph_built_with_other_parameters_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file names the parameters its graph was built with; one made with others (a sparser
+    graph, an older release's) is rebuilt, and a file of an older release, which names none,
+    counts as built with the parameters that release used."""
+    import orjson
+
+    from daemon.store import ann
+    from daemon.store.annfile import LEGACY, GraphParams
+
+    path = tmp_path / "embeddings.json"
+    sparse = GraphParams(m=8, ef_construction=40, quantizer="8bit")
+    monkeypatch.setattr(ann, "GRAPH", sparse)
+    store = filled(path)
+    ready(store)
+    store.close()
+    assert _header(path)[1]["graph"] == {"m": 8, "ef_construction": 40, "quantizer": "8bit"}
+
+    monkeypatch.setattr(ann, "GRAPH", GraphParams(m=12, ef_construction=40, quantizer="8bit"))
+    store = open_store(path)
+    snap = ready(store)
+    assert snap.ann is not None and snap.ann.progress.via == "built"
+    assert recall(snap, queries(20), 10) >= 0.98
+    store.close()
+    assert _header(path)[1]["graph"] == {"m": 12, "ef_construction": 40, "quantizer": "8bit"}
+
+    # An older release's file: the same graph, no parameters in the header.
+    monkeypatch.setattr(ann, "GRAPH", LEGACY)
+    store = open_store(path)
+    ready(store)
+    store.close()
+    size, header = _header(path)
+    del header["graph"]
+    data = bytearray(ann_path(path).read_bytes())
+    data[12 : 12 + size] = orjson.dumps(header).ljust(size)
+    ann_path(path).write_bytes(bytes(data))
+    store = open_store(path)
+    snap = ready(store)
+    assert snap.ann is not None and snap.ann.progress.via == "loaded"  # LEGACY is what it was built with
+    store.close()
+
+    monkeypatch.setattr(ann, "GRAPH", sparse)
+    ann_path(path).write_bytes(bytes(data))
+    store = open_store(path)
+    snap = ready(store)
+    assert snap.ann is not None and snap.ann.progress.via == "built"
+    store.close()
