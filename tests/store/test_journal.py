@@ -13,7 +13,6 @@ import io
 import json
 import os
 import shutil
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,19 +20,17 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 from support import write_config
+from test_store import make_entries, open_store, state
 
 from daemon.commands import status
 from daemon.commands.export import export_jsonl
 from daemon.config import load_config
 from daemon.errors import StoreError
 from daemon.store.fold import write_fold
-from daemon.store.format import content_hash
 from daemon.store.journal import MAGIC, Journal, journal_path
 from daemon.store.keyword import kw_path
-from daemon.store.store import FileState, Fingerprint, NewEntry, Store
+from daemon.store.store import FileState, Store
 
-DIMS = 8
-FP = Fingerprint("ab" * 32, "mean", True, 500, 50)
 Image = tuple[list[tuple[object, ...]], dict[str, FileState | None]]
 
 
@@ -56,24 +53,6 @@ def filled(path: Path) -> Iterator[Store]:
     assert not store.save().journalled
     yield store
     store.close()
-
-
-def make_entries(source: str, n: int, *, tag: str = "") -> list[NewEntry]:
-    rng = np.random.default_rng(zlib.crc32(f"{source}|{tag}".encode()))
-    out = []
-    for i in range(n):
-        text = f"{source} chunk {i} {tag}"
-        vec = rng.standard_normal(DIMS).astype(np.float32)
-        out.append(NewEntry(text, None, i, content_hash(text), vec, 1_764_100_000_000 + i))
-    return out
-
-
-def state(n: int) -> FileState:
-    return FileState(size=100 + n, mtime_ns=1_764_100_000_000_000_000 + n, inode=40 + n)
-
-
-def open_store(path: Path) -> Store:
-    return Store.open(path, model="all-MiniLM-L6-v2", dimensions=DIMS, fingerprint=FP)
 
 
 def bits(a: np.ndarray) -> bytes:
