@@ -164,16 +164,7 @@ class Saver:
         self._notices.notify("store_save_failed", reason=str(exc), retry_in_s=delay)
 
     def _saved(self, stats: SaveStats) -> None:
-        log.info(
-            "store_journalled" if stats.journalled else "store_saved",
-            path=str(self._store.path),
-            entries=stats.entries,
-            written=stats.entries_written,
-            reused=stats.entries_reused,
-            mib_written=round(stats.bytes_written / 2**20, 2),
-            mib_reused=round(stats.bytes_reused / 2**20, 2),
-            durable_s=round(stats.durable_seconds, 3),
-        )
+        log.info("store_journalled" if stats.journalled else "store_saved", **self._logged(stats))
         self._notices.notify(
             "store_saved",
             entries=stats.entries,
@@ -182,6 +173,18 @@ class Saver:
             bytes_written=stats.bytes_written,
             durable_s=stats.durable_seconds,
         )
+
+    def _logged(self, stats: SaveStats) -> dict[str, object]:
+        """The fields of a save's or a fold's log line."""
+        return {
+            "path": str(self._store.path),
+            "entries": stats.entries,
+            "written": stats.entries_written,
+            "reused": stats.entries_reused,
+            "mib_written": round(stats.bytes_written / 2**20, 2),
+            "mib_reused": round(stats.bytes_reused / 2**20, 2),
+            "durable_s": round(stats.durable_seconds, 3),
+        }
 
     # -- folds ---------------------------------------------------------------------------
 
@@ -239,13 +242,4 @@ class Saver:
     def _folded(self, stats: SaveStats) -> None:
         if not self._store.unfolded:
             self._unfolded_since = None
-        log.info(
-            "store_folded",
-            path=str(self._store.path),
-            entries=stats.entries,
-            written=stats.entries_written,
-            reused=stats.entries_reused,
-            mib_written=round(stats.bytes_written / 2**20, 2),
-            durable_s=round(stats.durable_seconds, 3),
-            seconds=round(stats.seconds, 3),
-        )
+        log.info("store_folded", **self._logged(stats), seconds=round(stats.seconds, 3))
