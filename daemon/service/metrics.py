@@ -69,7 +69,16 @@ class Metrics:
             "embedd_store_save_failures", "Store saves that failed (retried).", registry=r
         )
         self.bytes_written = Counter(
-            "embedd_store_written_bytes", "Bytes written by store saves.", registry=r
+            "embedd_store_written_bytes", "Bytes written by store saves and folds.", registry=r
+        )
+        self.folds = Counter(
+            "embedd_store_folds", "Folds of the journal into the JSON file (full rewrites).", registry=r
+        )
+        self.fold_seconds = Histogram(
+            "embedd_store_fold_seconds",
+            "Duration of a fold, the sidecar cache included.",
+            buckets=(*SAVE_BUCKETS, 120.0, 300.0),
+            registry=r,
         )
         self.search_seconds = Histogram(
             "embedd_search_seconds",
@@ -125,6 +134,10 @@ class Metrics:
             self.bytes_written.inc(_num(fields.get("bytes_written")))
         elif kind == "store_save_failed":
             self.save_failures.inc()
+        elif kind == "store_folded":
+            self.folds.inc()
+            self.fold_seconds.observe(_num(fields.get("seconds")))
+            self.bytes_written.inc(_num(fields.get("bytes_written")))
 
     def searched(self, mode: str, seconds: float) -> None:
         """One search answered by the API."""

@@ -18,7 +18,9 @@ Kinds and their fields (all sources are store source names):
   below it cannot be reached (missing, unreadable, an empty mount point); its entries stay
 - ``folder_back``: watch, path (reachable again; the normal reconcile follows)
 - ``store_saved``: entries, written, reused, bytes_written, durable_s
-- ``store_save_failed``: reason, retry_in_s
+- ``store_save_failed``: reason, retry_in_s (a failed fold too: it is retried)
+- ``store_folded``: entries, bytes_written, durable_s, seconds (a large store's journal folded
+  into its JSON file)
 - ``bulk_queued``: files (more files queued by a scan), total, left
 - ``bulk_progress``: done, total, left
 - ``bulk_done``: total

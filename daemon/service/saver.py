@@ -243,3 +243,10 @@ class Saver:
         if not self._store.unfolded:
             self._unfolded_since = None
         log.info("store_folded", **self._logged(stats), seconds=round(stats.seconds, 3))
+        self._notices.notify(
+            "store_folded",
+            entries=stats.entries,
+            bytes_written=stats.bytes_written,
+            durable_s=stats.durable_seconds,
+            seconds=stats.seconds,
+        )

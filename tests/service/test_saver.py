@@ -15,9 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 from support import wait_for
 
+from daemon.service.metrics import Metrics
+from daemon.service.notices import Notices
 from daemon.service.saver import FOLD_AFTER_S, FOLD_FRACTION, SAVE_RETRY_S, Saver
 from daemon.store.format import content_hash
 from daemon.store.journal import MAGIC, journal_path
@@ -67,13 +70,22 @@ def json_sources(store: Store) -> dict[str, object]:
     return json.loads(store.path.read_bytes())["files"]  # type: ignore[no-any-return]
 
 
+def samples(metrics: Metrics) -> dict[str, float]:
+    families = text_string_to_metric_families(metrics.exposition().decode())
+    return {s.name: s.value for family in families for s in family.samples if not s.labels}
+
+
 def test_a_change_is_journalled_and_folded_once_it_is_old_enough(store: Store) -> None:
     clock = Clock()
-    saver = Saver(store, clock)
+    notices, metrics = Notices(), Metrics()
+    notices.listen(metrics.hear)
+    saver = Saver(store, clock, notices)
     edit(store, saver, 1)
     assert saver.maybe_save(quiet=True)
     assert store.unfolded and not store.dirty and not saver.folding
     assert store.journal_bytes < FOLD_FRACTION * store.json_bytes
+    appended = samples(metrics)["embedd_store_written_bytes_total"]
+    assert appended == store.journal_bytes > 0
     clock.now += FOLD_AFTER_S - 1
     saver.maybe_save(quiet=True)
     assert not saver.folding and store.unfolded
@@ -84,6 +96,11 @@ def test_a_change_is_journalled_and_folded_once_it_is_old_enough(store: Store) -
     assert not store.unfolded
     assert json_sources(store)["inbox/f0.txt"] == {"size": 1, "mtime_ns": 1, "inode": 101}
     assert journal_path(store.path).read_bytes() == MAGIC
+    # The metrics count the journal append and the fold, and the bytes each wrote.
+    seen = samples(metrics)
+    assert seen["embedd_store_saves_total"] == 1 and seen["embedd_store_folds_total"] == 1
+    assert seen["embedd_store_fold_seconds_count"] == 1
+    assert seen["embedd_store_written_bytes_total"] > appended
 
 
 def test_a_journal_past_its_fraction_of_the_json_file_is_folded(store: Store) -> None:
