@@ -75,11 +75,6 @@ def io_class(tid: int = 0) -> str:
     return IOPRIO_CLASS_NAMES.get(value >> IOPRIO_CLASS_SHIFT, str(value >> IOPRIO_CLASS_SHIFT))
 
 
-def set_io_idle(tid: int = 0) -> None:
-    """Put thread ``tid`` (0: the calling one) in the idle I/O class; raises OSError where refused."""
-    _set_io_idle(tid)
-
-
 def _set_io_idle(tid: int) -> None:
     calls = _syscalls()
     if calls is None:

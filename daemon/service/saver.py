@@ -14,8 +14,6 @@ store lock (``daemon.store.fold``), so searches and indexing go on meanwhile.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 from collections.abc import Callable
 
@@ -24,7 +22,7 @@ import structlog
 from daemon.errors import StoreError
 from daemon.loops import Backoff
 from daemon.service.notices import Notices
-from daemon.service.priority import set_io_idle
+from daemon.service.priority import lower_priority
 from daemon.store.entries import SaveStats
 from daemon.store.fold import FoldPlan, write_fold
 from daemon.store.store import Store
@@ -50,12 +48,9 @@ class _FoldThread(threading.Thread):
         self.error: StoreError | None = None
 
     def run(self) -> None:
-        tid = threading.get_native_id()
-        # A courtesy: the fold is the one big writer; interactive work and the journal come first.
-        with contextlib.suppress(OSError):
-            set_io_idle(tid)
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), 19))
+        # A courtesy: the fold is the one big writer; interactive work and the journal come first
+        # (nice 19, batch scheduling, idle I/O; what the kernel refuses is left as it is).
+        lower_priority(19, all_threads=False)
         try:
             write_fold(self.plan)
         except StoreError as exc:

@@ -19,9 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 from support import wait_for
 
+from daemon.service import saver as saver_module
 from daemon.service.metrics import Metrics
 from daemon.service.notices import Notices
+from daemon.service.priority import Priority, current
 from daemon.service.saver import FOLD_AFTER_S, FOLD_FRACTION, SAVE_RETRY_S, Saver
+from daemon.store.fold import FoldPlan, write_fold
 from daemon.store.format import content_hash
 from daemon.store.journal import MAGIC, journal_path
 from daemon.store.store import FileState, Fingerprint, NewEntry, Store
@@ -155,3 +158,26 @@ def test_a_failed_fold_is_logged_and_retried_later(store: Store, monkeypatch: py
     saver.maybe_save(quiet=True)
     wait_for(lambda: saver.maybe_save(quiet=True) is False and not saver.folding, what="the retried fold")
     assert not store.unfolded
+
+
+def test_a_fold_is_written_at_idle_io_and_the_lowest_cpu_priority(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Priority] = []
+    before = current()
+
+    def write(plan: FoldPlan) -> None:
+        seen.append(current())  # on the fold's own thread
+        write_fold(plan)
+
+    monkeypatch.setattr(saver_module, "write_fold", write)
+    clock = Clock()
+    saver = Saver(store, clock)
+    edit(store, saver, 1)
+    saver.maybe_save(quiet=True)
+    clock.now += FOLD_AFTER_S
+    saver.maybe_save(quiet=True)
+    wait_for(lambda: saver.maybe_save(quiet=True) is False and not saver.folding, what="the fold adopted")
+    assert not store.unfolded
+    assert [(p.nice, p.cpu_policy, p.io_class) for p in seen] == [(19, "batch", "idle")]
+    assert current() == before  # the worker's own thread is left as it was
