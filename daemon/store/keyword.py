@@ -129,23 +129,28 @@ class KeywordIndex:
         deleted and rebuilt.
         """
         try:
-            index = cls(path, _connect(path), readonly=False)
-            index._check_schema()
-            index.sync(sources, states, progress=progress)
-            index._park()
-            index._start_postings()
-            return index
+            return cls._open_synced(path, sources, states, progress)
         except sqlite3.DatabaseError as exc:
-            with contextlib.suppress(Exception):
-                index._conn.close()
             log.warning("keyword_index_rebuild", path=str(path), reason=str(exc))
             _delete(path)
-            index = cls(path, _connect(path), readonly=False)
+            return cls._open_synced(path, sources, states, progress)
+
+    @classmethod
+    def _open_synced(cls, path: Path, sources: Mapping[str, Sequence[Row]],
+                     states: Mapping[str, int], progress: Progress | None) -> KeywordIndex:  # fmt: skip
+        """Open the file at ``path``, check its schema and sync it; the connection is closed
+        when any of that fails."""
+        index = cls(path, _connect(path), readonly=False)
+        try:
             index._check_schema()
             index.sync(sources, states, progress=progress)
             index._park()
             index._start_postings()
-            return index
+        except BaseException:
+            with contextlib.suppress(Exception):
+                index._conn.close()
+            raise
+        return index
 
     def _park(self) -> None:
         self._conn.close()
