@@ -230,6 +230,9 @@ class Durability:
         """A fold's write failed: release it; the store stays as it was."""
         self.folding = False
         plan.close()
+        if plan.texts is not None:
+            plan.texts.close()
+            plan.texts = None
         if plan.eio:
             # The copy may have failed reading the old file (a bad block): the retry must not
             # depend on it, so it serialises every entry from memory instead.
@@ -249,6 +252,9 @@ class Durability:
             self.full_next = False
         self.pending = [(seq, rec) for seq, rec in self.pending if seq > plan.seq]
         self._switch_source(plan, t)
+        if plan.texts is not None:
+            t.read_texts_from(plan.rows, plan.texts)
+            plan.texts = None
         if self.journal is not None and self.journal.records:
             try:
                 self.journal.cut_through(plan.seq)

@@ -25,6 +25,7 @@ from daemon.store.format import FloatMatrix, SpanArray
 from daemon.store.io import AtomicWriter
 from daemon.store.rows import RowRecord, columns_of
 from daemon.store.splice import write_spliced
+from daemon.store.texts import Texts
 
 
 @dataclass
@@ -47,6 +48,7 @@ class FoldPlan:
     new_spans: SpanArray | None = None
     stats: SaveStats | None = None
     eio: bool = False  # the write failed with EIO: the next one must not read the old file
+    texts: Texts | None = None  # the rows' texts as the new cache holds them (row i: text i)
 
     def close_src(self) -> None:
         """Close the descriptor of the previous file; idempotent."""
@@ -95,7 +97,7 @@ def write_fold(plan: FoldPlan, *, cache: bool = True) -> FoldPlan:
     if fd >= 0 and os.fstat(fd).st_ino == st.st_ino:
         plan.new_fd = fd
         if cache:
-            write_cache(
+            plan.texts = write_cache(
                 plan.path, JsonSignature.of(fd, st, plan.head), columns_of(plan.rows, plan.matrix, spans)
             )
     elif fd >= 0:

@@ -19,7 +19,7 @@ goes through the generic parser, which is slower but accepts any valid document.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, TypeGuard
@@ -27,6 +27,8 @@ from typing import Any, BinaryIO, TypeGuard
 import numpy as np
 import numpy.typing as npt
 import orjson
+
+from daemon.store.texts import TextRef
 
 FloatMatrix = npt.NDArray[np.float32]
 SpanArray = npt.NDArray[np.int64]
@@ -165,7 +167,7 @@ class Columns:
     """The entries of a document, column by column, with the vectors as one float32 matrix."""
 
     ids: list[str]
-    contents: list[str]
+    contents: Sequence[TextRef]  # a list of strings, or Texts read through a mapping (cache)
     sources: list[str]
     pages: list[int | None]
     chunks: list[int]
@@ -312,7 +314,8 @@ class _Builder:
         self.dims = dims
         # Headroom lets the store append without copying the matrix; untouched rows cost no RAM.
         self.matrix: FloatMatrix = np.empty((capacity + capacity // 8 + 64, dims), dtype=np.float32)
-        self.cols = Columns([], [], [], [], [], [], [], [], [], [], self.matrix, None)
+        self.contents: list[str] = []
+        self.cols = Columns([], self.contents, [], [], [], [], [], [], [], [], self.matrix, None)
         self._interned: dict[str, str] = {}
         self._missing_chunk = False
 
@@ -356,7 +359,7 @@ class _Builder:
         timestamp = item.get("timestamp")
 
         cols.ids.append(eid if type(eid) is str else "")
-        cols.contents.append(content)
+        self.contents.append(content)
         cols.sources.append(source)
         cols.pages.append(page if type(page) is int else None)
         cols.chunks.append(chunk)

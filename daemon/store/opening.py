@@ -86,7 +86,9 @@ def _adopt(path: Path, loaded: Loaded, model: str, dimensions: int, fingerprint:
         loaded.cols.matrix = np.empty((0, dimensions), dtype=np.float32)
     size = os.fstat(loaded.fd).st_size if loaded.fd is not None else path.stat().st_size
     if loaded.via == "parse" and loaded.sig is not None:
-        write_cache(path, loaded.sig, loaded.cols)
+        texts = write_cache(path, loaded.sig, loaded.cols)
+        if texts is not None:
+            loaded.cols.contents = texts  # read from the cache, not held as strings
     log.info(
         "store_loaded", path=str(path), entries=len(loaded.cols), files=len(header.files), via=loaded.via
     )

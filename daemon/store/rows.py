@@ -9,7 +9,9 @@ copies the live rows into a new one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import operator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -17,14 +19,21 @@ import numpy.typing as npt
 
 from daemon.store.entries import NewEntry
 from daemon.store.format import Columns, Extra, FloatMatrix, SpanArray, entry_id
+from daemon.store.texts import TextRef, Texts, text_of
 
 
 @dataclass(slots=True, eq=False)
 class RowRecord:
-    """One entry; ``row`` is its row in the matrix and in the spans array."""
+    """One entry; ``row`` is its row in the matrix and in the spans array.
+
+    Its text is a reference (``text``): a string of its own for a row added since the store
+    was opened or last folded, else its place among the texts of the sidecar cache, read from
+    that file when needed (``daemon.store.texts``), so a million texts are not a million
+    Python strings. One attribute, so a reader on another thread never sees half a change.
+    """
 
     id: str
-    content: str
+    text: TextRef
     source: str
     page: int | None
     chunk: int
@@ -36,6 +45,11 @@ class RowRecord:
     title: str | None = None
     alive: bool = True
 
+    @property
+    def content(self) -> str:
+        """The chunk's text."""
+        return text_of(self.text)
+
 
 class RowTable:
     """The entries in file order, their vectors, where each one's bytes are in the current file,
@@ -45,7 +59,10 @@ class RowTable:
         self.dims = dims
         self.rows: list[RowRecord] = []
         self.dead = 0
-        self.by_hash: dict[str, list[RowRecord]] = {}
+        # One live row for each content hash, and the others with the same hash: most hashes
+        # are unique, and a dict of a million one-row lists costs a second to build.
+        self.by_hash: dict[str, RowRecord] = {}
+        self.more_by_hash: dict[str, list[RowRecord]] = {}
         self.vecs: FloatMatrix = np.empty((0, dims), dtype=np.float32)
         # Row i: offset and length of entry i's bytes in the store's current file; offset -1
         # when the entry is not there as it is now, so the next full write serialises it.
@@ -56,6 +73,13 @@ class RowTable:
         self.vecs_shared = False
         # Bumped by every compaction, so a holder of row positions knows they moved.
         self.compactions = 0
+        # The file the loaded rows' texts are read from (the sidecar cache), if any.
+        self.texts: Texts | None = None
+
+    def close(self) -> None:
+        """Release the file the texts are read from; the rows' texts cannot be read afterwards."""
+        if self.texts is not None:
+            self.texts.close()
 
     def adopt(self, cols: Columns) -> None:
         """Take the entries of a loaded file (spans included, when known)."""
@@ -64,12 +88,18 @@ class RowTable:
         self.spans = np.full((len(cols.matrix), 2), -1, dtype=np.int64)
         if cols.spans is not None:
             self.spans[: len(cols)] = cols.spans
+        contents = cols.contents
+        if isinstance(contents, Texts):
+            self.texts = contents
+        refs: Iterable[TextRef] = (
+            zip(itertools.repeat(contents), range(len(contents))) if isinstance(contents, Texts) else contents
+        )
         self.rows = [
-            RowRecord(eid, content, source, page, chunk, hash_, ts, extra, row, section, title)
-            for row, (eid, content, source, page, chunk, hash_, ts, extra, section, title) in enumerate(
+            RowRecord(eid, text, source, page, chunk, hash_, ts, extra, row, section, title)
+            for row, (eid, text, source, page, chunk, hash_, ts, extra, section, title) in enumerate(
                 zip(
                     cols.ids,
-                    cols.contents,
+                    refs,
                     cols.sources,
                     cols.pages,
                     cols.chunks,
@@ -82,8 +112,22 @@ class RowTable:
                 )
             )
         ]
-        for r in self.rows:
-            self.by_hash.setdefault(r.hash, []).append(r)
+        self.by_hash = dict(zip(cols.hashes, self.rows, strict=True))  # the last row of each hash
+        if len(self.by_hash) != len(self.rows):
+            for r in self.rows:
+                if self.by_hash[r.hash] is not r:
+                    self.more_by_hash.setdefault(r.hash, []).append(r)
+
+    def read_texts_from(self, rows: Sequence[RowRecord], texts: Texts) -> None:
+        """Read the texts of ``rows`` from ``texts`` (text i is row i's) from now on.
+
+        After a fold the new cache holds every text: rows added since the open let go of
+        their strings, and the previous cache file (deleted by the rename) is released once
+        no snapshot holds a row of it.
+        """
+        for i, r in enumerate(rows):
+            r.text = (texts, i)
+        self.texts = texts
 
     @property
     def count(self) -> int:
@@ -118,7 +162,8 @@ class RowTable:
             e.section, e.title,
         )  # fmt: skip
         self.rows.append(r)
-        self.by_hash.setdefault(r.hash, []).append(r)
+        if self.by_hash.setdefault(r.hash, r) is not r:
+            self.more_by_hash.setdefault(r.hash, []).append(r)
         return r
 
     def kill(self, r: RowRecord) -> None:
@@ -126,17 +171,26 @@ class RowTable:
         r.alive = False
         self.alive[r.row] = False
         self.dead += 1
-        same = self.by_hash[r.hash]
-        same.remove(r)
-        if not same:
-            del self.by_hash[r.hash]
+        more = self.more_by_hash.get(r.hash)
+        if self.by_hash[r.hash] is r:
+            if more:
+                self.by_hash[r.hash] = more.pop()
+            else:
+                del self.by_hash[r.hash]
+        elif more is not None:
+            more.remove(r)  # RowRecord compares by identity (eq=False)
+        if more is not None and not more:
+            del self.more_by_hash[r.hash]
 
     def renamed(self, r: RowRecord, source: str) -> RowRecord:
         """A new record for ``r`` under ``source``, in its place (a snapshot keeps the old one)."""
         moved = replace(r, source=source, id=entry_id(source, r.chunk))
         self.rows[r.row] = moved
-        same = self.by_hash[r.hash]
-        same[same.index(r)] = moved  # RowRecord compares by identity (eq=False)
+        if self.by_hash[r.hash] is r:
+            self.by_hash[r.hash] = moved
+        else:
+            more = self.more_by_hash[r.hash]
+            more[more.index(r)] = moved  # RowRecord compares by identity (eq=False)
         self.spans[r.row, 0] = -1
         return moved
 
@@ -204,7 +258,7 @@ def columns_of(rows: Sequence[RowRecord], matrix: FloatMatrix, spans: SpanArray)
     """Compact rows as columns, for the sidecar cache; row i has ``matrix[i]`` and ``spans[i]``."""
     return Columns(
         ids=[r.id for r in rows],
-        contents=[r.content for r in rows],
+        contents=[r.text for r in rows],
         sources=[r.source for r in rows],
         pages=[r.page for r in rows],
         chunks=[r.chunk for r in rows],
@@ -216,3 +270,35 @@ def columns_of(rows: Sequence[RowRecord], matrix: FloatMatrix, spans: SpanArray)
         matrix=matrix[: len(rows)],
         spans=spans,
     )
+
+
+def by_source(rows: Sequence[RowRecord]) -> dict[str, list[RowRecord]]:
+    """The rows of each source, in chunk order.
+
+    Our files hold each source's rows together and in order, so this takes runs rather than
+    one row at a time; another writer's order is sorted.
+    """
+    groups: dict[str, list[RowRecord]] = {}
+    unsorted: set[str] = set()
+    for source, run in itertools.groupby(rows, key=_source):
+        group = groups.get(source)
+        if group is None:
+            groups[source] = list(run)
+        else:
+            group.extend(run)
+            unsorted.add(source)
+    for source, group in groups.items():
+        if source in unsorted or not _in_chunk_order(group):
+            group.sort(key=_chunk)
+    return groups
+
+
+_source = operator.attrgetter("source")
+_chunk = operator.attrgetter("chunk")
+
+
+def _in_chunk_order(group: list[RowRecord]) -> bool:
+    if len(group) < 2:
+        return True
+    chunks = list(map(_chunk, group))
+    return all(map(operator.lt, chunks, chunks[1:]))

@@ -31,7 +31,7 @@ from daemon.store.format import (
     FloatMatrix,
     Header,
 )
-from daemon.store.io import StoreLock, gc_paused
+from daemon.store.io import FREEZE_ABOVE_ROWS, StoreLock, gc_paused
 from daemon.store.journal import (
     REMOVE,
     RENAME,
@@ -41,7 +41,7 @@ from daemon.store.journal import (
 from daemon.store.keyword import KeywordIndex, Progress, kw_path
 from daemon.store.load import load
 from daemon.store.opening import open_for_writing
-from daemon.store.rows import RowRecord, RowTable
+from daemon.store.rows import RowRecord, RowTable, by_source
 from daemon.store.snapshot import Snapshot
 
 __all__ = [
@@ -89,10 +89,7 @@ class Store:
         self._ann: VectorIndex | None = None
         if cols is not None:
             self._t.adopt(cols)
-            for r in self._t.rows:
-                self._by_source.setdefault(r.source, []).append(r)
-            for rows in self._by_source.values():
-                rows.sort(key=lambda r: r.chunk)
+            self._by_source = by_source(self._t.rows)
 
     # ----- opening and closing -----
 
@@ -130,13 +127,14 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot take the lock {lock_path(path)}: {exc.strerror or exc}") from exc
         try:
-            with gc_paused():
+            with gc_paused() as pause:
                 store = cls._open_locked(path, model, dimensions, fingerprint, rebuild)
                 try:
                     store._d.open_journal(store.loaded_via, dimensions, store._apply)
                 except BaseException:
                     store.close()
                     raise
+                pause.freeze = store.count >= FREEZE_ABOVE_ROWS
             if keyword:
                 store._open_keyword(keyword_progress)
             if ann_min_rows is not None and fingerprint.normalize:
@@ -194,7 +192,7 @@ class Store:
         Raises StoreError when there is no store, StoreCorruptError when it is not valid.
         """
         path = Path(path)
-        with contextlib.ExitStack() as stack, gc_paused():
+        with contextlib.ExitStack() as stack, gc_paused() as pause:
             # The journal first: a fold renames the new JSON in place before it cuts the
             # journal, so the JSON read next is at least as new as the journal we hold.
             journal = open_journal_file(path)
@@ -209,6 +207,7 @@ class Store:
             store = cls(path, loaded.header, loaded.cols, readonly=True, via=loaded.via)
             if journal is not None and store.dimensions > 0:
                 store._d.replay(journal, store.dimensions, store._apply, reader=True)
+            pause.freeze = store.count >= FREEZE_ABOVE_ROWS
             return store
 
     def close(self) -> None:
@@ -219,6 +218,7 @@ class Store:
             self._ann.close()
             self._ann = None
         self._d.close()
+        self._t.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -299,10 +299,9 @@ class Store:
 
     def vector_for_hash(self, hash_: str) -> tuple[FloatMatrix, int] | None:
         """A stored vector for a chunk with this content hash (any source) and its timestamp."""
-        rows = self._t.by_hash.get(hash_)
-        if not rows:
+        r = self._t.by_hash.get(hash_)
+        if r is None:
             return None
-        r = rows[0]
         return self._t.vecs[r.row].copy(), r.timestamp
 
     def matrix(self) -> FloatMatrix:

@@ -78,15 +78,16 @@ def test_sections_and_titles_round_trip_every_way_the_store_is_read(tmp_path: Pa
         assert all(e.extra is None for e in generic.iter_entries())
 
 
-def test_a_cache_from_before_sections_is_not_used(tmp_path: Path) -> None:
+def test_a_cache_of_an_older_format_is_not_used(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
     with open_store(path) as store:
         store.replace_source("in/a.md", [entry("# A", 0, section="# A")], FileState(1, 2, 3, 2))
         store.save()
     raw = cache_path(path).read_bytes()
-    assert b'"sections":' in raw and b'"titles":' in raw
-    # An older embedd's cache has neither column: it must be ignored, never read as "no sections".
-    cache_path(path).write_bytes(raw.replace(b'"sections":', b'"sectionz":'))
+    assert raw.startswith(b"EMBDIDX2")
+    # An older embedd's cache (format 1, without sections in its first versions) must be
+    # ignored, never read as "no sections".
+    cache_path(path).write_bytes(b"EMBDIDX1" + raw[8:])
     with Store.open_readonly(path) as store:
         assert store.loaded_via == "parse"
         assert [e.section for e in store.iter_entries()] == ["# A"]
