@@ -136,14 +136,16 @@ class FileState:
     @classmethod
     def from_json(cls, raw: object) -> FileState | None:
         """Parse a per-file object; None when malformed (the file is then simply re-read)."""
-        if not isinstance(raw, dict):
+        if type(raw) is not dict:
             return None
         size, mtime, inode = raw.get("size"), raw.get("mtime_ns"), raw.get("inode")
         extraction = raw.get("extraction", 1)
         language = raw.get("language")
-        if not (_is_int(size) and _is_int(mtime) and _is_int(inode) and _is_int(extraction)):
+        # ``type(x) is int`` rather than _is_int: JSON gives no int subclass but bool, and a
+        # store of 100,000 files runs this at every open.
+        if not (type(size) is int and type(mtime) is int and type(inode) is int and type(extraction) is int):
             return None
-        return cls(size, mtime, inode, extraction, language if isinstance(language, str) else None)
+        return cls(size, mtime, inode, extraction, language if type(language) is str else None)
 
 
 @dataclass

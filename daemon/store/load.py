@@ -23,6 +23,7 @@ from daemon.store.format import (
     parse_header_line,
     parse_own_entries,
 )
+from daemon.store.texts import Texts
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +39,14 @@ class Loaded:
     fd: int | None
     # Identifies this version for a cache; None when the cache cannot describe it.
     sig: JsonSignature | None
+
+    def close(self) -> None:
+        """Release the file and the cache's texts, when the version read is not used."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if isinstance(self.cols.contents, Texts):
+            self.cols.contents.close()
 
 
 def load(path: Path, expected_dims: int, *, keep_fd: bool) -> Loaded:

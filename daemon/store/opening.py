@@ -55,8 +55,7 @@ def open_for_writing(
         try:
             check_compatible(path, loaded, model, dimensions, fingerprint)
         except FingerprintMismatchError as exc:
-            if loaded.fd is not None:
-                os.close(loaded.fd)
+            loaded.close()
             if not rebuild:
                 raise
             moved = move_aside(path, "bak")
@@ -68,8 +67,7 @@ def open_for_writing(
     try:
         return _adopt(path, loaded, model, dimensions, fingerprint)
     except BaseException:
-        if loaded.fd is not None:
-            os.close(loaded.fd)
+        loaded.close()
         raise
 
 

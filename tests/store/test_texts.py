@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from daemon.errors import FingerprintMismatchError
 from daemon.store import io as store_io
 from daemon.store import store as store_module
 from daemon.store.cache import END, cache_path
 from daemon.store.entries import NewEntry
-from daemon.store.format import content_hash
+from daemon.store.format import Fingerprint, content_hash
 from daemon.store.rows import RowTable, by_source
 from daemon.store.store import Store
 from daemon.store.texts import Texts, text_of, write_texts
@@ -45,14 +46,14 @@ def _text_refs_in_memory(store: Store) -> int:
     return sum(isinstance(r.text, str) for r in store._t.rows)
 
 
-def _open_idx_descriptors() -> list[str]:
+def _open_idx_descriptors(under: Path) -> list[str]:
     out = []
     for fd in Path("/proc/self/fd").iterdir():
         try:
             target = str(fd.readlink())
         except OSError:
             continue
-        if ".idx" in target:
+        if target.startswith(str(under)) and ".idx" in target:
             out.append(target)
     return out
 
@@ -108,10 +109,10 @@ def test_texts_come_from_the_cache_after_a_warm_and_a_cold_open(path: Path) -> N
         assert cold.loaded_via == "parse"
         assert _text_refs_in_memory(cold) == 0
         assert snapshot(cold) == expected
-    assert not _open_idx_descriptors()
+    assert not _open_idx_descriptors(path.parent)
     with Store.open_readonly(path) as reader:
         assert reader.loaded_via == "cache" and snapshot(reader) == expected
-    assert not _open_idx_descriptors()
+    assert not _open_idx_descriptors(path.parent)
 
 
 def test_a_fold_moves_every_text_to_the_new_cache_and_lets_the_old_one_go(path: Path) -> None:
@@ -124,12 +125,12 @@ def test_a_fold_moves_every_text_to_the_new_cache_and_lets_the_old_one_go(path: 
         store.fold()
         assert _text_refs_in_memory(store) == 0
         # One cache file open (the new one, under its own name), not the deleted old one.
-        held = _open_idx_descriptors()
+        held = _open_idx_descriptors(path.parent)
         assert held == [str(cache_path(path))]
         expected = snapshot(store)
     finally:
         store.close()
-    assert not _open_idx_descriptors()
+    assert not _open_idx_descriptors(path.parent)
     with open_store(path) as again:
         assert again.loaded_via == "cache" and snapshot(again) == expected
     assert any(e[1].startswith("in/new.md chunk") for e in expected)
@@ -220,3 +221,12 @@ def test_a_large_store_freezes_its_records_out_of_the_collector(
         assert frozen > store.count
     finally:
         gc.unfreeze()
+
+
+def test_an_open_refused_for_another_fingerprint_keeps_no_cache_file_open(path: Path) -> None:
+    _fill(path)
+    other = Fingerprint("cd" * 32, "mean", True, 500, 50)
+    with pytest.raises(FingerprintMismatchError) as info:
+        Store.open(path, model="all-MiniLM-L6-v2", dimensions=DIMS, fingerprint=other)
+    assert info.value is not None  # the traceback, and what it holds, still alive here
+    assert not _open_idx_descriptors(path.parent)
