@@ -51,6 +51,53 @@ class RowRecord:
         return text_of(self.text)
 
 
+class HashIndex:
+    """One live row for each content hash, and the other rows with the same hash.
+
+    Most hashes are unique: a dict of a million one-row lists costs a second to build, a dict
+    of the rows themselves a tenth of that.
+    """
+
+    def __init__(self, rows: Sequence[RowRecord]) -> None:
+        backwards = rows[::-1]  # so that the first row of each hash is the one kept
+        self.first: dict[str, RowRecord] = dict(zip(map(_hash, backwards), backwards, strict=True))
+        self.more: dict[str, list[RowRecord]] = {}
+        if len(self.first) != len(rows):
+            for r in rows:
+                if self.first[r.hash] is not r:
+                    self.more.setdefault(r.hash, []).append(r)
+
+    def get(self, hash_: str) -> RowRecord | None:
+        """A live row with this content hash, if any."""
+        return self.first.get(hash_)
+
+    def add(self, r: RowRecord) -> None:
+        """Index the new row ``r``."""
+        if self.first.setdefault(r.hash, r) is not r:
+            self.more.setdefault(r.hash, []).append(r)
+
+    def remove(self, r: RowRecord) -> None:
+        """Forget the row ``r`` (removed)."""
+        more = self.more.get(r.hash)
+        if self.first.get(r.hash) is r:
+            if more:
+                self.first[r.hash] = more.pop(0)
+            else:
+                del self.first[r.hash]
+        elif more is not None:
+            more.remove(r)  # RowRecord compares by identity (eq=False)
+        if more is not None and not more:
+            del self.more[r.hash]
+
+    def replace(self, old: RowRecord, new: RowRecord) -> None:
+        """Put ``new`` where ``old`` was (a rename makes a new record)."""
+        if self.first.get(old.hash) is old:
+            self.first[old.hash] = new
+        else:
+            more = self.more[old.hash]
+            more[more.index(old)] = new
+
+
 class RowTable:
     """The entries in file order, their vectors, where each one's bytes are in the current file,
     and an index by content hash. Not thread-safe: the store's writer owns it."""
@@ -59,10 +106,9 @@ class RowTable:
         self.dims = dims
         self.rows: list[RowRecord] = []
         self.dead = 0
-        # One live row for each content hash, and the others with the same hash: most hashes
-        # are unique, and a dict of a million one-row lists costs a second to build.
-        self.by_hash: dict[str, RowRecord] = {}
-        self.more_by_hash: dict[str, list[RowRecord]] = {}
+        # The live rows by content hash, built at its first use (an open that changes nothing,
+        # such as every read-only one, never needs it).
+        self._hashes: HashIndex | None = None
         self.vecs: FloatMatrix = np.empty((0, dims), dtype=np.float32)
         # Row i: offset and length of entry i's bytes in the store's current file; offset -1
         # when the entry is not there as it is now, so the next full write serialises it.
@@ -112,11 +158,7 @@ class RowTable:
                 )
             )
         ]
-        self.by_hash = dict(zip(cols.hashes, self.rows, strict=True))  # the last row of each hash
-        if len(self.by_hash) != len(self.rows):
-            for r in self.rows:
-                if self.by_hash[r.hash] is not r:
-                    self.more_by_hash.setdefault(r.hash, []).append(r)
+        self._hashes = None
 
     def read_texts_from(self, rows: Sequence[RowRecord], texts: Texts) -> None:
         """Read the texts of ``rows`` from ``texts`` (text i is row i's) from now on.
@@ -128,6 +170,13 @@ class RowTable:
         for i, r in enumerate(rows):
             r.text = (texts, i)
         self.texts = texts
+
+    @property
+    def hashes(self) -> HashIndex:
+        """The live rows by content hash."""
+        if self._hashes is None:
+            self._hashes = HashIndex([r for r in self.rows if r.alive] if self.dead else self.rows)
+        return self._hashes
 
     @property
     def count(self) -> int:
@@ -162,8 +211,8 @@ class RowTable:
             e.section, e.title,
         )  # fmt: skip
         self.rows.append(r)
-        if self.by_hash.setdefault(r.hash, r) is not r:
-            self.more_by_hash.setdefault(r.hash, []).append(r)
+        if self._hashes is not None:
+            self._hashes.add(r)
         return r
 
     def kill(self, r: RowRecord) -> None:
@@ -171,26 +220,15 @@ class RowTable:
         r.alive = False
         self.alive[r.row] = False
         self.dead += 1
-        more = self.more_by_hash.get(r.hash)
-        if self.by_hash[r.hash] is r:
-            if more:
-                self.by_hash[r.hash] = more.pop()
-            else:
-                del self.by_hash[r.hash]
-        elif more is not None:
-            more.remove(r)  # RowRecord compares by identity (eq=False)
-        if more is not None and not more:
-            del self.more_by_hash[r.hash]
+        if self._hashes is not None:
+            self._hashes.remove(r)
 
     def renamed(self, r: RowRecord, source: str) -> RowRecord:
         """A new record for ``r`` under ``source``, in its place (a snapshot keeps the old one)."""
         moved = replace(r, source=source, id=entry_id(source, r.chunk))
         self.rows[r.row] = moved
-        if self.by_hash[r.hash] is r:
-            self.by_hash[r.hash] = moved
-        else:
-            more = self.more_by_hash[r.hash]
-            more[more.index(r)] = moved  # RowRecord compares by identity (eq=False)
+        if self._hashes is not None:
+            self._hashes.replace(r, moved)
         self.spans[r.row, 0] = -1
         return moved
 
@@ -294,6 +332,7 @@ def by_source(rows: Sequence[RowRecord]) -> dict[str, list[RowRecord]]:
 
 
 _source = operator.attrgetter("source")
+_hash = operator.attrgetter("hash")
 _chunk = operator.attrgetter("chunk")
 
 

@@ -299,7 +299,7 @@ class Store:
 
     def vector_for_hash(self, hash_: str) -> tuple[FloatMatrix, int] | None:
         """A stored vector for a chunk with this content hash (any source) and its timestamp."""
-        r = self._t.by_hash.get(hash_)
+        r = self._t.hashes.get(hash_)
         if r is None:
             return None
         return self._t.vecs[r.row].copy(), r.timestamp

@@ -178,20 +178,26 @@ def _new(text: str, chunk: int) -> NewEntry:
 
 def test_the_hash_index_keeps_a_live_row_for_each_hash_as_rows_come_and_go() -> None:
     t = RowTable(DIMS)
-    t.reserve(4)
+    t.reserve(5)
     a = t.append("a", _new("same", 0), np.ones(DIMS, np.float32))
     b = t.append("b", _new("same", 0), np.ones(DIMS, np.float32))
     c = t.append("c", _new("other", 0), np.ones(DIMS, np.float32))
-    assert t.by_hash[a.hash] in (a, b) and t.by_hash[c.hash] is c
-    t.kill(t.by_hash[a.hash])
-    survivor = t.by_hash[a.hash]
-    assert survivor.alive and survivor in (a, b)
-    moved = t.renamed(survivor, "z")
-    assert t.by_hash[a.hash] is moved
+    t.kill(c)  # before the index exists: it is built from the live rows
+    index = t.hashes
+    assert index.get(a.hash) is a and index.get(c.hash) is None
+    d = t.append("d", _new("other", 0), np.ones(DIMS, np.float32))
+    assert index.get(d.hash) is d
+    t.kill(a)
+    assert index.get(a.hash) is b
+    moved = t.renamed(b, "z")
+    assert index.get(a.hash) is moved
     t.kill(moved)
-    assert a.hash not in t.by_hash and not t.more_by_hash
-    t.kill(c)
-    assert not t.by_hash
+    assert index.get(a.hash) is None and not index.more
+    t.kill(d)
+    assert not index.first
+    # Built late, after all of that, it says the same.
+    t._hashes = None
+    assert not t.hashes.first
 
 
 def test_rows_of_another_writers_order_are_grouped_and_sorted_by_chunk() -> None:
