@@ -9,7 +9,8 @@ For each collection (``bench/data/<name>/``: corpus.jsonl, queries.jsonl, qrels.
    of a real daemon (``DaemonProc``, the default model) whose store lives in
    ``bench/data/work/<name>``; a rerun finds the files unchanged and embeds nothing.
 2. Every query goes through ``POST /v1/search`` on the socket in each mode (``vector``,
-   ``keyword``, ``hybrid``); a mode the daemon refuses is skipped and named. Hits are chunks:
+   ``keyword``, ``hybrid``, and ``hybrid`` with ``group_by: "file"``, where the daemon fuses per
+   file); a mode the daemon refuses is skipped and named. Hits are chunks:
    a document ranks at its best chunk. nDCG@10, recall@100, MRR@10 (``irmetrics``).
 3. BM25 from bm25s (Snowball English stemmer from PyStemmer, English stop words) on the same
    text, in the same run.
@@ -40,7 +41,8 @@ from machine import machine_line
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data"
 MODEL = ROOT / "models" / "all-MiniLM-L6-v2.gguf"  # what `make setup` builds
-MODES = ("vector", "keyword", "hybrid")
+MODES = ("vector", "keyword", "hybrid", "hybrid, group_by file")
+FILE_K = 200  # files asked for with group_by file (DEPTH distinct documents)
 DEPTH = 200  # documents per list in the fusion study
 CHUNK_K = 1000  # chunks asked for, enough for DEPTH distinct documents (the API's maximum)
 RRF_KS = (10, 20, 60)
@@ -124,6 +126,10 @@ def doc_of(source: str) -> str:
 def search(c: httpx.Client, query: str, mode: str | None) -> tuple[dict[str, float] | None, str]:
     """The best chunk's score per document for ``query`` (best first), or None and why refused."""
     body: dict[str, Any] = {"query": query, "k": CHUNK_K}
+    if mode is not None and mode.endswith(", group_by file"):
+        # The request a RAG app makes for k distinct documents: the daemon fuses per file.
+        mode = mode.split(",")[0]
+        body.update(k=FILE_K, group_by="file")
     if mode is not None:
         body["mode"] = mode
     r = c.post("/v1/search", json=body)
@@ -254,7 +260,9 @@ def run_collection(name: str, threads: int) -> dict[str, Any]:
                 for text in list(queries.values())[:30]:
                     body: dict[str, Any] = {"query": text, "k": 10}
                     if "vector-note" not in refused or mode != "vector":
-                        body["mode"] = mode
+                        body["mode"] = mode.split(",")[0]
+                    if mode.endswith(", group_by file"):
+                        body["group_by"] = "file"
                     t0 = time.perf_counter()
                     c.post("/v1/search", json=body).raise_for_status()
                     ms.append((time.perf_counter() - t0) * 1000)

@@ -10,7 +10,11 @@ MCP tool all search through ``search_snapshot``, so they return the same hits.
 - Filters (``source_prefix``, ``formats``, ``modified_after``/``modified_before``) are applied
   before ranking, on both sides (in SQL on the keyword side), so they never leave fewer than
   ``k`` hits when more exist.
-- ``group_by="file"`` keeps the best chunk of each file: ``k`` distinct files.
+- ``group_by="file"`` keeps the best chunk of each file: ``k`` distinct files. In ``hybrid``
+  the files themselves are fused: each side ranks a file at its best chunk on that side, and the
+  two file rankings are fused (``_fuse_files``), so a file whose words match one chunk and whose
+  meaning matches another gets both sides' evidence. The hit shows the file's best chunk in the
+  chunk fusion; its side ranks and scores are the file's (its best chunk's on each side).
 """
 
 from __future__ import annotations
@@ -83,6 +87,8 @@ def search_snapshot(snap: Snapshot, query: str, vector: FloatMatrix | None, opts
             ]
         if opts.group_by == "file":
             order = _best_per_file(snap, order)
+            if opts.mode == "hybrid":
+                order = _fuse_files(snap, vec, kw, order, opts)
             exhausted = len(vec) < want and len(kw) < want
             if len(order) >= opts.k or exhausted:
                 break
@@ -165,4 +171,41 @@ def _best_per_file(snap: Snapshot, order: Sequence[_Ranked]) -> list[_Ranked]:
         if source not in seen:
             seen.add(source)
             out.append(item)
+    return out
+
+
+def _fuse_files(
+    snap: Snapshot,
+    vec: Sequence[tuple[int, float]],
+    kw: Sequence[tuple[int, float]],
+    chunks: Sequence[_Ranked],
+    opts: SearchOptions,
+) -> list[_Ranked]:
+    """Hybrid files: each side's file ranking (a file at its best chunk there) fused, best first.
+
+    Fusing chunks and then keeping a file's best chunk loses evidence when a file's keyword
+    match and its vector match are different chunks: neither chunk holds both, and each is
+    normalised against lists where the file's other chunks crowd out other files. Fusing per
+    file is what the file ranking means (bench/retrieval.py, nDCG@10 in docs/benchmarks.md).
+    ``chunks`` (the chunk fusion, one per file) picks the chunk each file is shown by.
+    """
+    shown = {snap.rows[row].source: row for row, *_ in chunks}
+    vf = _file_list(snap, vec)
+    kf = _file_list(snap, kw)
+    return [
+        (shown[str(f.key)], f.score, f.vector_rank, f.vector_score, f.keyword_rank, f.keyword_score)
+        for f in fuse(vf, kf, method=opts.fusion, rrf_k=opts.rrf_k, alpha=opts.alpha)
+        if f.key in shown
+    ]
+
+
+def _file_list(snap: Snapshot, ranked: Sequence[tuple[int, float]]) -> list[tuple[str, float]]:
+    """A ranked chunk list as a ranked file list: each file once, at its best chunk's score."""
+    seen: set[str] = set()
+    out = []
+    for row, score in ranked:
+        source = snap.rows[row].source
+        if source not in seen:
+            seen.add(source)
+            out.append((source, score))
     return out

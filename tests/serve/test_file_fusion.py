@@ -1,0 +1,114 @@
+"""`group_by: "file"` in hybrid mode fuses files, not chunks: over real HTTP with the real model.
+
+A file whose keyword match and meaning match are different chunks holds both sides' evidence,
+but no single chunk of it does; fusing chunks and keeping each file's best ranked it below a
+file that only one side found.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from api_support import indexed_store
+
+from daemon.config import ServeConfig
+from daemon.serve.backend import DaemonBackend
+from daemon.serve.server import ApiServer
+from daemon.store.snapshot import Published
+
+QUERY = "GK-7731 car too hot climbing a hill"
+DOCS: dict[str, list[str]] = {
+    # The part number in one chunk, the meaning of the rest of the query in the other.
+    "manuals/split.md": [
+        "Spare parts: the gasket GK-7731 for the intake manifold.",
+        "When the engine overheats on a long ascent, pull over and let the radiator cool "
+        "before opening the cap.",
+    ],
+    # Close in meaning, none of the query's words.
+    "manuals/meaning.md": [
+        "If the motor overheats going up a steep slope, stop and allow the coolant to settle "
+        "before opening it."
+    ],
+    "manuals/words.md": [
+        "A car climbing a long hill in summer can get hot; check the oil and the tyres before the trip."
+    ],
+    "notes/walk.md": [
+        "The walk up the hill behind the village takes an hour; the view of the valley is lovely."
+    ],
+    "notes/club.md": ["The climbing club meets on Tuesdays at the sports hall in town."],
+    "notes/garden.md": ["Planting tomatoes: water them every evening and tie the stems to canes."],
+    "notes/bread.md": ["Knead the dough for ten minutes, then leave it to rise near the stove."],
+    "notes/tax.md": ["The tax return is due at the end of January; keep every receipt."],
+}
+
+
+@pytest.fixture(scope="module")
+def sock(default_model: Path) -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="embedd-filefusion-"))
+    embedder, scheduler, store = indexed_store(root, default_model, DOCS)
+    backend = DaemonBackend(
+        scheduler, Published(store), query_prefix="", status=lambda: {}, stop=threading.Event()
+    )
+    backend.mark_ready()
+    server = ApiServer(ServeConfig(socket=root / "api.sock", max_body_bytes=256 * 1024), backend)
+    server.start()
+    try:
+        yield root / "api.sock"
+    finally:
+        server.stop()
+        scheduler.close()
+        embedder.close()
+        store.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def hits(sock: Path, **body: Any) -> list[dict[str, Any]]:
+    with httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://embedd", timeout=60
+    ) as c:
+        r = c.post("/v1/search", json={"query": QUERY, "k": len(DOCS) + 1, **body})
+    assert r.status_code == 200, r.text
+    found: list[dict[str, Any]] = r.json()["results"]
+    return found
+
+
+def test_a_file_matched_by_words_in_one_chunk_and_meaning_in_another_gets_both(sock: Path) -> None:
+    chunks = [h["source"] for h in hits(sock)]
+    # The premise: in the chunk fusion each of split.md's chunks has one side only, and both
+    # rank below meaning.md, which the vectors alone found.
+    assert chunks.index("manuals/meaning.md") < chunks.index("manuals/split.md"), chunks
+    files = hits(sock, group_by="file")
+    order = [h["source"] for h in files]
+    assert len(order) == len(set(order)) == len(DOCS)
+    assert order.index("manuals/split.md") < order.index("manuals/meaning.md"), order
+    split = files[order.index("manuals/split.md")]
+    # Its side ranks and scores are the file's: its best chunk's on each side.
+    by_vector = hits(sock, mode="vector", group_by="file")
+    by_keyword = hits(sock, mode="keyword", group_by="file")
+    v = next(h for h in by_vector if h["source"] == "manuals/split.md")
+    w = next(h for h in by_keyword if h["source"] == "manuals/split.md")
+    assert (split["vector_rank"], split["vector_score"]) == (by_vector.index(v) + 1, v["score"])
+    assert (split["keyword_rank"], split["keyword_score"]) == (by_keyword.index(w) + 1, w["score"])
+    assert v["chunk"] != w["chunk"]  # the two sides' evidence is on different chunks
+    # Shown by the chunk the words matched (the chunk fusion's best for the file), with its snippet.
+    assert split["chunk"] == 0 and split["matched_terms"] == ["gk-7731"]
+
+
+def test_files_are_fused_with_rrf_too(sock: Path) -> None:
+    files = hits(sock, group_by="file", fusion="rrf")
+    rank = {
+        side: {h["source"]: i for i, h in enumerate(hits(sock, mode=side, group_by="file"), start=1)}
+        for side in ("vector", "keyword")
+    }
+    for h in files:  # each file's score is the sum of 1/(60 + its rank) in each side's file ranking
+        assert h["vector_rank"] == rank["vector"][h["source"]]
+        assert h["keyword_rank"] == rank["keyword"].get(h["source"])
+        expect = sum(1 / (60 + h[f"{side}_rank"]) for side in ("vector", "keyword") if h[f"{side}_rank"])
+        assert abs(h["score"] - expect) < 1e-9
