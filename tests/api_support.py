@@ -7,7 +7,11 @@ name picks whichever was imported first.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,3 +80,31 @@ def indexed_store(
         mtime = (mtime_of or {}).get(source, 1)
         store.replace_source(source, entries, FileState(10 + n, mtime, 100 + n))
     return embedder, scheduler, store
+
+
+@contextlib.contextmanager
+def serving_docs(
+    model: Path, docs: dict[str, list[str]], mtime_of: dict[str, int] | None = None, *, prefix: str
+) -> Iterator[tuple[Path, Store]]:
+    """The API on a Unix socket in a fresh temp folder, over ``indexed_store(docs)``; yields the
+    socket and the store, and stops and removes everything at the end."""
+    from daemon.config import ServeConfig
+    from daemon.serve.server import ApiServer
+    from daemon.store.snapshot import Published
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    embedder, scheduler, store = indexed_store(root, model, docs, mtime_of)
+    backend = DaemonBackend(
+        scheduler, Published(store), query_prefix="", status=lambda: {}, stop=threading.Event()
+    )
+    backend.mark_ready()
+    server = ApiServer(ServeConfig(socket=root / "api.sock", max_body_bytes=256 * 1024), backend)
+    server.start()
+    try:
+        yield root / "api.sock", store
+    finally:
+        server.stop()
+        scheduler.close()
+        embedder.close()
+        store.close()
+        shutil.rmtree(root, ignore_errors=True)

@@ -7,21 +7,13 @@ file that only one side found.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from api_support import indexed_store
-
-from daemon.config import ServeConfig
-from daemon.serve.backend import DaemonBackend
-from daemon.serve.server import ApiServer
-from daemon.store.snapshot import Published
+from api_support import serving_docs
 
 QUERY = "GK-7731 car too hot climbing a hill"
 DOCS: dict[str, list[str]] = {
@@ -51,22 +43,8 @@ DOCS: dict[str, list[str]] = {
 
 @pytest.fixture(scope="module")
 def sock(default_model: Path) -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="embedd-filefusion-"))
-    embedder, scheduler, store = indexed_store(root, default_model, DOCS)
-    backend = DaemonBackend(
-        scheduler, Published(store), query_prefix="", status=lambda: {}, stop=threading.Event()
-    )
-    backend.mark_ready()
-    server = ApiServer(ServeConfig(socket=root / "api.sock", max_body_bytes=256 * 1024), backend)
-    server.start()
-    try:
-        yield root / "api.sock"
-    finally:
-        server.stop()
-        scheduler.close()
-        embedder.close()
-        store.close()
-        shutil.rmtree(root, ignore_errors=True)
+    with serving_docs(default_model, DOCS, prefix="embedd-filefusion-") as (socket, _):
+        yield socket
 
 
 def hits(sock: Path, **body: Any) -> list[dict[str, Any]]:

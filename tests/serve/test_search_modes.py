@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import itertools
-import shutil
-import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from api_support import indexed_store
+from api_support import serving_docs
 
-from daemon.config import ServeConfig
 from daemon.query.hit import Hit
-from daemon.serve.backend import DaemonBackend
-from daemon.serve.server import ApiServer
-from daemon.store.snapshot import Published
 from daemon.store.store import Store
 
 DAY_NS = 86_400 * 1_000_000_000
@@ -79,21 +72,8 @@ HOSTILE = [
 
 @pytest.fixture(scope="module")
 def server(default_model: Path) -> Iterator[tuple[Path, Store]]:
-    root = Path(tempfile.mkdtemp(prefix="embedd-modes-"))
-    embedder, scheduler, store = indexed_store(root, default_model, DOCS, MTIME)
-    published = Published(store)
-    backend = DaemonBackend(scheduler, published, query_prefix="", status=lambda: {}, stop=threading.Event())
-    backend.mark_ready()
-    server = ApiServer(ServeConfig(socket=root / "api.sock", max_body_bytes=256 * 1024), backend)
-    server.start()
-    try:
-        yield root / "api.sock", store
-    finally:
-        server.stop()
-        scheduler.close()
-        embedder.close()
-        store.close()
-        shutil.rmtree(root, ignore_errors=True)
+    with serving_docs(default_model, DOCS, MTIME, prefix="embedd-modes-") as served:
+        yield served
 
 
 def post(sock: Path, body: dict[str, Any] | bytes) -> httpx.Response:
