@@ -22,6 +22,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import structlog
 
@@ -43,6 +44,7 @@ log = structlog.get_logger(__name__)
 
 # (row, score, vector rank, vector score, keyword rank, keyword score)
 _Ranked = tuple[int, float, int | None, float | None, int | None, float | None]
+_Row = TypeVar("_Row", bound=tuple[Any, ...])  # a ranked item: its row first
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,8 @@ def _keyword_side(
         return [], {}, f"the keyword index failed ({exc}); the daemon rebuilds it at its next start"
 
 
-def _best_per_file(snap: Snapshot, order: Sequence[_Ranked]) -> list[_Ranked]:
+def _best_per_file(snap: Snapshot, order: Sequence[_Row]) -> list[_Row]:
+    """The first item of each file in ``order`` (items whose first element is a row), in order."""
     seen: set[str] = set()
     out = []
     for item in order:
@@ -201,11 +204,4 @@ def _fuse_files(
 
 def _file_list(snap: Snapshot, ranked: Sequence[tuple[int, float]]) -> list[tuple[str, float]]:
     """A ranked chunk list as a ranked file list: each file once, at its best chunk's score."""
-    seen: set[str] = set()
-    out = []
-    for row, score in ranked:
-        source = snap.rows[row].source
-        if source not in seen:
-            seen.add(source)
-            out.append((source, score))
-    return out
+    return [(snap.rows[row].source, score) for row, score in _best_per_file(snap, ranked)]
