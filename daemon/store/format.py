@@ -169,7 +169,7 @@ class Columns:
     """The entries of a document, column by column, with the vectors as one float32 matrix."""
 
     ids: list[str]
-    contents: Sequence[TextRef]  # a list of strings, or Texts read through a mapping (cache)
+    contents: Sequence[TextRef]  # a list of strings, or Texts read from the cache file
     sources: list[str]
     pages: list[int | None]
     chunks: list[int]

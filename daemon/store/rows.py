@@ -134,12 +134,10 @@ class RowTable:
         self.spans = np.full((len(cols.matrix), 2), -1, dtype=np.int64)
         if cols.spans is not None:
             self.spans[: len(cols)] = cols.spans
-        contents = cols.contents
-        if isinstance(contents, Texts):
-            self.texts = contents
-        refs: Iterable[TextRef] = (
-            zip(itertools.repeat(contents), range(len(contents))) if isinstance(contents, Texts) else contents
-        )
+        refs: Iterable[TextRef] = cols.contents
+        if isinstance(cols.contents, Texts):
+            self.texts = cols.contents
+            refs = zip(itertools.repeat(cols.contents), range(len(cols.contents)))
         self.rows = [
             RowRecord(eid, text, source, page, chunk, hash_, ts, extra, row, section, title)
             for row, (eid, text, source, page, chunk, hash_, ts, extra, section, title) in enumerate(
@@ -317,16 +315,14 @@ def by_source(rows: Sequence[RowRecord]) -> dict[str, list[RowRecord]]:
     one row at a time; another writer's order is sorted.
     """
     groups: dict[str, list[RowRecord]] = {}
-    unsorted: set[str] = set()
     for source, run in itertools.groupby(rows, key=_source):
         group = groups.get(source)
         if group is None:
             groups[source] = list(run)
         else:
             group.extend(run)
-            unsorted.add(source)
-    for source, group in groups.items():
-        if source in unsorted or not _in_chunk_order(group):
+    for group in groups.values():
+        if not _in_chunk_order(group):
             group.sort(key=_chunk)
     return groups
 

@@ -110,7 +110,7 @@ class Texts(Sequence[str]):
 TextRef = str | tuple[Texts, int]
 """A row's text: a string of its own, or text i of a ``Texts``."""
 
-_RUN_BYTES = 8 << 20  # the most one copy of consecutive mapped texts reads at once
+_RUN_BYTES = 8 << 20  # the most one copy of consecutive texts of a file reads at once
 
 
 def text_of(ref: TextRef) -> str:
