@@ -91,17 +91,6 @@ def latency_at(root: Path, model: Path, n: int, *, queries: int, cli_runs: int, 
     return rows
 
 
-def wait_logged(log: Path, event: str, timeout: float = 300.0) -> float:
-    """Seconds until the daemon's log at ``log`` holds ``event`` (after its API is up)."""
-    started = time.perf_counter()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if event in log.read_text(errors="replace"):
-            return time.perf_counter() - started
-        time.sleep(0.2)
-    raise TimeoutError(f"no {event} in {log} within {timeout:.0f} s")
-
-
 def during_bulk(root: Path, model: Path, n: int, bulk_chunks: int, *, modes: Sequence[str] = ()) -> list[str]:
     """Searches back to back during a bulk index; with ``modes``, one search per mode in turn, each
     mode's latency apart, over HTTP and in the daemon (``took_ms``), to tell where a search waits."""
@@ -111,7 +100,7 @@ def during_bulk(root: Path, model: Path, n: int, bulk_chunks: int, *, modes: Seq
         daemon.wait_ready()
         # Until its postings are built (seconds after the API is up at 100,000 chunks) the
         # keyword side ranks in SQLite, 160 ms a query: measure the steady state, not the start.
-        postings_s = wait_logged(daemon.log_path, "keyword_postings_ready")
+        postings_s = daemon.wait_logged("keyword_postings_ready")
         texts = corpus_chunks(min(bulk_chunks, 3000), seed=99)
         per_file = 40
         with daemon.client() as c:
