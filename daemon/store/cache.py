@@ -11,7 +11,9 @@ Layout (format 2): magic, a little-endian u32 header length and a JSON header (t
 signature, count, dimensions); then the float32 matrix, an int64 (count, 4) array of span
 offset, span length, chunk and timestamp, an int32 (count, 3) array of codes for source,
 section and title into one table of distinct strings (-1: none), an orjson object with that
-table, the pages and the (rare) foreign metadata; then ids, hashes and contents, each as one
+table, the keyword index's signature of each source's rows (the sources are the table's first
+strings; a cache without them is signed from its columns), the pages and the (rare) foreign
+metadata; then ids, hashes and contents, each as one
 UTF-8 buffer followed by its int64 offsets; last a JSON trailer (each part's length and a
 xxh3-64 hash of everything between header and trailer), its u32 length and an end mark. The texts
 are not read at open, only checked: rows read them from the file when they are needed
@@ -22,7 +24,6 @@ cache written).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import struct
 import sys
@@ -41,6 +42,7 @@ import xxhash
 
 from daemon.store.format import Columns, Extra
 from daemon.store.io import temp_path
+from daemon.store.lazy import source_signatures
 from daemon.store.texts import OffsetArray, Texts, write_texts
 
 log = structlog.get_logger(__name__)
@@ -119,9 +121,12 @@ def _write(f: BinaryIO, sig: JsonSignature, cols: Columns) -> tuple[int, OffsetA
     columns: tuple[Sequence[str | None], ...] = (cols.sources, cols.sections, cols.titles)
     for col, values in enumerate(columns):
         codes[:, col] = [-1 if v is None else strings.setdefault(v, len(strings)) for v in values]
+        if col == 0:  # the sources are the first strings: their rows' keyword signatures
+            signatures = source_signatures(cols, codes[:, 0], len(strings))
     meta = orjson.dumps(
         {
             "strings": list(strings),
+            "signatures": signatures,
             "pages": cols.pages,
             "extras": {str(i): e for i, e in enumerate(cols.extras) if e is not None},
         }
@@ -238,27 +243,39 @@ def _read(f: BufferedReader, sig: JsonSignature, dims: int) -> Columns:
     if n and (int(codes.min()) < -1 or int(codes.max()) >= len(strings)):
         raise _Unusable("damaged string codes")
     table: list[str | None] = [*strings, None]  # code -1 is None
+    sources_in_table = int(codes[:, 0].max()) + 1 if n else 0
     sources, sections, titles = ([table[c] for c in codes[:, col].tolist()] for col in range(3))
     extras: list[Extra | None] = [None] * n
     for row, extra in meta["extras"].items():
         extras[int(row)] = extra
     cols = Columns(
-        ids=_strings(blobs["ids"], offsets["ids"]),
+        ids=Texts.in_memory(blobs["ids"], offsets["ids"]),
         contents=Texts.in_file(f.fileno(), contents_at, offsets["contents"]),
         sources=sources,
         pages=meta["pages"],
         chunks=ints[:, 2].tolist(),
-        hashes=_strings(blobs["hashes"], offsets["hashes"]),
+        hashes=Texts.in_memory(blobs["hashes"], offsets["hashes"]),
         timestamps=ints[:, 3].tolist(),
         extras=extras,
         sections=sections,
         titles=titles,
         matrix=matrix,
         spans=np.ascontiguousarray(ints[:, :2]),
+        # The writer codes the sources first, so theirs are the table's first strings.
+        source_codes=(np.ascontiguousarray(codes[:, 0]), tuple(strings[:sources_in_table])),
+        signatures=_signatures(meta, sources_in_table),
     )
     if len(cols.pages) != n or None in cols.sources:
         raise _Unusable("columns of different lengths")
     return cols
+
+
+def _signatures(meta: dict[str, Any], count: int) -> list[str] | None:
+    """The sources' keyword signatures the cache recorded (an older writer recorded none)."""
+    found = meta.get("signatures")
+    if not isinstance(found, list) or len(found) != count:
+        return None
+    return found
 
 
 def _read_into(f: BufferedReader, array: npt.NDArray[Any], digest: xxhash.xxh3_64) -> None:
@@ -282,15 +299,6 @@ def _hash_next(f: BufferedReader, length: int, digest: xxhash.xxh3_64) -> None:
             raise _Unusable("truncated")
         digest.update(view[:got])
         left -= got
-
-
-def _strings(blob: bytes, offsets: OffsetArray) -> list[str]:
-    """The strings of ``blob`` cut at ``offsets``."""
-    text = blob.decode()
-    bounds = offsets.tolist()
-    if len(text) == len(blob):  # ASCII (ids and hashes are): byte offsets are character offsets
-        return [text[a:b] for a, b in itertools.pairwise(bounds)]
-    return [blob[a:b].decode() for a, b in itertools.pairwise(bounds)]
 
 
 def _remove(path: Path) -> None:

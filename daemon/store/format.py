@@ -168,12 +168,12 @@ class Header:
 class Columns:
     """The entries of a document, column by column, with the vectors as one float32 matrix."""
 
-    ids: list[str]
+    ids: Sequence[str]  # a list, or Texts (the cache's buffer, cut when read)
     contents: Sequence[TextRef]  # a list of strings, or Texts read from the cache file
     sources: list[str]
     pages: list[int | None]
     chunks: list[int]
-    hashes: list[str]
+    hashes: Sequence[str]
     timestamps: list[int]
     extras: list[Extra | None]
     sections: list[str | None]  # heading path (``metadata.section``), None when the format has none
@@ -182,6 +182,10 @@ class Columns:
     matrix: FloatMatrix
     # (offset, length) of each entry's bytes in the file it came from; None when unknown.
     spans: SpanArray | None
+    # Each entry's source as an index into the distinct sources, when the reader had them (the cache).
+    source_codes: tuple[npt.NDArray[np.int32], tuple[str, ...]] | None = None
+    # The keyword index's signature of each of those sources' rows, when the cache recorded them.
+    signatures: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -317,7 +321,11 @@ class _Builder:
         # Headroom lets the store append without copying the matrix; untouched rows cost no RAM.
         self.matrix: FloatMatrix = np.empty((capacity + capacity // 8 + 64, dims), dtype=np.float32)
         self.contents: list[str] = []
-        self.cols = Columns([], self.contents, [], [], [], [], [], [], [], [], self.matrix, None)
+        self.ids: list[str] = []
+        self.hashes: list[str] = []
+        self.cols = Columns(
+            self.ids, self.contents, [], [], [], self.hashes, [], [], [], [], self.matrix, None
+        )
         self._interned: dict[str, str] = {}
         self._missing_chunk = False
 
@@ -360,12 +368,12 @@ class _Builder:
         eid = item.get("id")
         timestamp = item.get("timestamp")
 
-        cols.ids.append(eid if type(eid) is str else "")
+        self.ids.append(eid if type(eid) is str else "")
         self.contents.append(content)
         cols.sources.append(source)
         cols.pages.append(page if type(page) is int else None)
         cols.chunks.append(chunk)
-        cols.hashes.append(hash_)
+        self.hashes.append(hash_)
         cols.timestamps.append(timestamp if type(timestamp) is int else 0)
         extra = (
             None if meta.keys() <= _KNOWN_META else {k: v for k, v in meta.items() if k not in _KNOWN_META}
@@ -383,9 +391,9 @@ class _Builder:
         n = len(cols.ids)
         if self._missing_chunk:
             self._number_chunks()
-        for i, eid in enumerate(cols.ids):
+        for i, eid in enumerate(self.ids):
             if not eid:
-                cols.ids[i] = entry_id(cols.sources[i], cols.chunks[i])
+                self.ids[i] = entry_id(cols.sources[i], cols.chunks[i])
         if not np.isfinite(self.matrix[:n]).all():
             raise FormatError("an embedding holds a value that is not a finite float32")
         # A copy frees the spare rows of a count that promised far more entries than came.

@@ -19,7 +19,6 @@ hit against the snapshot it ranks, so it never returns a chunk that snapshot doe
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import sqlite3
 import threading
 import time
@@ -32,6 +31,7 @@ import structlog
 
 from daemon.store.entries import Row
 from daemon.store.postings import FloatArray, IntArray, Postings
+from daemon.store.signature import signature, signatures
 from daemon.store.tokens import extra_terms
 
 log = structlog.get_logger(__name__)
@@ -50,14 +50,6 @@ Progress = Callable[[int, int], None]
 def kw_path(store: Path) -> Path:
     """The keyword index of ``store``."""
     return store.with_name(store.name + ".kw")
-
-
-def signature(rows: Sequence[Row]) -> str:
-    """What the index must hold for one source's rows: equal signatures, nothing to do."""
-    h = hashlib.blake2b(digest_size=16)
-    for r in rows:
-        h.update(f"{r.id}\x1f{r.hash}\x1f{r.section or ''}\x1f{r.title or ''}\x1e".encode())
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -170,7 +162,7 @@ class KeywordIndex:
             have = dict(conn.execute("SELECT source, sig FROM sources"))
         except sqlite3.Error:
             return None
-        want = {s: signature(rows) for s, rows in sources.items() if rows}
+        want = signatures(sources)
         if have != want:
             conn.close()
             return None
@@ -225,7 +217,7 @@ class KeywordIndex:
         """Index again every source whose signature differs; returns how many were."""
         started = time.perf_counter()
         have = dict(self._conn.execute("SELECT source, sig FROM sources"))
-        want = {s: signature(rows) for s, rows in sources.items() if rows}
+        want = signatures(sources)
         stale = [s for s in have if want.get(s) != have[s]]
         missing = [s for s in want if have.get(s) != want[s]]
         total = len(missing)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableSequence, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -104,7 +104,8 @@ class RowTable:
 
     def __init__(self, dims: int) -> None:
         self.dims = dims
-        self.rows: list[RowRecord] = []
+        # A list, or for a read-only store ``daemon.store.lazy.LazyRows`` (records made when read).
+        self.rows: MutableSequence[RowRecord] = []
         self.dead = 0
         # The live rows by content hash, built at its first use (an open that changes nothing,
         # such as every read-only one, never needs it).
@@ -127,8 +128,12 @@ class RowTable:
         if self.texts is not None:
             self.texts.close()
 
-    def adopt(self, cols: Columns) -> None:
-        """Take the entries of a loaded file (spans included, when known)."""
+    def adopt(self, cols: Columns, rows: MutableSequence[RowRecord] | None = None) -> None:
+        """Take the entries of a loaded file (spans included, when known).
+
+        ``rows``, when given, stands for their records (``daemon.store.lazy.LazyRows``, which
+        makes each when first read); else a record is made for every entry now.
+        """
         self.vecs = cols.matrix
         self.alive = np.ones(len(cols.matrix), dtype=np.bool_)
         self.spans = np.full((len(cols.matrix), 2), -1, dtype=np.int64)
@@ -138,6 +143,10 @@ class RowTable:
         if isinstance(cols.contents, Texts):
             self.texts = cols.contents
             refs = zip(itertools.repeat(cols.contents), range(len(cols.contents)))
+        self._hashes = None
+        if rows is not None:
+            self.rows = rows
+            return
         self.rows = [
             RowRecord(eid, text, source, page, chunk, hash_, ts, extra, row, section, title)
             for row, (eid, text, source, page, chunk, hash_, ts, extra, section, title) in enumerate(
@@ -156,7 +165,6 @@ class RowTable:
                 )
             )
         ]
-        self._hashes = None
 
     def read_texts_from(self, rows: Sequence[RowRecord], texts: Texts) -> None:
         """Read the texts of ``rows`` from ``texts`` (text i is row i's) from now on.
@@ -322,7 +330,7 @@ def by_source(rows: Sequence[RowRecord]) -> dict[str, list[RowRecord]]:
         else:
             group.extend(run)
     for group in groups.values():
-        if not _in_chunk_order(group):
+        if not in_chunk_order(group):
             group.sort(key=_chunk)
     return groups
 
@@ -332,7 +340,8 @@ _hash = operator.attrgetter("hash")
 _chunk = operator.attrgetter("chunk")
 
 
-def _in_chunk_order(group: list[RowRecord]) -> bool:
+def in_chunk_order(group: Sequence[RowRecord]) -> bool:
+    """True when the rows' chunk positions rise."""
     if len(group) < 2:
         return True
     chunks = list(map(_chunk, group))

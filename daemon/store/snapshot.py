@@ -22,6 +22,7 @@ import numpy.typing as npt
 from daemon.store.entries import Entry, Row
 from daemon.store.format import Fingerprint, FloatMatrix
 from daemon.store.keyword import KeywordIndex
+from daemon.store.lazy import LazyRows
 
 if TYPE_CHECKING:
     from daemon.store.ann import VectorIndex
@@ -111,6 +112,8 @@ class Snapshot:
     @functools.cached_property
     def source_codes(self) -> tuple[npt.NDArray[np.int32], tuple[str, ...]]:
         """Each row's source as an index into the tuple of distinct sources (for filters)."""
+        if isinstance(self.rows, LazyRows):
+            return self.rows.source_codes()  # from the loaded column, no record made
         names: dict[str, int] = {}
         codes = np.fromiter(
             (names.setdefault(r.source, len(names)) for r in self.rows), dtype=np.int32, count=len(self.rows)
@@ -125,9 +128,7 @@ class Snapshot:
 
     def source_mask(self, prefix: str) -> BoolMask:
         """Rows whose source starts with ``prefix``."""
-        return np.fromiter(
-            (r.source.startswith(prefix) for r in self.rows), dtype=np.bool_, count=len(self.rows)
-        )
+        return self.sources_mask(lambda source: source.startswith(prefix))
 
 
 class Published:

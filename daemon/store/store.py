@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -39,9 +39,11 @@ from daemon.store.journal import (
     Change,
 )
 from daemon.store.keyword import KeywordIndex, Progress, kw_path
+from daemon.store.lazy import LazyGroups, LazyRows
 from daemon.store.load import load
 from daemon.store.opening import open_for_writing
 from daemon.store.rows import RowRecord, RowTable, by_source
+from daemon.store.signature import Presigned, recorded
 from daemon.store.snapshot import Snapshot
 
 __all__ = [
@@ -76,7 +78,8 @@ class Store:
         self.loaded_via = via
         """How the store was read: cache, parse, generic, new, corrupt or rebuild."""
         self._t = RowTable(header.dimensions)
-        self._by_source: dict[str, list[RowRecord]] = {}
+        # A read-only store makes records and groups as they are read (``daemon.store.lazy``).
+        self._by_source: MutableMapping[str, list[RowRecord]] = {}
         # Bumped by every change a reader could see; a snapshot of the same version is reused.
         self._version = 0
         self._snapshot: Snapshot | None = None
@@ -87,9 +90,16 @@ class Store:
         # The approximate vector index (``daemon.store.ann``) of a writable store; None when off.
         # It numbers rows by layout: the row table's compactions, which move rows down.
         self._ann: VectorIndex | None = None
-        if cols is not None:
+        if cols is not None and readonly:
+            rows = LazyRows(cols)
+            self._t.adopt(cols, rows)
+            self._by_source = LazyGroups(rows)
+        elif cols is not None:
             self._t.adopt(cols)
             self._by_source = by_source(self._t.rows)
+        # For the keyword index's check at open: signatures the cache recorded, sources replayed since.
+        self._recorded = recorded(cols) if cols is not None and not readonly else {}
+        self._replayed: set[str] = set()
 
     # ----- opening and closing -----
 
@@ -148,8 +158,10 @@ class Store:
     def _open_keyword(self, progress: Progress | None) -> None:
         """Open the keyword sidecar and bring it in step with the entries (a missing one is built)."""
         path = kw_path(self._path)
+        sources = Presigned(self._by_source, self._recorded, self._replayed)
+        self._recorded = {}
         try:
-            self._keyword = KeywordIndex.open(path, self._by_source, self._mtimes(), progress=progress)
+            self._keyword = KeywordIndex.open(path, sources, self._mtimes(), progress=progress)
         except (OSError, sqlite3.Error) as exc:
             log.error("keyword_index_unavailable", path=str(path), reason=str(exc),
                       hint="searches rank by vectors only until the index can be written")  # fmt: skip
@@ -353,10 +365,11 @@ class Store:
             files=len(self.sources()),
             matrix=matrix,
             alive=t.alive[:n].copy() if t.dead else None,
-            rows=tuple(t.rows),
+            # A read-only store never changes after its open: its lazy rows need no copy.
+            rows=t.rows if self._readonly else tuple(t.rows),
             mtimes=self._mtimes(),
             keyword=self._keyword,
-            by_source=dict(self._by_source),
+            by_source=self._by_source if self._readonly else dict(self._by_source),
             layout=self._t.compactions,
             ann=self._ann,
         )
@@ -507,6 +520,7 @@ class Store:
 
     def _apply(self, change: Change) -> None:
         """Apply a replayed record: the same calls as when it was made (keyword index included)."""
+        self._replayed.update(s for s in (change.source, change.new) if s is not None)
         if change.kind == REPLACE and change.state is not None:
             vectors = [np.asarray(e.vector, dtype=np.float32) for e in change.entries]
             self._replace(change.source, change.entries, vectors, change.state)

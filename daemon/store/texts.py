@@ -15,6 +15,7 @@ replaced the file.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import overload
@@ -32,7 +33,7 @@ class Texts(Sequence[str]):
     descriptor the Texts owns: ``close`` releases it (so does garbage collection).
     """
 
-    __slots__ = ("_buf", "_fd", "_file_offset", "_offsets")
+    __slots__ = ("_ascii", "_buf", "_fd", "_file_offset", "_offsets")
 
     def __init__(
         self, offsets: OffsetArray, *, buf: bytes = b"", fd: int | None = None, file_offset: int = 0
@@ -41,6 +42,17 @@ class Texts(Sequence[str]):
         self._buf = buf
         self._fd = fd
         self._file_offset = file_offset
+        # The buffer decoded, when it is ASCII (ids and hashes): a string is then one slice.
+        self._ascii: str | None = None
+
+    @classmethod
+    def in_memory(cls, buf: bytes, offsets: OffsetArray) -> Texts:
+        """Texts cut from ``buf`` at ``offsets``, decoded one at a time when read."""
+        texts = cls(offsets, buf=buf)
+        text = buf.decode()
+        if len(text) == len(buf):
+            texts._ascii = text
+        return texts
 
     @classmethod
     def of(cls, strings: Sequence[str]) -> Texts:
@@ -84,11 +96,15 @@ class Texts(Sequence[str]):
         if not 0 <= i < len(self):
             raise IndexError(i)
         start, length = self.span(i)
+        if self._ascii is not None:
+            return self._ascii[start : start + length]
         return self.read(start, length).decode()
 
     def __iter__(self) -> Iterator[str]:
-        for i in range(len(self)):
-            yield self[i]
+        if self._ascii is not None:
+            text = self._ascii
+            return (text[a:b] for a, b in itertools.pairwise(self._offsets.tolist()))
+        return (self[i] for i in range(len(self)))
 
     def span(self, i: int) -> tuple[int, int]:
         """Where text i's bytes are in the buffer: (offset, length)."""
