@@ -48,10 +48,11 @@ class Texts(Sequence[str]):
     @classmethod
     def in_memory(cls, buf: bytes, offsets: OffsetArray) -> Texts:
         """Texts cut from ``buf`` at ``offsets``, decoded one at a time when read."""
-        texts = cls(offsets, buf=buf)
         text = buf.decode()
-        if len(text) == len(buf):
-            texts._ascii = text
+        if len(text) != len(buf):
+            return cls(offsets, buf=buf)
+        texts = cls(offsets)  # the decoded copy alone: the bytes are not kept twice
+        texts._ascii = text
         return texts
 
     @classmethod
@@ -115,6 +116,8 @@ class Texts(Sequence[str]):
         """Bytes ``[start, start + length)`` of the buffer."""
         if self._file_offset < 0:
             raise ValueError("the texts were closed (their store is closed)")
+        if self._ascii is not None:
+            return self._ascii[start : start + length].encode()
         if self._fd is None:
             return self._buf[start : start + length]
         data = os.pread(self._fd, length, self._file_offset + start)
