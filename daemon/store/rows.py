@@ -147,6 +147,9 @@ class RowTable:
         if rows is not None:
             self.rows = rows
             return
+        # The records' strings, cut now: each column's buffer is let go before the next is cut.
+        cols.ids = list(cols.ids)
+        cols.hashes = list(cols.hashes)
         self.rows = [
             RowRecord(eid, text, source, page, chunk, hash_, ts, extra, row, section, title)
             for row, (eid, text, source, page, chunk, hash_, ts, extra, section, title) in enumerate(
