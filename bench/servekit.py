@@ -121,6 +121,7 @@ class RunningDaemon:
         env["PYTHONPATH"] = str(code) + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon.cli", "--config", str(cfg), *args],
+            cwd=code,  # `-m` puts the working directory first on sys.path: it must be ``code``
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
