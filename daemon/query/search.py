@@ -10,6 +10,10 @@ MCP tool all search through ``search_snapshot``, so they return the same hits.
 - Filters (``source_prefix``, ``formats``, ``modified_after``/``modified_before``) are applied
   before ranking, on both sides (in SQL on the keyword side), so they never leave fewer than
   ``k`` hits when more exist.
+- A hybrid chunk search (convex, the default) credits each chunk with its file's evidence:
+  each side's part of its score is averaged with the best part among the file's chunks on that
+  side (``fuse.CONTEXT``), so a chunk whose meaning matches, in a file whose title chunk holds
+  the query's words, ranks with both; within a file chunks keep their order.
 - ``group_by="file"`` keeps the best chunk of each file: ``k`` distinct files. In ``hybrid``
   the files themselves are fused: each side ranks a file at its best chunk on that side, and the
   two file rankings are fused (``_fuse_files``), so a file whose words match one chunk and whose
@@ -81,7 +85,7 @@ def search_snapshot(snap: Snapshot, query: str, vector: FloatMatrix | None, opts
         if opts.mode == "hybrid" and opts.group_by == "file":
             order, files = _fuse_files(snap, vec, kw, opts)
         else:
-            order = _order(vec, kw, opts)
+            order = _order(snap, vec, kw, opts)
             if opts.group_by == "file":
                 order = _best_per_file(snap, order)
             files = len(order)
@@ -159,14 +163,23 @@ def _keyword_side(
 
 
 def _order(
-    vec: Sequence[tuple[int, float]], kw: Sequence[tuple[int, float]], opts: SearchOptions
+    snap: Snapshot, vec: Sequence[tuple[int, float]], kw: Sequence[tuple[int, float]], opts: SearchOptions
 ) -> list[_Ranked]:
-    """Chunks best first in ``opts.mode`` (in hybrid only the best ``k``: all a chunk search shows)."""
+    """Chunks best first in ``opts.mode`` (in hybrid only the best ``k``: all a chunk search shows;
+    with the convex fusion each chunk credited with its file's evidence, ``fuse.CONTEXT``)."""
     if opts.mode == "vector":
         return [(r, s, i + 1, s, None, None) for i, (r, s) in enumerate(vec)]
     if opts.mode == "keyword":
         return [(r, s, None, None, i + 1, s) for i, (r, s) in enumerate(kw)]
-    fused = fuse(vec, kw, method=opts.fusion, rrf_k=opts.rrf_k, alpha=opts.alpha, limit=opts.k)
+    rows = snap.rows
+    # The file's credit is for evidence of two kinds split over its chunks: only where both
+    # sides are weighed (a convex alpha strictly between 0 and 1). RRF keeps its documented
+    # score, the sum of the reciprocal ranks.
+    both = opts.fusion == "convex" and 0.0 < opts.alpha < 1.0
+    fused = fuse(
+        vec, kw, method=opts.fusion, rrf_k=opts.rrf_k, alpha=opts.alpha, limit=opts.k,
+        group_of=(lambda r: rows[r].source) if both else None,
+    )  # fmt: skip
     return [
         (int(f.key), f.score, f.vector_rank, f.vector_score, f.keyword_rank, f.keyword_score)  # type: ignore[call-overload]
         for f in fused

@@ -145,3 +145,28 @@ def test_files_are_fused_and_shown_as_before(fusion: str) -> None:
             got, files = _fuse_files(snap, vec, kw, SearchOptions(k=k, fusion=fusion))
             assert got == want[:k]
             assert files == len(want)
+
+
+def test_a_chunk_is_credited_with_its_files_evidence_on_each_side() -> None:
+    # File a: its title chunk a1 holds the query's words, its body a2 the meaning; file b's one
+    # chunk has some of both. Alone, b1 leads; credited with its file's words, a2 does.
+    vec = [("a2", 0.80), ("b1", 0.70), ("x1", 0.40), ("a1", 0.30)]
+    kw = [("a1", 9.0), ("b1", 6.0), ("y1", 1.0)]
+
+    def file_of(key: str) -> str:
+        return key[0]
+
+    plain = [f.key for f in fuse(vec, kw)]
+    assert plain[0] == "b1"
+    fused = fuse(vec, kw, group_of=file_of)
+    keys = [f.key for f in fused]
+    assert keys[:2] == ["a2", "a1"]
+    # a2: half its own (1.0 vector, 0 keyword), half file a's best on each side (1.0, 1.0).
+    assert fused[0].score == pytest.approx(0.5 * (0.5 * 1.0 + 0.5 * 1.0) + 0.5 * (0.5 * 0.0 + 0.5 * 1.0))
+    # The sides' own ranks and scores are shown unchanged.
+    assert (fused[0].vector_rank, fused[0].vector_score, fused[0].keyword_rank) == (1, 0.80, None)
+    # Lowest on both sides (0 after min-max): no credit from a group.
+    assert fuse([("a1", 1.0), ("a2", 0.0)], [("a1", 1.0), ("z", 0.0)], group_of=file_of)[-1].score == 0.0
+    # Each key its own group: the same scores as without groups, for both methods.
+    for method in ("convex", "rrf"):
+        assert fuse(vec, kw, method=method, group_of=lambda k: k) == fuse(vec, kw, method=method)
