@@ -33,7 +33,7 @@ NORM_DEPTH = 300
 # How much of a chunk's score on each side its file's best chunk there makes, in a hybrid chunk
 # search (``fused_scores(group_of=...)``): passage evidence and document evidence weighed
 # alike (Callan, SIGIR 1994). On bench/retrieval.py nDCG@10 by document went 0.448 -> 0.455
-# (CISI) and 0.535 -> 0.539 (CACM); 0.25 gave 0.449 and 0.538.
+# (CISI) and 0.535 -> 0.540 (CACM); 0.25 gave 0.449 and 0.538 (docs/benchmarks.md).
 CONTEXT = 0.5
 
 
