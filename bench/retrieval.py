@@ -49,9 +49,11 @@ RRF_KS = (10, 20, 60)
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 
 
-def load(name: str) -> tuple[dict[str, dict[str, str]], dict[str, str], dict[str, dict[str, int]]]:
+def load(
+    name: str, data: Path = DATA
+) -> tuple[dict[str, dict[str, str]], dict[str, str], dict[str, dict[str, int]]]:
     """(corpus, queries, qrels) of a converted collection."""
-    folder = DATA / name
+    folder = data / name
     corpus = {}
     for line in (folder / "corpus.jsonl").read_text().splitlines():
         doc = json.loads(line)
@@ -239,12 +241,12 @@ def fmt_row(name: str, m: Mapping[str, float]) -> str:
     return f"| {name} | {m['ndcg@10']:.3f} | {m['recall@100']:.3f} | {m['mrr@10']:.3f} |"
 
 
-def run_collection(name: str, threads: int) -> dict[str, Any]:
-    corpus, queries, qrels = load(name)
-    work = DATA / "work" / name
+def run_collection(name: str, threads: int, data: Path = DATA, model: Path = MODEL) -> dict[str, Any]:
+    corpus, queries, qrels = load(name, data)
+    work = data / "work" / name
     written = stage(corpus, work / "inbox")
     started = time.perf_counter()
-    daemon = DaemonProc(work, MODEL, dict(__import__("os").environ), threads=threads, nice=0)
+    daemon = DaemonProc(work, model, dict(__import__("os").environ), threads=threads, nice=0)
     try:
         daemon.ready()
         wait_indexed(daemon, len(corpus))
@@ -360,12 +362,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--collections", default="cisi,cacm")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DATA,
+        help="the converted collections and their daemons' work dirs (<data>/<name>, <data>/work/<name>; "
+        "default bench/data): another checkout's, so its stores need no embedding",
+    )
+    parser.add_argument(
+        "--model", type=Path, default=MODEL, help="the GGUF model (default models/all-MiniLM-L6-v2.gguf)"
+    )
     args = parser.parse_args(argv)
     print(f"Machine: {machine_line()}", flush=True)
     results = []
     for name in args.collections.split(","):
         print(f"{name}: indexing and querying ...", flush=True)
-        results.append(run_collection(name, args.threads))
+        results.append(run_collection(name, args.threads, args.data, args.model))
     text = report(results)
     print(text)
     if args.json:

@@ -4,6 +4,8 @@ machine.
 
     python bench/serve.py                 # 1k, 10k and 100k chunks; about 20 minutes
     python bench/serve.py --quick         # 1k and 5k chunks, small counts; a couple of minutes
+    python bench/serve.py --sizes 100000 --queries 150 --compare /tmp/before --compare .
+                                          # search latency of two checkouts, alternating rounds
 
 1. For each store size: a store of N chunks (random unit vectors beside real files, so the
    daemon's startup scan has nothing to do), the daemon started on it, then
@@ -46,6 +48,57 @@ def fmt(p: dict[str, float]) -> str:
     return f"{p['p50']:.1f} | {p['p95']:.1f} | {p['p99']:.1f}"
 
 
+# The searches timed at each size: the three modes, and hybrid with k distinct files.
+SEARCHES: tuple[tuple[str, dict[str, object]], ...] = (
+    ("hybrid", {"mode": "hybrid"}),
+    ("hybrid, group_by file", {"mode": "hybrid", "group_by": "file"}),
+    ("vector", {"mode": "vector"}),
+    ("keyword", {"mode": "keyword"}),
+)
+
+
+def search_rows(daemon: RunningDaemon, n: int, queries: int, label: str = "") -> list[str]:
+    """Each of ``SEARCHES`` ``queries`` times over HTTP: p50/p95/p99 there and in ``took_ms``."""
+    rows = []
+    with daemon.client() as c:
+        for name, extra in SEARCHES:
+            for q in QUERIES:  # warm-up: first requests pay for lazy imports and page faults
+                c.post("/v1/search", json={"query": q, "k": 5, **extra}).raise_for_status()
+            ms, took = [], []
+            for i in range(queries):
+                t0 = time.perf_counter()
+                r = c.post("/v1/search", json={"query": QUERIES[i % len(QUERIES)], "k": 5, **extra})
+                ms.append((time.perf_counter() - t0) * 1000)
+                r.raise_for_status()
+                took.append(r.json()["took_ms"])
+            rows.append(
+                f"| {n:,} | {label}daemon, HTTP on the socket, {name} | {queries} | {fmt(percentiles(ms))} |"
+            )
+            rows.append(
+                f"| {n:,} | {label}(in the daemon: took_ms), {name} | {queries} | {fmt(percentiles(took))} |"
+            )
+    return rows
+
+
+def compare_code(
+    root: Path, model: Path, n: int, codes: Sequence[Path], *, queries: int, rounds: int
+) -> list[str]:
+    """Search latency of each tree in ``codes`` on one store, in alternating rounds (the same load)."""
+    cfg = build_store(root, model, n)
+    rows = []
+    for r in range(1, rounds + 1):
+        for code in codes:
+            daemon = RunningDaemon(cfg, code=code)
+            try:
+                daemon.wait_ready()
+                daemon.wait_logged("keyword_postings_ready")
+                rows += search_rows(daemon, n, queries, f"round {r}, {code.name}: ")
+            finally:
+                daemon.stop()
+            print("\n".join(rows[-2 * len(SEARCHES) :]), file=sys.stderr, flush=True)
+    return rows
+
+
 def latency_at(root: Path, model: Path, n: int, *, queries: int, cli_runs: int, cold_runs: int) -> list[str]:
     cfg = build_store(root, model, n)
     rows = []
@@ -55,23 +108,7 @@ def latency_at(root: Path, model: Path, n: int, *, queries: int, cli_runs: int, 
         # Keyword search ranks in SQLite until the in-memory postings are built (in a thread).
         built = daemon.wait_logged("keyword_postings_ready")
         rows.append(f"| {n:,} | (keyword postings built {built:.1f} s after the API was up) | | | | |")
-        with daemon.client() as c:
-            for mode in ("hybrid", "vector", "keyword"):
-                for q in QUERIES:  # warm-up: first requests pay for lazy imports and page faults
-                    c.post("/v1/search", json={"query": q, "k": 5, "mode": mode}).raise_for_status()
-                ms, took = [], []
-                for i in range(queries):
-                    t0 = time.perf_counter()
-                    r = c.post("/v1/search", json={"query": QUERIES[i % len(QUERIES)], "k": 5, "mode": mode})
-                    ms.append((time.perf_counter() - t0) * 1000)
-                    r.raise_for_status()
-                    took.append(r.json()["took_ms"])
-                rows.append(
-                    f"| {n:,} | daemon, HTTP on the socket, {mode} | {queries} | {fmt(percentiles(ms))} |"
-                )
-                rows.append(
-                    f"| {n:,} | (in the daemon: took_ms), {mode} | {queries} | {fmt(percentiles(took))} |"
-                )
+        rows += search_rows(daemon, n, queries)
         ms = []
         for i in range(cli_runs):
             t0 = time.perf_counter()
@@ -335,6 +372,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--bulk-modes", default="hybrid,vector,keyword", help="with --bulk-only: the modes, in turn"
     )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="TREE",
+        help="only search latency at the largest size, the daemon run from each TREE given (a checkout "
+        "of embedd; repeat the option) in alternating rounds on one store",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="with --compare: rounds (default 2)")
     args = parser.parse_args(argv)
     quick = args.quick
     sizes = [int(s) for s in (args.sizes or ("1000,5000" if quick else "1000,10000,100000")).split(",")]
@@ -360,6 +407,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
             out += during_bulk(
                 Path(tmp) / "bulk", args.model, max(sizes), bulk, modes=args.bulk_modes.split(",")
+            )
+        print("\n".join(out))
+        return 0
+    if args.compare:
+        with tempfile.TemporaryDirectory(prefix="embedd-bench-") as tmp:
+            out += [
+                "| chunks | path | runs | p50 | p95 | p99 |",
+                "| ---: | --- | ---: | ---: | ---: | ---: |",
+            ]
+            trees = [t.resolve() for t in args.compare]
+            out += compare_code(
+                Path(tmp) / "cmp", args.model, max(sizes), trees, queries=queries, rounds=args.rounds
             )
         print("\n".join(out))
         return 0

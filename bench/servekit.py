@@ -111,15 +111,17 @@ def build_store(root: Path, model: Path, n: int, *, per_file: int = 50, seed: in
 class RunningDaemon:
     """``embedd --config CFG`` in a subprocess, its JSON log in a file, an HTTP client on its socket."""
 
-    def __init__(self, cfg: Path, *args: str) -> None:
+    def __init__(self, cfg: Path, *args: str, code: Path = ROOT) -> None:
+        """``code``: the tree whose ``daemon`` package runs (another checkout, to compare two)."""
         self.cfg = cfg
         self.socket = cfg.parent / "data" / "embeddings.sock"
         self.log_path = cfg.parent / f"daemon-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = str(code) + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon.cli", "--config", str(cfg), *args],
+            cwd=code,  # `-m` puts the working directory first on sys.path: it must be ``code``
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,

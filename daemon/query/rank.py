@@ -92,7 +92,8 @@ def top_k(
         order = best[np.argsort(-scores[best], kind="stable")]
     else:
         order = np.argsort(-scores, kind="stable")
-    return [(int(i), float(scores[i])) for i in order]
+    # tolist() makes the same Python ints and floats as int() and float() of each, at once.
+    return list(zip(order.tolist(), scores[order].tolist(), strict=True))
 
 
 def vector_top(
@@ -138,7 +139,7 @@ def _top_rows(
         order = best[np.argsort(-scores[best], kind="stable")]
     else:
         order = np.argsort(-scores, kind="stable")
-    return [(int(rows[i]), float(scores[i])) for i in order]
+    return list(zip(rows[order].tolist(), scores[order].tolist(), strict=True))
 
 
 def check_compatible(store: Store, embedder: Embedder, model_path: Path) -> None:

@@ -10,6 +10,10 @@ MCP tool all search through ``search_snapshot``, so they return the same hits.
 - Filters (``source_prefix``, ``formats``, ``modified_after``/``modified_before``) are applied
   before ranking, on both sides (in SQL on the keyword side), so they never leave fewer than
   ``k`` hits when more exist.
+- A hybrid chunk search (convex, the default) credits each chunk with its file's evidence:
+  each side's part of its score is averaged with the best part among the file's chunks on that
+  side (``fuse.CONTEXT``), so a chunk whose meaning matches, in a file whose title chunk holds
+  the query's words, ranks with both; within a file chunks keep their order.
 - ``group_by="file"`` keeps the best chunk of each file: ``k`` distinct files. In ``hybrid``
   the files themselves are fused: each side ranks a file at its best chunk on that side, and the
   two file rankings are fused (``_fuse_files``), so a file whose words match one chunk and whose
@@ -27,7 +31,7 @@ from typing import Any, TypeVar
 import structlog
 
 from daemon.embed.embedder import FloatMatrix
-from daemon.query.fuse import NORM_DEPTH, fuse
+from daemon.query.fuse import NORM_DEPTH, fuse, fused_scores
 from daemon.query.hit import Hit
 from daemon.query.keyword import KeywordQuery, parse
 from daemon.query.options import MAX_K, Filters, Mode, SearchOptions, check_k, check_query
@@ -78,23 +82,15 @@ def search_snapshot(snap: Snapshot, query: str, vector: FloatMatrix | None, opts
             kw, rowids, note = _keyword_side(snap, kq, want, opts.filters)
             if note and note not in notes:
                 notes.append(note)
-        if opts.mode == "vector":
-            order = [(r, s, i + 1, s, None, None) for i, (r, s) in enumerate(vec)]
-        elif opts.mode == "keyword":
-            order = [(r, s, None, None, i + 1, s) for i, (r, s) in enumerate(kw)]
+        if opts.mode == "hybrid" and opts.group_by == "file":
+            order, files = _fuse_files(snap, vec, kw, opts)
         else:
-            order = [
-                (int(f.key), f.score, f.vector_rank, f.vector_score, f.keyword_rank, f.keyword_score)  # type: ignore[call-overload]
-                for f in fuse(vec, kw, method=opts.fusion, rrf_k=opts.rrf_k, alpha=opts.alpha)
-            ]
-        if opts.group_by == "file":
-            order = _best_per_file(snap, order)
-            if opts.mode == "hybrid":
-                order = _fuse_files(snap, vec, kw, order, opts)
-            exhausted = len(vec) < want and len(kw) < want
-            if len(order) >= opts.k or exhausted:
-                break
-            want *= 4
+            order = _order(snap, vec, kw, opts)
+            if opts.group_by == "file":
+                order = _best_per_file(snap, order)
+            files = len(order)
+        if opts.group_by == "file" and files < opts.k and (len(vec) >= want or len(kw) >= want):
+            want *= 4  # fewer files than asked for, and either side may hold more
             continue
         break
     order = order[: opts.k]
@@ -151,18 +147,43 @@ def _keyword_side(
             if found is None:
                 found = index.search(kq.match(), limit, where=where, params=params)
             out, rowids = [], {}
-            for h in found:
+            live_row = snap.live_row
+            for rowid, source, chunk, hash_, score in found:
                 # The index may be ahead of this snapshot: only chunks the snapshot holds, live.
-                row = snap.live_row(h.source, h.chunk, h.hash)
+                row = live_row(source, chunk, hash_)
                 if row is not None and row not in rowids:
-                    rowids[row] = h.rowid
-                    out.append((row, h.score))
+                    rowids[row] = rowid
+                    out.append((row, score))
             if len(out) >= want or len(found) < limit:
                 return out[:want], rowids, None
             limit *= 2
     except sqlite3.Error as exc:
         log.warning("keyword_search_failed", path=str(index.path), reason=str(exc))
         return [], {}, f"the keyword index failed ({exc}); the daemon rebuilds it at its next start"
+
+
+def _order(
+    snap: Snapshot, vec: Sequence[tuple[int, float]], kw: Sequence[tuple[int, float]], opts: SearchOptions
+) -> list[_Ranked]:
+    """Chunks best first in ``opts.mode`` (in hybrid only the best ``k``: all a chunk search shows;
+    with the convex fusion each chunk credited with its file's evidence, ``fuse.CONTEXT``)."""
+    if opts.mode == "vector":
+        return [(r, s, i + 1, s, None, None) for i, (r, s) in enumerate(vec)]
+    if opts.mode == "keyword":
+        return [(r, s, None, None, i + 1, s) for i, (r, s) in enumerate(kw)]
+    rows = snap.rows
+    # The file's credit is for evidence of two kinds split over its chunks: only where both
+    # sides are weighed (a convex alpha strictly between 0 and 1). RRF keeps its documented
+    # score, the sum of the reciprocal ranks.
+    both = opts.fusion == "convex" and 0.0 < opts.alpha < 1.0
+    fused = fuse(
+        vec, kw, method=opts.fusion, rrf_k=opts.rrf_k, alpha=opts.alpha, limit=opts.k,
+        group_of=(lambda r: rows[r].source) if both else None,
+    )  # fmt: skip
+    return [
+        (int(f.key), f.score, f.vector_rank, f.vector_score, f.keyword_rank, f.keyword_score)  # type: ignore[call-overload]
+        for f in fused
+    ]
 
 
 def _best_per_file(snap: Snapshot, order: Sequence[_Row]) -> list[_Row]:
@@ -178,30 +199,46 @@ def _best_per_file(snap: Snapshot, order: Sequence[_Row]) -> list[_Row]:
 
 
 def _fuse_files(
-    snap: Snapshot,
-    vec: Sequence[tuple[int, float]],
-    kw: Sequence[tuple[int, float]],
-    chunks: Sequence[_Ranked],
-    opts: SearchOptions,
-) -> list[_Ranked]:
-    """Hybrid files: each side's file ranking (a file at its best chunk there) fused, best first.
+    snap: Snapshot, vec: Sequence[tuple[int, float]], kw: Sequence[tuple[int, float]], opts: SearchOptions
+) -> tuple[list[_Ranked], int]:
+    """Hybrid files: each side's file ranking (a file at its best chunk there) fused; the best
+    ``k`` first, and how many files the two sides hold.
 
     Fusing chunks and then keeping a file's best chunk loses evidence when a file's keyword
     match and its vector match are different chunks: neither chunk holds both, and each is
     normalised against lists where the file's other chunks crowd out other files. Fusing per
     file is what the file ranking means (bench/retrieval.py, nDCG@10 in docs/benchmarks.md).
-    ``chunks`` (the chunk fusion, one per file) picks the chunk each file is shown by.
+    Each file is shown by its best chunk in the chunk fusion of ``vec`` and ``kw``; only the
+    shown files' chunks are looked for (the fused scores are arrays, see ``fused_scores``).
     """
-    shown = {snap.rows[row].source: row for row, *_ in chunks}
-    vf = _file_list(snap, vec)
-    kf = _file_list(snap, kw)
-    return [
+    rows = snap.rows
+    src_v = [rows[r].source for r, _ in vec]
+    src_w = [rows[r].source for r, _ in kw]
+    vf, kf = _file_list(src_v, vec), _file_list(src_w, kw)
+    files = fuse(vf, kf, method=opts.fusion, rrf_k=opts.rrf_k, alpha=opts.alpha, limit=opts.k)
+    chunks = fused_scores(vec, kw, method=opts.fusion, rrf_k=opts.rrf_k, alpha=opts.alpha)
+    # Each chunk's file, in the chunk fusion's key order: the vector side's, then keyword-only.
+    source = src_v + [src_w[j] for j in chunks.keyword_at[len(vec) :].tolist()]
+    wanted = {str(f.key) for f in files}
+    shown: dict[str, int] = {}
+    for p in chunks.order():
+        name = source[p]
+        if name in wanted and name not in shown:
+            shown[name] = chunks.keys[p]
+            if len(shown) == len(wanted):
+                break
+    order = [
         (shown[str(f.key)], f.score, f.vector_rank, f.vector_score, f.keyword_rank, f.keyword_score)
-        for f in fuse(vf, kf, method=opts.fusion, rrf_k=opts.rrf_k, alpha=opts.alpha)
-        if f.key in shown
+        for f in files
     ]
+    return order, len(dict.fromkeys(src_v + src_w))
 
 
-def _file_list(snap: Snapshot, ranked: Sequence[tuple[int, float]]) -> list[tuple[str, float]]:
-    """A ranked chunk list as a ranked file list: each file once, at its best chunk's score."""
-    return [(snap.rows[row].source, score) for row, score in _best_per_file(snap, ranked)]
+def _file_list(sources: Sequence[str], ranked: Sequence[tuple[int, float]]) -> list[tuple[str, float]]:
+    """A ranked chunk list as a ranked file list: each file once, at its best chunk's score
+    (``sources`` holds each chunk's file)."""
+    first: dict[str, float] = {}
+    for name, (_, score) in zip(sources, ranked, strict=True):
+        if name not in first:
+            first[name] = score
+    return list(first.items())

@@ -251,4 +251,5 @@ class Postings:
             if len(hit) > limit:
                 hit = hit[np.argpartition(-scores[hit], limit - 1)[:limit]]
             hit = hit[np.lexsort((hit, -scores[hit]))]
-            return [(int(r), float(scores[r])) for r in hit]
+            # tolist(): the same Python numbers as int() and float() of each, at once.
+            return list(zip(hit.tolist(), scores[hit].tolist(), strict=True))
