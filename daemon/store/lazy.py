@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.store.format import Columns
-from daemon.store.rows import RowRecord, in_chunk_order
+from daemon.store.rows import RowRecord, chunk_ordered, grouped, rising
 from daemon.store.signature import signature, signature_of
 from daemon.store.texts import Texts
 
@@ -111,8 +111,7 @@ class LazyGroups(MutableMapping[str, list[RowRecord]]):
     def __init__(self, rows: LazyRows) -> None:
         self._rows = rows
         codes, names = _codes_of(rows.cols)
-        self._order = np.argsort(codes, kind="stable")
-        self._starts = np.concatenate(([0], np.cumsum(np.bincount(codes, minlength=len(names))))).tolist()
+        self._order, self._starts = grouped(codes, len(names))
         self._code = {n: k for k, n in enumerate(names)}
         self._over: dict[str, list[RowRecord] | None] = {}  # None: removed
 
@@ -138,9 +137,7 @@ class LazyGroups(MutableMapping[str, list[RowRecord]]):
         found = self._base(source)
         if found is None:
             raise KeyError(source)
-        group = [self._rows[i] for i in found]
-        if not in_chunk_order(group):
-            group.sort(key=lambda r: r.chunk)
+        group = chunk_ordered([self._rows[i] for i in found])
         self._over[source] = group
         return group
 
@@ -184,8 +181,8 @@ class LazyGroups(MutableMapping[str, list[RowRecord]]):
 def source_signatures(cols: Columns, codes: Codes, count: int) -> list[str]:
     """The keyword index's signature (``signature.signature``) of the rows of each source code
     below ``count``, ``codes`` giving each row's; from the columns, without making records."""
-    order: list[int] = np.argsort(codes, kind="stable").tolist()
-    starts: list[int] = np.concatenate(([0], np.cumsum(np.bincount(codes, minlength=count)))).tolist()
+    rows, starts = grouped(codes, count)
+    order: list[int] = rows.tolist()
     ids, hashes, chunks, sections, titles = (
         list(cols.ids),
         list(cols.hashes),
@@ -196,9 +193,8 @@ def source_signatures(cols: Columns, codes: Codes, count: int) -> list[str]:
     out: list[str] = []
     for k in range(count):
         found = order[starts[k] : starts[k + 1]]
-        positions = [chunks[i] for i in found]
-        if not all(map(int.__lt__, positions, positions[1:])):
-            found.sort(key=chunks.__getitem__)  # stable, as the writer's by_source sorts
+        if not rising([chunks[i] for i in found]):
+            found.sort(key=chunks.__getitem__)  # stable, as chunk_ordered sorts
         out.append(signature_of((ids[i], hashes[i], sections[i], titles[i]) for i in found))
     return out
 

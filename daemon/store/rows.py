@@ -333,8 +333,7 @@ def by_source(rows: Sequence[RowRecord]) -> dict[str, list[RowRecord]]:
         else:
             group.extend(run)
     for group in groups.values():
-        if not in_chunk_order(group):
-            group.sort(key=_chunk)
+        chunk_ordered(group)
     return groups
 
 
@@ -343,9 +342,21 @@ _hash = operator.attrgetter("hash")
 _chunk = operator.attrgetter("chunk")
 
 
-def in_chunk_order(group: Sequence[RowRecord]) -> bool:
-    """True when the rows' chunk positions rise."""
-    if len(group) < 2:
-        return True
-    chunks = list(map(_chunk, group))
-    return all(map(operator.lt, chunks, chunks[1:]))
+def chunk_ordered(group: list[RowRecord]) -> list[RowRecord]:
+    """``group`` sorted by chunk position, in place (stable), unless they already rise."""
+    if not rising(list(map(_chunk, group))):
+        group.sort(key=_chunk)
+    return group
+
+
+def rising(values: Sequence[int]) -> bool:
+    """True when each value is above the one before."""
+    return all(map(operator.lt, values, values[1:]))
+
+
+def grouped(codes: npt.NDArray[np.int32], count: int) -> tuple[npt.NDArray[np.intp], list[int]]:
+    """Rows grouped by code (codes below ``count``): the rows in code order, file order within a
+    code (a stable sort), and where each code's run starts (``count + 1`` bounds)."""
+    order = np.argsort(codes, kind="stable")
+    starts: list[int] = np.concatenate(([0], np.cumsum(np.bincount(codes, minlength=count)))).tolist()
+    return order, starts
